@@ -1,0 +1,222 @@
+"""``brainbot kv``: read and write the configured namespace by hand, or serve the local API.
+
+Exit codes: 0 done, 1 the service failed (after retries), 2 bad input or configuration,
+3 key not found. Errors name the problem, never a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import secrets
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from brainbot.config import ConfigError, Settings
+from brainbot.kv.errors import KVError, KVValidationError
+from brainbot.kv.factory import open_namespace
+from brainbot.kv.faults import Faults
+from brainbot.kv.local_server import LocalKVServer, serve
+from brainbot.kv.namespace import KVNamespace, iter_keys
+
+T = TypeVar("T")
+kv_app = typer.Typer(help="Read and write the configured KV namespace (embedded by default).")
+err = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _clear_errors() -> Iterator[None]:
+    try:
+        yield
+    except KVValidationError as exc:
+        fail(exc.message, 2)
+    except KVError as exc:
+        fail(str(exc), 1)
+    except (ConfigError, ValidationError) as exc:
+        fail(f"configuration: {exc}", 2)
+
+
+def _run(work: Callable[[KVNamespace], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with open_namespace(Settings()) as kv:
+            return await work(kv)
+
+    with _clear_errors():
+        return asyncio.run(go())
+
+
+@kv_app.command()
+def get(
+    key: str,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print value, expiration and metadata as JSON.")
+    ] = False,
+) -> None:
+    """Print the value of KEY (raw bytes, exactly as stored)."""
+    entry = _run(lambda kv: kv.get(key))
+    if entry is None:
+        fail(f"key not found: {key!r}", 3)
+    if as_json:
+        try:
+            value: dict[str, Any] = {"value": entry.value.decode("utf-8")}
+        except UnicodeDecodeError:
+            value = {"value_base64": base64.b64encode(entry.value).decode("ascii")}
+        print(
+            json.dumps(
+                {"key": key, **value, "expiration": entry.expiration, "metadata": entry.metadata},
+                ensure_ascii=False,
+            )
+        )
+        return
+    sys.stdout.buffer.write(entry.value)
+    if sys.stdout.isatty():
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+
+
+@kv_app.command()
+def put(
+    key: str,
+    value: Annotated[str | None, typer.Argument(help="The value (or use --file).")] = None,
+    file: Annotated[
+        Path | None, typer.Option("--file", "-f", help="Read the value from a file ('-': stdin).")
+    ] = None,
+    ttl: Annotated[int | None, typer.Option(help="Expire after this many seconds (>= 60).")] = None,
+    expiration: Annotated[
+        int | None, typer.Option(help="Expire at this epoch second (>= 60 s ahead).")
+    ] = None,
+    metadata: Annotated[str | None, typer.Option(help="JSON metadata (<= 1,024 bytes).")] = None,
+) -> None:
+    """Store VALUE (or the content of --file) under KEY."""
+    if (value is None) == (file is None):
+        fail("give either a VALUE or --file, exactly one of them", 2)
+    if file is not None:
+        try:
+            data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
+        except OSError as exc:
+            fail(f"cannot read {file}: {exc.strerror}", 2)
+    else:
+        assert value is not None
+        data = value.encode("utf-8")
+    meta = None
+    if metadata is not None:
+        try:
+            meta = json.loads(metadata)
+        except ValueError as exc:
+            fail(f"--metadata is not valid JSON: {exc}", 2)
+    _run(lambda kv: kv.put(key, data, expiration=expiration, expiration_ttl=ttl, metadata=meta))
+    err.print(f"stored {key!r} ({len(data)} bytes)")
+
+
+@kv_app.command()
+def delete(key: str) -> None:
+    """Delete KEY (deleting a missing key succeeds)."""
+    _run(lambda kv: kv.delete(key))
+    err.print(f"deleted {key!r}")
+
+
+@kv_app.command("list")
+def list_keys(
+    prefix: Annotated[str, typer.Option(help="Only names starting with this.")] = "",
+    limit: Annotated[int | None, typer.Option(help="Stop after this many names.")] = None,
+) -> None:
+    """List names (with expiration and metadata when set), in UTF-8 byte order."""
+    if limit is not None and limit < 1:
+        fail("--limit must be at least 1", 2)
+
+    async def work(kv: KVNamespace) -> int:
+        shown = 0
+        async for info in iter_keys(kv, prefix=prefix):
+            extra = []
+            if info.expiration is not None:
+                extra.append(f"expiration={info.expiration}")
+            if info.metadata is not None:
+                extra.append("metadata=" + json.dumps(info.metadata, ensure_ascii=False))
+            print("\t".join([info.name, *extra]))
+            shown += 1
+            if limit is not None and shown >= limit:
+                break
+        return shown
+
+    count = _run(work)
+    err.print(f"{count} key(s)")
+
+
+@kv_app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8787,
+    data: Annotated[
+        Path | None, typer.Option(help="Data directory (default: $BRAINBOT_DATA_DIR/kv-serve).")
+    ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="BRAINBOT_KV_SERVE_TOKEN",
+            show_default=False,
+            help="Bearer token clients must send (prefer the environment variable; "
+            "without either, a random one is written to DATA/serve-token).",
+        ),
+    ] = None,
+    error_rate: Annotated[float, typer.Option(help="Share of requests answered 429/5xx.")] = 0.0,
+    retry_after: Annotated[float, typer.Option(help="Retry-After of injected 429s (s).")] = 1.0,
+    slow_rate: Annotated[float, typer.Option(help="Share of requests answered slowly.")] = 0.0,
+    slow_seconds: Annotated[float, typer.Option(help="Delay of a slow answer (s).")] = 0.0,
+    bulk_failure_rate: Annotated[
+        float, typer.Option(help="Share of bulk-write keys reported unsuccessful.")
+    ] = 0.0,
+    budget: Annotated[
+        int | None, typer.Option(help="Requests allowed per --budget-window, then lockout.")
+    ] = None,
+    budget_window: Annotated[float, typer.Option(help="Budget window (s).")] = 300.0,
+    list_lag: Annotated[float, typer.Option(help="Seconds list results trail writes.")] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for the fault dice.")] = None,
+    test_clock: Annotated[
+        bool, typer.Option(help="Accept POST /__brainbot/clock to advance time (tests only).")
+    ] = False,
+) -> None:
+    """Serve Cloudflare's KV REST API on the embedded KV; prints 'READY <base-url>'."""
+    with _clear_errors():
+        data_dir = data if data is not None else Settings().data_dir / "kv-serve"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if not token:
+        token = secrets.token_urlsafe(32)
+        token_file = data_dir / "serve-token"
+        token_file.write_text(token + "\n")
+        os.chmod(token_file, 0o600)
+        err.print(f"no token given: generated one in {token_file} (mode 0600)")
+    try:
+        faults = Faults(
+            error_rate=error_rate,
+            retry_after=retry_after,
+            slow_rate=slow_rate,
+            slow_seconds=slow_seconds,
+            bulk_failure_rate=bulk_failure_rate,
+            budget=budget,
+            budget_window=budget_window,
+            list_lag=list_lag,
+            seed=seed,
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
+    server = LocalKVServer(data_dir=data_dir, token=token, faults=faults, test_clock=test_clock)
+    try:
+        asyncio.run(serve(server, host=host, port=port))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror}", 2)
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,63 @@
+"""brainbot's settings, read from the environment and an optional ``.env`` file.
+
+Secrets are ``SecretStr``: printing the settings shows ``**********``, never the token.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from brainbot.kv.rest import DEFAULT_BASE_URL
+
+
+class ConfigError(ValueError):
+    """The configuration is incomplete or contradictory (names the settings, never values)."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    data_dir: Path = Field(default=Path(".brainbot"), alias="BRAINBOT_DATA_DIR")
+    """Where the embedded KV (and later backups and checkpoints) live."""
+    kv_namespace: str = Field(default="brainbot", alias="BRAINBOT_KV_NAMESPACE")
+    """Name of the embedded namespace file under ``data_dir/kv/``."""
+
+    cloudflare_account_id: str | None = Field(default=None, alias="CLOUDFLARE_ACCOUNT_ID")
+    cloudflare_kv_namespace_id: str | None = Field(default=None, alias="CLOUDFLARE_KV_NAMESPACE_ID")
+    cloudflare_kv_api_token: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("CLOUDFLARE_KV_API_TOKEN", "cloudflare_kv_api_token"),
+    )
+    cloudflare_api_base_url: str = Field(default=DEFAULT_BASE_URL, alias="CLOUDFLARE_API_BASE_URL")
+    cloudflare_api_budget: int = Field(default=1200, ge=1, alias="CLOUDFLARE_API_BUDGET")
+    """Requests this process may send per budget window (Cloudflare: 1,200 per 5 minutes)."""
+    cloudflare_api_budget_window: float = Field(
+        default=300.0, gt=0, alias="CLOUDFLARE_API_BUDGET_WINDOW"
+    )
+
+    @cached_property
+    def uses_cloudflare(self) -> bool:
+        """True when Cloudflare credentials are configured; raises if only some are."""
+        given = {
+            "CLOUDFLARE_ACCOUNT_ID": self.cloudflare_account_id,
+            "CLOUDFLARE_KV_NAMESPACE_ID": self.cloudflare_kv_namespace_id,
+            "CLOUDFLARE_KV_API_TOKEN": self.cloudflare_kv_api_token,
+        }
+        missing = [name for name, value in given.items() if not value]
+        if len(missing) == len(given):
+            return False
+        if missing:
+            raise ConfigError(
+                "Cloudflare KV is partly configured; also set: " + ", ".join(missing) + "."
+            )
+        return True
+
+    @property
+    def embedded_kv_path(self) -> Path:
+        return self.data_dir / "kv" / f"{self.kv_namespace}.sqlite3"

@@ -1,0 +1,293 @@
+"""The embedded KV: Workers KV semantics in one SQLite file, the offline default.
+
+Why SQLite: it is in the standard library, several processes on one machine can share
+one file (WAL mode, writers wait on a busy timeout instead of failing), a committed
+transaction survives kill -9 (and, with ``synchronous=FULL``, power loss), and BLOB keys
+compare with memcmp, which is exactly KV's UTF-8 byte order for list.
+
+Why a private one-thread executor rather than aiosqlite: each KV operation is one whole
+transaction (read, check expiry, write, sweep) that must run on the connection's thread
+in a single hop; aiosqlite only offers statement-by-statement calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import builtins
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Self, TypeVar
+
+from brainbot.kv.errors import InvalidCursor, KVError
+from brainbot.kv.limits import (
+    JSON,
+    absolute_expiration,
+    check_cursor,
+    check_prefix,
+    key_bytes,
+    list_limit,
+    metadata_json,
+    value_bytes,
+)
+from brainbot.kv.namespace import BulkResult, Entry, KeyInfo, ListPage, PutItem
+
+T = TypeVar("T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    key        BLOB PRIMARY KEY,
+    value      BLOB NOT NULL,
+    expiration INTEGER,
+    metadata   TEXT
+);
+CREATE INDEX IF NOT EXISTS entries_by_expiration
+    ON entries (expiration) WHERE expiration IS NOT NULL;
+"""
+_CURSOR_PREFIX = "c1."
+_SWEEP_EVERY_WRITES = 512
+_SWEEP_BATCH = 1000
+_WRITE_CHUNK = 10_000
+_READ_CHUNK = 500
+
+
+def encode_cursor(last_key: bytes) -> str:
+    return _CURSOR_PREFIX + base64.urlsafe_b64encode(last_key).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> bytes:
+    if not cursor.startswith(_CURSOR_PREFIX):
+        raise InvalidCursor(f"Invalid cursor {cursor[:40]!r}: not a cursor of this namespace.")
+    body = cursor[len(_CURSOR_PREFIX) :]
+    try:
+        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+    except (binascii.Error, ValueError):
+        raise InvalidCursor(f"Invalid cursor {cursor[:40]!r}: it is corrupt.") from None
+
+
+def prefix_upper_bound(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with ``prefix``."""
+    trimmed = prefix.rstrip(b"\xff")
+    if not trimmed:
+        return None
+    return trimmed[:-1] + bytes([trimmed[-1] + 1])
+
+
+class EmbeddedKV:
+    """A KV namespace stored in one SQLite file; safe to share between processes."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        durable: bool = True,
+    ) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._clock = clock
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainbot-kv")
+        self._writes = 0
+        self._closed = False
+        self._conn = sqlite3.connect(
+            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+        self._conn.execute("PRAGMA busy_timeout=30000")
+        self._conn.executescript(_SCHEMA)
+
+    def __repr__(self) -> str:
+        return f"EmbeddedKV(path={str(self.path)!r})"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._conn.close)
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, fn: Callable[[], T]) -> T:
+        if self._closed:
+            raise KVError("This EmbeddedKV is closed.")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Entry | None:
+        raw = key_bytes(key)
+        now = int(self._clock())
+
+        def read() -> Entry | None:
+            row = self._conn.execute(
+                "SELECT value, expiration, metadata FROM entries WHERE key = ? "
+                "AND (expiration IS NULL OR expiration > ?)",
+                (raw, now),
+            ).fetchone()
+            return None if row is None else _entry(row)
+
+        return await self._run(read)
+
+    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Entry | None]:
+        raws = [key_bytes(k) for k in keys]
+        now = int(self._clock())
+
+        def read() -> dict[str, Entry | None]:
+            found: dict[bytes, Entry] = {}
+            for start in range(0, len(raws), _READ_CHUNK):
+                chunk = raws[start : start + _READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                for row in self._conn.execute(
+                    f"SELECT key, value, expiration, metadata FROM entries "  # noqa: S608
+                    f"WHERE key IN ({marks}) AND (expiration IS NULL OR expiration > ?)",
+                    (*chunk, now),
+                ):
+                    found[row[0]] = _entry(row[1:])
+            return {k: found.get(r) for k, r in zip(keys, raws, strict=True)}
+
+        return await self._run(read)
+
+    async def list(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int = 1000
+    ) -> ListPage:
+        low = check_prefix(prefix)
+        limit = list_limit(limit)
+        cursor = check_cursor(cursor)
+        after = decode_cursor(cursor) if cursor is not None else None
+        high = prefix_upper_bound(low)
+        now = int(self._clock())
+
+        def read() -> ListPage:
+            clauses = ["key >= ?", "(expiration IS NULL OR expiration > ?)"]
+            args: builtins.list[object] = [low, now]
+            if high is not None:
+                clauses.append("key < ?")
+                args.append(high)
+            if after is not None:
+                clauses.append("key > ?")
+                args.append(after)
+            rows = self._conn.execute(
+                "SELECT key, expiration, metadata FROM entries WHERE "  # noqa: S608
+                + " AND ".join(clauses)
+                + " ORDER BY key LIMIT ?",
+                (*args, limit + 1),
+            ).fetchall()
+            more = len(rows) > limit
+            rows = rows[:limit]
+            keys = [
+                KeyInfo(
+                    name=r[0].decode("utf-8"),
+                    expiration=r[1],
+                    metadata=None if r[2] is None else json.loads(r[2]),
+                )
+                for r in rows
+            ]
+            return ListPage(keys=keys, cursor=encode_cursor(rows[-1][0]) if more else None)
+
+        return await self._run(read)
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        expiration: int | None = None,
+        expiration_ttl: int | None = None,
+        metadata: JSON = None,
+    ) -> None:
+        row = self._row(PutItem(key, value, expiration, expiration_ttl, metadata))
+        await self._run(lambda: self._write_rows([row]))
+
+    async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
+        rows = [self._row(item) for item in items]  # all validated before any write
+        for start in range(0, len(rows), _WRITE_CHUNK):
+            chunk = rows[start : start + _WRITE_CHUNK]
+            await self._run(lambda chunk=chunk: self._write_rows(chunk))  # type: ignore[misc]
+        return BulkResult(successful_key_count=len(rows))
+
+    async def delete(self, key: str) -> None:
+        raw = key_bytes(key)
+        await self._run(lambda: self._delete_raws([raw]))
+
+    async def delete_many(self, keys: Sequence[str]) -> BulkResult:
+        raws = [key_bytes(k) for k in keys]
+        for start in range(0, len(raws), _WRITE_CHUNK):
+            chunk = raws[start : start + _WRITE_CHUNK]
+            await self._run(lambda chunk=chunk: self._delete_raws(chunk))  # type: ignore[misc]
+        return BulkResult(successful_key_count=len(raws))
+
+    def _row(self, item: PutItem) -> tuple[bytes, bytes, int | None, str | None]:
+        return (
+            key_bytes(item.key),
+            value_bytes(item.value),
+            absolute_expiration(
+                expiration=item.expiration,
+                expiration_ttl=item.expiration_ttl,
+                now=self._clock(),
+            ),
+            metadata_json(item.metadata),
+        )
+
+    def _write_rows(self, rows: builtins.list[tuple[bytes, bytes, int | None, str | None]]) -> None:
+        with self._transaction():
+            self._conn.executemany(
+                "INSERT INTO entries (key, value, expiration, metadata) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+                "expiration = excluded.expiration, metadata = excluded.metadata",
+                rows,
+            )
+            self._count_writes(len(rows))
+
+    def _delete_raws(self, raws: builtins.list[bytes]) -> None:
+        with self._transaction():
+            self._conn.executemany("DELETE FROM entries WHERE key = ?", [(r,) for r in raws])
+            self._count_writes(len(raws))
+
+    def _count_writes(self, n: int) -> None:
+        """Expired rows are invisible at once; this reclaims their space now and then."""
+        before, self._writes = self._writes, self._writes + n
+        if before // _SWEEP_EVERY_WRITES != self._writes // _SWEEP_EVERY_WRITES:
+            self._conn.execute(
+                "DELETE FROM entries WHERE rowid IN (SELECT rowid FROM entries "
+                "WHERE expiration IS NOT NULL AND expiration <= ? LIMIT ?)",
+                (int(self._clock()), _SWEEP_BATCH),
+            )
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self._conn)
+
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front so concurrent
+    processes queue on the busy timeout instead of failing mid-transaction."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def __enter__(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _entry(row: tuple[bytes, int | None, str | None]) -> Entry:
+    value, expiration, metadata = row
+    return Entry(
+        value=bytes(value),
+        expiration=expiration,
+        metadata=None if metadata is None else json.loads(metadata),
+    )

@@ -1,0 +1,32 @@
+"""Pick the namespace implementation from the settings: Cloudflare if configured, else embedded."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from brainbot.kv.budget import RequestBudget
+from brainbot.kv.embedded import EmbeddedKV
+from brainbot.kv.namespace import KVNamespace
+from brainbot.kv.rest import CloudflareKV
+
+if TYPE_CHECKING:
+    from brainbot.config import Settings
+
+
+def open_namespace(settings: Settings | None = None) -> KVNamespace:
+    if settings is None:
+        from brainbot.config import Settings  # config imports this package: import late
+
+        settings = Settings()
+    if not settings.uses_cloudflare:
+        return EmbeddedKV(settings.embedded_kv_path)
+    assert settings.cloudflare_account_id
+    assert settings.cloudflare_kv_namespace_id
+    assert settings.cloudflare_kv_api_token is not None
+    return CloudflareKV(
+        account_id=settings.cloudflare_account_id,
+        namespace_id=settings.cloudflare_kv_namespace_id,
+        api_token=settings.cloudflare_kv_api_token.get_secret_value(),
+        base_url=settings.cloudflare_api_base_url,
+        budget=RequestBudget(settings.cloudflare_api_budget, settings.cloudflare_api_budget_window),
+    )

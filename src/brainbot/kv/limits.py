@@ -1,0 +1,168 @@
+"""Cloudflare Workers KV's limits, and the one set of checks every implementation runs.
+
+The embedded KV, the REST client and the local API server all call these functions,
+so a key, value, metadata or expiry that one of them accepts, all of them accept, and
+the error for one that breaks a rule is the same typed error with Cloudflare's text.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+from brainbot.kv.errors import (
+    InvalidCursor,
+    InvalidExpiration,
+    InvalidExpirationTTL,
+    InvalidKey,
+    InvalidListLimit,
+    InvalidMetadata,
+    InvalidValue,
+    KeyTooLong,
+    KVValidationError,
+    MetadataTooLarge,
+    ValueTooLarge,
+)
+
+MAX_KEY_BYTES = 512
+MAX_VALUE_BYTES = 25 * 1024 * 1024  # 26,214,400
+MAX_METADATA_BYTES = 1024
+MIN_EXPIRATION_TTL = 60
+MIN_LIST_LIMIT = 10
+MAX_LIST_LIMIT = 1000
+BULK_WRITE_MAX_ITEMS = 10_000
+BULK_WRITE_MAX_BYTES = 100_000_000
+BULK_DELETE_MAX_KEYS = 10_000
+BULK_GET_MAX_KEYS = 100
+
+JSON = None | bool | int | float | str | Sequence["JSON"] | Mapping[str, "JSON"]
+
+
+def key_bytes(key: object) -> bytes:
+    """Return the key's UTF-8 bytes, or raise the typed error for an illegal key name."""
+    if not isinstance(key, str):
+        raise InvalidKey(f"Key names must be strings, not {type(key).__name__}.")
+    if key in ("", ".", ".."):
+        raise InvalidKey(f"Illegal key name {key!r}: keys cannot be empty, '.' or '..'.")
+    try:
+        encoded = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("Key names must be valid UTF-8 (found a lone surrogate).") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise KeyTooLong(
+            f"UTF-8 encoded length of {len(encoded)} exceeds key length limit of {MAX_KEY_BYTES}."
+        )
+    return encoded
+
+
+def check_prefix(prefix: object) -> bytes:
+    """A list prefix may be empty but otherwise follows the key rules for length and encoding."""
+    if not isinstance(prefix, str):
+        raise InvalidKey(f"Prefixes must be strings, not {type(prefix).__name__}.")
+    if prefix == "":
+        return b""
+    try:
+        encoded = prefix.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidKey("Prefixes must be valid UTF-8 (found a lone surrogate).") from None
+    if len(encoded) > MAX_KEY_BYTES:
+        raise KeyTooLong(
+            f"UTF-8 encoded length of {len(encoded)} exceeds key length limit of {MAX_KEY_BYTES}."
+        )
+    return encoded
+
+
+def value_bytes(value: object) -> bytes:
+    """Return the value as bytes (str is UTF-8 encoded), or raise if it is too large."""
+    if isinstance(value, str):
+        try:
+            data = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidValue("String values must be valid UTF-8.") from None
+    elif isinstance(value, bytes | bytearray | memoryview):
+        data = bytes(value)
+    else:
+        raise InvalidValue(f"Values must be bytes or str, not {type(value).__name__}.")
+    if len(data) > MAX_VALUE_BYTES:
+        raise ValueTooLarge(f"Value length of {len(data)} exceeds limit of {MAX_VALUE_BYTES}.")
+    return data
+
+
+def metadata_json(metadata: object) -> str | None:
+    """Serialise metadata the way Workers does (compact JSON) and check its size."""
+    if metadata is None:
+        return None
+    try:
+        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidMetadata(f"Metadata must be JSON-serialisable: {exc}.") from None
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > MAX_METADATA_BYTES:
+        raise MetadataTooLarge(f"Metadata length of {size} exceeds limit of {MAX_METADATA_BYTES}.")
+    return text
+
+
+def _whole_seconds(name: str, value: object, error: type[KVValidationError]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise error(f"Invalid {name} of {value!r}. Please specify an integer.")
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+        raise error(f"Invalid {name} of {value!r}. Please specify an integer.")
+    return int(value)
+
+
+def absolute_expiration(
+    *, expiration: object = None, expiration_ttl: object = None, now: float
+) -> int | None:
+    """Check the two ways of giving an expiry and return the absolute epoch second, or None.
+
+    Giving both is ambiguous (Cloudflare silently lets the TTL win), so it is an error here.
+    """
+    if expiration is not None and expiration_ttl is not None:
+        raise InvalidExpiration("Give either expiration or expiration_ttl, not both.")
+    if expiration_ttl is not None:
+        ttl = _whole_seconds("expiration_ttl", expiration_ttl, InvalidExpirationTTL)
+        if ttl < MIN_EXPIRATION_TTL:
+            raise InvalidExpirationTTL(
+                f"Invalid expiration_ttl of {ttl}. "
+                f"Expiration TTL must be at least {MIN_EXPIRATION_TTL}."
+            )
+        return int(now) + ttl
+    if expiration is not None:
+        at = _whole_seconds("expiration", expiration, InvalidExpiration)
+        if at <= int(now):
+            raise InvalidExpiration(
+                f"Invalid expiration of {at}. Please specify integer greater than "
+                "the current number of seconds since the UNIX epoch."
+            )
+        if at < int(now) + MIN_EXPIRATION_TTL:
+            raise InvalidExpiration(
+                f"Invalid expiration of {at}. Expiration times must be at least "
+                f"{MIN_EXPIRATION_TTL} seconds in the future."
+            )
+        return at
+    return None
+
+
+def list_limit(limit: object) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int):
+        raise InvalidListLimit(f"Invalid key_count_limit of {limit!r}. Please specify an integer.")
+    if limit > MAX_LIST_LIMIT:
+        raise InvalidListLimit(
+            f"Invalid key_count_limit of {limit}. "
+            f"Please specify an integer less than {MAX_LIST_LIMIT}."
+        )
+    if limit < MIN_LIST_LIMIT:
+        raise InvalidListLimit(
+            f"Invalid key_count_limit of {limit}. "
+            f"Please specify an integer greater than {MIN_LIST_LIMIT}."
+        )
+    return limit
+
+
+def check_cursor(cursor: object) -> str | None:
+    if cursor is None or cursor == "":
+        return None
+    if not isinstance(cursor, str):
+        raise InvalidCursor(f"Invalid cursor {cursor!r}: cursors are strings.")
+    return cursor

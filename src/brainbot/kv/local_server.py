@@ -1,0 +1,559 @@
+"""A local server for Cloudflare's KV REST API, over the embedded KV.
+
+``brainbot kv serve`` runs it: the same paths, JSON envelopes, status codes and error
+codes as ``api.cloudflare.com/client/v4``, so the REST client is tested over real HTTP
+without an account. Every namespace id maps to its own SQLite file under the data
+directory (created on first use, unlike Cloudflare, which answers 10013 for unknown ids).
+
+For resilience tests it injects :class:`~brainbot.kv.faults.Faults`; with ``test_clock``
+it also accepts ``POST /__brainbot/clock {"advance": seconds}`` so expiry can be shown
+without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import email.policy
+import hmac
+import json
+import re
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from brainbot.kv.embedded import EmbeddedKV, decode_cursor
+from brainbot.kv.errors import (
+    BulkTooLarge,
+    InvalidExpiration,
+    InvalidExpirationTTL,
+    InvalidKey,
+    InvalidListLimit,
+    InvalidMetadata,
+    InvalidValue,
+    KVError,
+    ValueTooLarge,
+)
+from brainbot.kv.faults import FaultInjector, Faults
+from brainbot.kv.limits import (
+    BULK_DELETE_MAX_KEYS,
+    BULK_GET_MAX_KEYS,
+    BULK_WRITE_MAX_BYTES,
+    BULK_WRITE_MAX_ITEMS,
+    MAX_METADATA_BYTES,
+    MAX_VALUE_BYTES,
+)
+from brainbot.kv.namespace import Entry, KeyInfo, ListPage, PutItem
+
+_NS = "/client/v4/accounts/{account}/storage/kv/namespaces/{namespace}"
+_NAMESPACE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_KEY_IN_PATH = re.compile(rb"/storage/kv/namespaces/[^/]+/(?:values|metadata)/(.*)$")
+
+
+class TestClock:
+    """Wall-clock time plus an offset that tests may advance."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+
+def envelope(
+    result: Any = None,
+    *,
+    errors: list[tuple[int, str]] | None = None,
+    status: int = 200,
+    **extra: Any,
+) -> JSONResponse:
+    return JSONResponse(
+        {
+            "success": not errors,
+            "errors": [{"code": c, "message": m} for c, m in errors or []],
+            "messages": [],
+            "result": result,
+            **extra,
+        },
+        status_code=status,
+    )
+
+
+def error_response(exc: KVError) -> JSONResponse:
+    return envelope(errors=[(exc.cf_code, exc.message)], status=exc.http_status)
+
+
+@dataclass
+class _Mutation:
+    at: float
+    before: KeyInfo | None
+
+
+@dataclass
+class LocalKVServer:
+    """The ASGI application's state: namespaces, token, faults and the list-lag log."""
+
+    data_dir: Path
+    token: str
+    faults: Faults = field(default_factory=Faults)
+    test_clock: bool = False
+    _clock: Callable[[], float] = field(init=False)
+    _namespaces: dict[str, EmbeddedKV] = field(init=False, default_factory=dict)
+    _recent: dict[str, dict[str, _Mutation]] = field(init=False, default_factory=dict)
+    _injector: FaultInjector = field(init=False)
+    requests: int = field(init=False, default=0)
+
+    def __post_init__(self) -> None:
+        if not self.token:
+            raise ValueError("The local KV server needs a token.")
+        self._clock = TestClock() if self.test_clock else time.time
+        self._injector = FaultInjector(self.faults)
+
+    def __repr__(self) -> str:
+        return f"LocalKVServer(data_dir={str(self.data_dir)!r}, faults={self.faults!r})"
+
+    def app(self) -> Starlette:
+        routes = [
+            Route(_NS + "/values/{key:path}", self._values, methods=["GET", "PUT", "DELETE"]),
+            Route(_NS + "/metadata/{key:path}", self._metadata, methods=["GET"]),
+            Route(_NS + "/keys", self._keys, methods=["GET"]),
+            Route(_NS + "/bulk", self._bulk, methods=["PUT", "DELETE"]),
+            Route(_NS + "/bulk/delete", self._bulk_delete, methods=["POST"]),
+            Route(_NS + "/bulk/get", self._bulk_get, methods=["POST"]),
+        ]
+        if self.test_clock:
+            routes.append(Route("/__brainbot/clock", self._advance_clock, methods=["POST"]))
+
+        async def no_route(request: Request, exc: Exception) -> Response:
+            return envelope(errors=[(7003, "No route for that URI")], status=404)
+
+        async def wrong_method(request: Request, exc: Exception) -> Response:
+            return envelope(errors=[(7001, "Method not allowed for this route")], status=405)
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            yield
+            await self.aclose()
+
+        return Starlette(
+            routes=routes,
+            exception_handlers={404: no_route, 405: wrong_method},
+            lifespan=lifespan,
+        )
+
+    async def aclose(self) -> None:
+        for kv in self._namespaces.values():
+            await kv.aclose()
+        self._namespaces.clear()
+
+    # -- plumbing ----------------------------------------------------------------------
+
+    def _authorised(self, request: Request) -> bool:
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        return scheme.lower() == "bearer" and hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), self.token.encode("utf-8")
+        )
+
+    async def _guard(self, request: Request) -> Response | None:
+        """Authentication first, then the injected faults, as Cloudflare's edge would."""
+        self.requests += 1
+        if not self._authorised(request):
+            return envelope(errors=[(10000, "Authentication error")], status=401)
+        lockout = self._injector.over_budget()
+        if lockout is not None:
+            response = envelope(
+                errors=[(971, "Please wait and consider throttling your request speed")],
+                status=429,
+            )
+            response.headers["Retry-After"] = str(max(1, round(lockout)))
+            return response
+        delay = self._injector.delay()
+        if delay:
+            await asyncio.sleep(delay)
+        status = self._injector.error_status()
+        if status == 429:
+            response = envelope(errors=[(10048, "Too many requests (injected)")], status=429)
+            response.headers["Retry-After"] = str(self.faults.retry_after)
+            return response
+        if status is not None:
+            return envelope(errors=[(10001, "Internal error (injected)")], status=status)
+        return None
+
+    def _namespace(self, request: Request) -> EmbeddedKV:
+        namespace_id = request.path_params["namespace"]
+        if not _NAMESPACE_ID.match(namespace_id):
+            raise _NotFound(10013, "namespace not found")
+        kv = self._namespaces.get(namespace_id)
+        if kv is None:
+            kv = EmbeddedKV(
+                self.data_dir / f"{namespace_id}.sqlite3", clock=self._clock, durable=False
+            )
+            self._namespaces[namespace_id] = kv
+        return kv
+
+    @staticmethod
+    def _key(request: Request) -> str:
+        """The key from the raw path: one percent-encoded segment, decoded exactly once."""
+        match = _KEY_IN_PATH.search(request.scope.get("raw_path") or b"")
+        if match is None or not match.group(1):
+            raise InvalidKey("Illegal key name '': keys cannot be empty, '.' or '..'.")
+        try:
+            return unquote_to_bytes(match.group(1)).decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidKey("Key names must be valid UTF-8.") from None
+
+    async def _serve(
+        self, request: Request, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        refusal = await self._guard(request)
+        if refusal is not None:
+            return refusal
+        try:
+            return await handler(request)
+        except KVError as exc:
+            return error_response(exc)
+        except _NotFound as exc:
+            return envelope(errors=[(exc.code, exc.message)], status=404)
+
+    # -- list lag (eventual consistency) -------------------------------------------------
+
+    async def _remember(self, request: Request, kv: EmbeddedKV, keys: list[str]) -> None:
+        """Before a write, note what list should keep showing for ``list_lag`` seconds."""
+        if not self.faults.list_lag:
+            return
+        recent = self._recent.setdefault(request.path_params["namespace"], {})
+        now = time.monotonic()
+        stale = [k for k in keys if k not in recent or recent[k].at <= now - self.faults.list_lag]
+        if stale:
+            current = await kv.get_many(stale)
+            for key in stale:
+                entry = current[key]
+                before = None if entry is None else KeyInfo(key, entry.expiration, entry.metadata)
+                recent[key] = _Mutation(now, before)
+        for key in keys:
+            recent[key].at = now
+
+    def _lagging(
+        self, request: Request, page: ListPage, prefix: str, after: str | None
+    ) -> ListPage:
+        recent = self._recent.get(request.path_params["namespace"], {})
+        now = time.monotonic()
+        fresh = {k: m for k, m in recent.items() if m.at > now - self.faults.list_lag}
+        for key in [k for k, m in recent.items() if m.at <= now - self.faults.list_lag]:
+            del recent[key]
+        if not fresh:
+            return page
+        last = page.keys[-1].name.encode() if page.keys and page.cursor else None
+        shown = {k.name: k for k in page.keys if k.name not in fresh}
+        for key, mutation in fresh.items():
+            raw = key.encode()
+            in_range = (
+                key.startswith(prefix)
+                and (after is None or raw > after.encode())
+                and (last is None or raw <= last)
+            )
+            if in_range and mutation.before is not None:
+                shown[key] = mutation.before
+        keys = sorted(shown.values(), key=lambda k: k.name.encode())
+        return ListPage(keys=keys, cursor=page.cursor)
+
+    # -- routes ------------------------------------------------------------------------
+
+    async def _values(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            kv, key = self._namespace(request), self._key(request)
+            if request.method == "GET":
+                entry = await kv.get(key)
+                if entry is None:
+                    raise _NotFound(10009, "get: 'key not found'")
+                headers = {} if entry.expiration is None else {"expiration": str(entry.expiration)}
+                return Response(entry.value, media_type="application/octet-stream", headers=headers)
+            if request.method == "DELETE":
+                await self._remember(request, kv, [key])
+                await kv.delete(key)
+                return envelope()
+            value, metadata = await _read_put_body(request)
+            expiration, ttl = _expiry_params(request.query_params)
+            await self._remember(request, kv, [key])
+            await kv.put(key, value, expiration=expiration, expiration_ttl=ttl, metadata=metadata)
+            return envelope()
+
+        return await self._serve(request, handle)
+
+    async def _metadata(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            entry = await self._namespace(request).get(self._key(request))
+            if entry is None:
+                raise _NotFound(10009, "metadata: 'key not found'")
+            return envelope(entry.metadata)
+
+        return await self._serve(request, handle)
+
+    async def _keys(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            kv = self._namespace(request)
+            params = request.query_params
+            raw_limit = params.get("limit", "1000")
+            try:
+                limit = int(raw_limit)
+            except ValueError:
+                raise InvalidListLimit(
+                    f"Invalid key_count_limit of {raw_limit}. Please specify an integer."
+                ) from None
+            prefix, cursor = params.get("prefix", ""), params.get("cursor") or None
+            page = await kv.list(prefix=prefix, cursor=cursor, limit=limit)
+            if self.faults.list_lag:
+                after = _cursor_key(cursor)
+                page = self._lagging(request, page, prefix, after)
+            return envelope(
+                [_key_json(k) for k in page.keys],
+                result_info={"count": len(page.keys), "cursor": page.cursor or ""},
+            )
+
+        return await self._serve(request, handle)
+
+    async def _bulk(self, request: Request) -> Response:
+        if request.method == "DELETE":
+            return await self._bulk_delete(request)
+
+        async def handle(request: Request) -> Response:
+            kv = self._namespace(request)
+            body = await _read_json(request, BULK_WRITE_MAX_BYTES)
+            if not isinstance(body, list):
+                raise InvalidValue("The bulk write body must be a JSON array.")
+            if len(body) > BULK_WRITE_MAX_ITEMS:
+                raise BulkTooLarge(
+                    f"Bulk write of {len(body)} pairs exceeds the limit of {BULK_WRITE_MAX_ITEMS}."
+                )
+            items = [_bulk_put_item(i, raw) for i, raw in enumerate(body)]
+            kv_items = list({item.key: item for item in items}.values())
+            failed = self._injector.failed_bulk_keys([item.key for item in kv_items])
+            to_write = [item for item in kv_items if item.key not in failed]
+            await self._remember(request, kv, [item.key for item in to_write])
+            await kv.put_many(to_write)
+            written = sum(1 for item in items if item.key not in failed)
+            return envelope({"successful_key_count": written, "unsuccessful_keys": sorted(failed)})
+
+        return await self._serve(request, handle)
+
+    async def _bulk_delete(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            kv = self._namespace(request)
+            body = await _read_json(request, BULK_WRITE_MAX_BYTES)
+            if not isinstance(body, list) or not all(isinstance(k, str) for k in body):
+                raise InvalidKey("The bulk delete body must be a JSON array of key names.")
+            if len(body) > BULK_DELETE_MAX_KEYS:
+                raise BulkTooLarge(
+                    f"Bulk delete of {len(body)} keys exceeds the limit of {BULK_DELETE_MAX_KEYS}."
+                )
+            failed = self._injector.failed_bulk_keys(body)
+            to_delete = [k for k in body if k not in failed]
+            await self._remember(request, kv, to_delete)
+            await kv.delete_many(to_delete)
+            return envelope(
+                {"successful_key_count": len(to_delete), "unsuccessful_keys": sorted(failed)}
+            )
+
+        return await self._serve(request, handle)
+
+    async def _bulk_get(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            kv = self._namespace(request)
+            body = await _read_json(request, BULK_WRITE_MAX_BYTES)
+            keys = body.get("keys") if isinstance(body, dict) else None
+            kind = body.get("type", "text") if isinstance(body, dict) else None
+            if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+                raise InvalidKey("bulk/get needs {'keys': [names...]}.")
+            if len(keys) > BULK_GET_MAX_KEYS:
+                raise BulkTooLarge(
+                    f"Bulk get of {len(keys)} keys exceeds the limit of {BULK_GET_MAX_KEYS}."
+                )
+            if kind not in ("text", "json"):
+                raise InvalidValue(f"Invalid type {kind!r}: use 'text' or 'json'.")
+            with_metadata = bool(body.get("withMetadata", False))
+            found = await kv.get_many(keys)
+            values = {k: _bulk_get_value(e, kind, with_metadata) for k, e in found.items()}
+            return envelope({"values": values})
+
+        return await self._serve(request, handle)
+
+    async def _advance_clock(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return envelope(errors=[(10000, "Authentication error")], status=401)
+        body = await request.json()
+        assert isinstance(self._clock, TestClock)
+        self._clock.offset += float(body.get("advance", 0))
+        return envelope({"now": self._clock()})
+
+
+class _NotFound(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        self.code, self.message = code, message
+
+
+def _cursor_key(cursor: str | None) -> str | None:
+    return None if cursor is None else decode_cursor(cursor).decode("utf-8")
+
+
+def _key_json(info: KeyInfo) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": info.name}
+    if info.expiration is not None:
+        out["expiration"] = info.expiration
+    if info.metadata is not None:
+        out["metadata"] = info.metadata
+    return out
+
+
+def _bulk_get_value(entry: Entry | None, kind: str, with_metadata: bool) -> Any:
+    if entry is None:
+        return None
+    text = entry.value.decode("utf-8", "replace")
+    if kind == "json":
+        try:
+            value: Any = json.loads(text)
+        except ValueError:
+            raise InvalidValue("bulk/get with type 'json' met a value that is not JSON.") from None
+    else:
+        value = text
+    if not with_metadata:
+        return value
+    out = {"value": value, "metadata": entry.metadata}
+    if entry.expiration is not None:
+        out["expiration"] = entry.expiration
+    return out
+
+
+def _int_param(raw: str | None, name: str, error: type[KVError]) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise error(f"Invalid {name} of {raw}. Please specify integer.") from None
+
+
+def _expiry_params(params: Any) -> tuple[int | None, int | None]:
+    ttl = _int_param(params.get("expiration_ttl"), "expiration_ttl", InvalidExpirationTTL)
+    expiration = _int_param(params.get("expiration"), "expiration", InvalidExpiration)
+    return (None, ttl) if ttl is not None else (expiration, None)  # Cloudflare: the TTL wins
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BulkTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    try:
+        return json.loads(await _read_body(request, limit))
+    except ValueError:
+        raise InvalidValue("The request body is not valid JSON.") from None
+
+
+async def _read_put_body(request: Request) -> tuple[bytes, Any]:
+    """Raw bytes, or multipart parts ``value`` (bytes) and ``metadata`` (JSON text).
+
+    Parsed with the standard library's MIME parser, which hands back each part's exact
+    bytes (Starlette's form parser decodes non-file parts as text, which is lossy)."""
+    content_type = request.headers.get("content-type", "")
+    body = await _read_body(request, MAX_VALUE_BYTES + MAX_METADATA_BYTES + 64 * 1024)
+    if not content_type.startswith("multipart/form-data"):
+        if len(body) > MAX_VALUE_BYTES:
+            raise ValueTooLarge(f"Value length of {len(body)} exceeds limit of {MAX_VALUE_BYTES}.")
+        return body, None
+    message = BytesParser(policy=email.policy.HTTP).parsebytes(
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    )
+    parts = {
+        part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
+    value = parts.get("value")
+    if not isinstance(value, bytes):
+        raise InvalidValue("A multipart write needs a 'value' part.")
+    raw_meta = parts.get("metadata")
+    if not isinstance(raw_meta, bytes):
+        return value, None
+    try:
+        return value, json.loads(raw_meta)
+    except ValueError:
+        raise InvalidMetadata("Metadata must be valid JSON.") from None
+
+
+def _bulk_put_item(index: int, raw: Any) -> PutItem:
+    if not isinstance(raw, dict) or not isinstance(raw.get("key"), str):
+        raise InvalidKey(f"Bulk item {index} needs a string 'key'.")
+    value = raw.get("value")
+    if not isinstance(value, str):
+        raise InvalidValue(f"Bulk item {index}: 'value' must be a string.")
+    data: bytes | str = value
+    if raw.get("base64"):
+        try:
+            data = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidValue(f"Bulk item {index}: 'value' is not valid base64.") from None
+    ttl, expiration = raw.get("expiration_ttl"), raw.get("expiration")
+    return PutItem(
+        key=raw["key"],
+        value=data,
+        expiration=None if ttl is not None else expiration,
+        expiration_ttl=ttl,
+        metadata=raw.get("metadata"),
+    )
+
+
+async def serve(
+    server: LocalKVServer,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Run until cancelled or signalled; announce ``READY <base-url>`` once accepting."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        server.app(), log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
+    )
+    uv = uvicorn.Server(config)
+    task = asyncio.create_task(uv.serve(sockets=[sock]))
+    while not uv.started:
+        if task.done():
+            await task
+            return
+        await asyncio.sleep(0.01)
+    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
+    line = f"READY http://{shown_host}:{bound_port}/client/v4"
+    if announce is not None:
+        announce(line)
+    else:
+        print(line, flush=True)
+        sys.stdout.flush()
+    await task

@@ -1,0 +1,139 @@
+"""The one KV namespace interface, and the small value types it speaks.
+
+It mirrors Cloudflare Workers KV operation for operation (get with expiry and metadata,
+put, delete, list, and the bulk forms), so code written against the embedded KV runs
+unchanged on Cloudflare. Every implementation passes the same contract test suite
+(``tests/contract/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, Self, runtime_checkable
+
+from brainbot.kv.limits import JSON
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A stored value with its absolute expiry (epoch seconds) and metadata."""
+
+    value: bytes
+    expiration: int | None = None
+    metadata: JSON = None
+
+    def text(self) -> str:
+        return self.value.decode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyInfo:
+    """One name of a list page; values are not listed, expiry and metadata are."""
+
+    name: str
+    expiration: int | None = None
+    metadata: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListPage:
+    keys: list[KeyInfo]
+    cursor: str | None
+    """Pass back to get the next page; None once the listing is complete.
+
+    A page may be empty while the cursor says more keys remain, as on Cloudflare."""
+
+    @property
+    def complete(self) -> bool:
+        return self.cursor is None
+
+
+@dataclass(frozen=True, slots=True)
+class PutItem:
+    """One write of a bulk put."""
+
+    key: str
+    value: bytes | str
+    expiration: int | None = None
+    expiration_ttl: int | None = None
+    metadata: JSON = None
+
+
+@dataclass(frozen=True, slots=True)
+class BulkResult:
+    """Per-key outcome of a bulk write or delete.
+
+    Keys in ``unsuccessful_keys`` were not written (or deleted) even after the
+    implementation's own retries; the caller decides whether to try again later.
+    """
+
+    successful_key_count: int
+    unsuccessful_keys: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.unsuccessful_keys
+
+
+@runtime_checkable
+class KVNamespace(Protocol):
+    """A Cloudflare Workers KV namespace: embedded (SQLite), REST, or gateway Worker."""
+
+    async def get(self, key: str) -> Entry | None:
+        """The live entry under ``key``, or None if missing or expired."""
+        ...
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        expiration: int | None = None,
+        expiration_ttl: int | None = None,
+        metadata: JSON = None,
+    ) -> None:
+        """Replace value, expiry and metadata of ``key`` together."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove ``key``; removing a missing key succeeds."""
+        ...
+
+    async def list(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int = 1000
+    ) -> ListPage:
+        """One page of live names starting with ``prefix``, in UTF-8 byte order."""
+        ...
+
+    async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
+        """Write any number of items; every item is validated before anything is written."""
+        ...
+
+    async def delete_many(self, keys: Sequence[str]) -> BulkResult:
+        """Delete any number of keys."""
+        ...
+
+    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Entry | None]:
+        """Read any number of keys; missing or expired ones map to None."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+async def iter_keys(
+    namespace: KVNamespace, *, prefix: str = "", page_size: int = 1000
+) -> AsyncIterator[KeyInfo]:
+    """Every live name under ``prefix``, following cursors across (possibly empty) pages."""
+    cursor: str | None = None
+    while True:
+        page = await namespace.list(prefix=prefix, cursor=cursor, limit=page_size)
+        for info in page.keys:
+            yield info
+        if page.cursor is None:
+            return
+        cursor = page.cursor

@@ -1,0 +1,440 @@
+"""A client for Cloudflare's KV REST API (async, httpx).
+
+Why our own client rather than the official ``cloudflare`` SDK: the SDK is ~100 MB, retries
+429 only twice and ignores ``Retry-After`` above 60 s (so it runs straight into the 5-minute
+lockout), stops list pagination at an empty page that still has a cursor, and rejects str
+values. What we need is eight endpoints, done carefully:
+
+* keys are percent-encoded as one path segment (``/``, ``%``, ``?``, ``#``, space, non-ASCII);
+* every request waits for a slot of the :class:`RequestBudget` before it is sent;
+* 429, 5xx and transport failures are retried with jittered exponential backoff (stamina),
+  honouring ``Retry-After``; a global-budget 429 pauses the whole client;
+* bulk writes are split by count and by bytes, binary values travel as base64, and exactly
+  the ``unsuccessful_keys`` of a bulk answer are sent again;
+* ``get`` costs one request (``bulk/get`` returns value, expiry and metadata together, read
+  consistently); only a value that is not UTF-8 text costs two more, to stay byte-exact;
+* the API token lives only inside the auth hook and never reaches a repr, log or error.
+"""
+
+from __future__ import annotations
+
+import base64
+import builtins
+import json
+import math
+import time
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any, Self
+from urllib.parse import quote
+
+import httpx
+import stamina
+
+from brainbot.kv.budget import RequestBudget
+from brainbot.kv.errors import (
+    KVError,
+    KVRemoteError,
+    KVTransportError,
+    RateLimited,
+    ServerError,
+    error_from_response,
+)
+from brainbot.kv.limits import (
+    BULK_DELETE_MAX_KEYS,
+    BULK_GET_MAX_KEYS,
+    BULK_WRITE_MAX_BYTES,
+    BULK_WRITE_MAX_ITEMS,
+    JSON,
+    absolute_expiration,
+    check_cursor,
+    check_prefix,
+    key_bytes,
+    list_limit,
+    metadata_json,
+    value_bytes,
+)
+from brainbot.kv.namespace import BulkResult, Entry, KeyInfo, ListPage, PutItem
+
+DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
+_NOT_FOUND = 10009
+_GLOBAL_RATE_LIMIT = 971
+_REPLACEMENT_CHAR = "\ufffd"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How hard to try before giving up on one request (and on a bulk write's failed keys).
+
+    The total ``timeout`` must outlast Cloudflare's 5-minute lockout so a long
+    ``Retry-After`` is waited out rather than turned into an error.
+    """
+
+    attempts: int = 10
+    timeout: float = 900.0
+    wait_initial: float = 0.2
+    wait_max: float = 30.0
+    wait_jitter: float = 1.0
+
+
+class _BearerToken(httpx.Auth):
+    """Adds the Authorization header; the token is kept here and nowhere else."""
+
+    def __init__(self, token: str) -> None:
+        if not token:
+            raise ValueError("An API token is required.")
+        self.__token = token
+
+    def __repr__(self) -> str:
+        return "_BearerToken('***')"
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        request.headers["Authorization"] = f"Bearer {self.__token}"
+        yield request
+
+
+def _retry_hook(exc: Exception) -> bool | float:
+    """stamina backoff hook: what to retry, and for how long the server asked us to wait."""
+    if isinstance(exc, RateLimited):
+        return exc.retry_after if exc.retry_after is not None else True
+    return isinstance(exc, ServerError | KVTransportError)
+
+
+class _PartialBulkFailure(Exception):
+    """Some keys of a bulk request were reported unsuccessful: send exactly those again."""
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            at = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (at - datetime.now(UTC)).total_seconds()
+    if not math.isfinite(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _envelope_error(response: httpx.Response) -> tuple[int | None, str]:
+    try:
+        body = response.json()
+        first = body["errors"][0]
+        return int(first["code"]), str(first["message"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None, f"HTTP {response.status_code} {response.reason_phrase}".strip()
+
+
+def _bulk_item(item: PutItem) -> bytes:
+    data = value_bytes(item.value)
+    body: dict[str, Any] = {"key": item.key}
+    try:
+        body["value"] = data.decode("utf-8")
+    except UnicodeDecodeError:
+        body["value"] = base64.b64encode(data).decode("ascii")
+        body["base64"] = True
+    if item.expiration is not None:
+        body["expiration"] = item.expiration
+    if item.expiration_ttl is not None:
+        body["expiration_ttl"] = item.expiration_ttl
+    if item.metadata is not None:
+        body["metadata"] = item.metadata
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def _batches(sizes: Sequence[int], max_items: int, max_bytes: int) -> Iterator[range]:
+    """Split items into consecutive runs that fit a JSON array of max_items / max_bytes."""
+    start, used = 0, 2  # "[" and "]"
+    for i, size in enumerate(sizes):
+        if size + 3 > max_bytes:
+            raise KVError(f"Bulk item {i} alone ({size} bytes) exceeds the {max_bytes}-byte limit.")
+        if i > start and (i - start >= max_items or used + size + 1 > max_bytes):
+            yield range(start, i)
+            start, used = i, 2
+        used += size + 1
+    if start < len(sizes):
+        yield range(start, len(sizes))
+
+
+class CloudflareKV:
+    """One Workers KV namespace through Cloudflare's REST API (or a server speaking it)."""
+
+    def __init__(
+        self,
+        *,
+        account_id: str,
+        namespace_id: str,
+        api_token: str,
+        base_url: str = DEFAULT_BASE_URL,
+        budget: RequestBudget | None = None,
+        retry: RetryPolicy | None = None,
+        timeout: float = 60.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        bulk_max_items: int = BULK_WRITE_MAX_ITEMS,
+        bulk_max_bytes: int = BULK_WRITE_MAX_BYTES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not account_id or not namespace_id:
+            raise ValueError("account_id and namespace_id are required.")
+        self.account_id = account_id
+        self.namespace_id = namespace_id
+        self.base_url = base_url.rstrip("/")
+        self.budget = budget if budget is not None else RequestBudget()
+        self.retry = retry if retry is not None else RetryPolicy()
+        self.bulk_max_items = bulk_max_items
+        self.bulk_max_bytes = bulk_max_bytes
+        self._clock = clock
+        self._http = httpx.AsyncClient(
+            base_url=(
+                f"{self.base_url}/accounts/{quote(account_id, safe='')}"
+                f"/storage/kv/namespaces/{quote(namespace_id, safe='')}/"
+            ),
+            auth=_BearerToken(api_token),
+            timeout=timeout,
+            transport=transport,
+            headers={"User-Agent": "brainbot-kv"},
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CloudflareKV(base_url={self.base_url!r}, account_id={self.account_id!r}, "
+            f"namespace_id={self.namespace_id!r})"
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- transport ---------------------------------------------------------------------
+
+    async def _request(
+        self, method: str, path: str, *, not_found_ok: bool = False, **kwargs: Any
+    ) -> httpx.Response:
+        """Send one API request under the budget, retrying what is worth retrying."""
+        response: httpx.Response | None = None
+        async for attempt in stamina.retry_context(
+            on=_retry_hook,
+            attempts=self.retry.attempts,
+            timeout=self.retry.timeout,
+            wait_initial=self.retry.wait_initial,
+            wait_max=self.retry.wait_max,
+            wait_jitter=self.retry.wait_jitter,
+        ):
+            with attempt:
+                response = await self._request_once(method, path, not_found_ok, kwargs)
+        assert response is not None
+        return response
+
+    async def _request_once(
+        self, method: str, path: str, not_found_ok: bool, kwargs: dict[str, Any]
+    ) -> httpx.Response:
+        what = f"{method} {path.split('/', 1)[0]}"
+        async with self.budget.slot():
+            try:
+                response = await self._http.request(method, path, **kwargs)
+            except httpx.TimeoutException as exc:
+                raise KVTransportError(f"{what}: timed out ({type(exc).__name__})") from None
+            except httpx.TransportError as exc:
+                raise KVTransportError(f"{what}: {type(exc).__name__}: {exc}") from None
+        status = response.status_code
+        if status < 300:
+            return response
+        code, message = _envelope_error(response)
+        if status == 404 and not_found_ok and code == _NOT_FOUND:
+            return response
+        error = error_from_response(status, code, f"{what}: {message}")
+        if isinstance(error, RateLimited):
+            error.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
+            if code == _GLOBAL_RATE_LIMIT:
+                self.budget.pause(error.retry_after if error.retry_after is not None else 60.0)
+        raise error
+
+    @staticmethod
+    def _key_path(kind: str, key: str) -> str:
+        key_bytes(key)
+        return f"{kind}/{quote(key, safe='')}"
+
+    @staticmethod
+    def _result(response: httpx.Response) -> Any:
+        try:
+            body = response.json()
+        except ValueError:
+            raise ServerError(
+                f"Expected a JSON envelope, got {response.headers.get('content-type')!r}.",
+                status=response.status_code,
+            ) from None
+        if not isinstance(body, dict) or not body.get("success", False):
+            code, message = _envelope_error(response)
+            raise KVRemoteError(message, status=response.status_code, code=code)
+        return body.get("result")
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get(self, key: str) -> Entry | None:
+        return (await self.get_many([key]))[key]
+
+    async def get_many(self, keys: Sequence[str]) -> Mapping[str, Entry | None]:
+        for key in keys:
+            key_bytes(key)
+        unique = list(dict.fromkeys(keys))
+        found: dict[str, Entry | None] = {}
+        for start in range(0, len(unique), BULK_GET_MAX_KEYS):
+            chunk = unique[start : start + BULK_GET_MAX_KEYS]
+            response = await self._request(
+                "POST", "bulk/get", json={"keys": chunk, "type": "text", "withMetadata": True}
+            )
+            values = (self._result(response) or {}).get("values", {})
+            for key in chunk:
+                item = values.get(key)
+                if item is None:
+                    found[key] = None
+                elif _REPLACEMENT_CHAR in item["value"]:
+                    found[key] = await self._get_exact(key)  # maybe binary: fetch the bytes
+                else:
+                    found[key] = Entry(
+                        value=item["value"].encode("utf-8"),
+                        expiration=item.get("expiration"),
+                        metadata=item.get("metadata"),
+                    )
+        return {key: found[key] for key in keys}
+
+    async def _get_exact(self, key: str) -> Entry | None:
+        """Read value bytes and metadata with the two single-key endpoints."""
+        response = await self._request("GET", self._key_path("values", key), not_found_ok=True)
+        if response.status_code == 404:
+            return None
+        expiration = response.headers.get("expiration")
+        meta = await self._request("GET", self._key_path("metadata", key), not_found_ok=True)
+        return Entry(
+            value=response.content,
+            expiration=int(expiration) if expiration else None,
+            metadata=None if meta.status_code == 404 else self._result(meta),
+        )
+
+    async def list(
+        self, *, prefix: str = "", cursor: str | None = None, limit: int = 1000
+    ) -> ListPage:
+        check_prefix(prefix)
+        params: dict[str, str | int] = {"limit": list_limit(limit)}
+        if prefix:
+            params["prefix"] = prefix
+        cursor = check_cursor(cursor)
+        if cursor is not None:
+            params["cursor"] = cursor
+        response = await self._request("GET", "keys", params=params)
+        result = self._result(response) or []
+        info = response.json().get("result_info") or {}
+        return ListPage(
+            keys=[
+                KeyInfo(name=k["name"], expiration=k.get("expiration"), metadata=k.get("metadata"))
+                for k in result
+            ],
+            cursor=info.get("cursor") or None,
+        )
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        expiration: int | None = None,
+        expiration_ttl: int | None = None,
+        metadata: JSON = None,
+    ) -> None:
+        path = self._key_path("values", key)
+        data = value_bytes(value)
+        meta = metadata_json(metadata)
+        absolute_expiration(expiration=expiration, expiration_ttl=expiration_ttl, now=self._clock())
+        params = {
+            name: v
+            for name, v in (("expiration", expiration), ("expiration_ttl", expiration_ttl))
+            if v is not None
+        }
+        if meta is None:
+            await self._request(
+                "PUT",
+                path,
+                params=params,
+                content=data,
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        else:
+            await self._request(
+                "PUT",
+                path,
+                params=params,
+                files={"value": ("value", data, "application/octet-stream")},
+                data={"metadata": meta},
+            )
+
+    async def delete(self, key: str) -> None:
+        await self._request("DELETE", self._key_path("values", key))
+
+    async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
+        now = self._clock()
+        encoded: builtins.list[bytes] = []
+        for item in items:  # validate everything before the first request
+            key_bytes(item.key)
+            metadata_json(item.metadata)
+            absolute_expiration(
+                expiration=item.expiration, expiration_ttl=item.expiration_ttl, now=now
+            )
+            encoded.append(_bulk_item(item))
+        failed: builtins.list[str] = []
+        for run in _batches([len(e) for e in encoded], self.bulk_max_items, self.bulk_max_bytes):
+            failed += await self._bulk_until_done(
+                "PUT", "bulk", [(items[i].key, encoded[i]) for i in run]
+            )
+        return BulkResult(len(items) - len(failed), tuple(failed))
+
+    async def delete_many(self, keys: Sequence[str]) -> BulkResult:
+        encoded = [json.dumps(key_bytes(k).decode("utf-8"), ensure_ascii=False) for k in keys]
+        failed: builtins.list[str] = []
+        for start in range(0, len(keys), BULK_DELETE_MAX_KEYS):
+            run = range(start, min(start + BULK_DELETE_MAX_KEYS, len(keys)))
+            failed += await self._bulk_until_done(
+                "POST", "bulk/delete", [(keys[i], encoded[i].encode("utf-8")) for i in run]
+            )
+        return BulkResult(len(keys) - len(failed), tuple(failed))
+
+    async def _bulk_until_done(
+        self, method: str, path: str, pending: builtins.list[tuple[str, bytes]]
+    ) -> builtins.list[str]:
+        """Send one bulk request, then resend exactly its unsuccessful keys, with backoff.
+
+        Returns the keys still unsuccessful once the retry policy is spent."""
+        try:
+            async for attempt in stamina.retry_context(
+                on=_PartialBulkFailure,
+                attempts=self.retry.attempts,
+                timeout=self.retry.timeout,
+                wait_initial=self.retry.wait_initial,
+                wait_max=self.retry.wait_max,
+                wait_jitter=self.retry.wait_jitter,
+            ):
+                with attempt:
+                    body = b"[" + b",".join(part for _, part in pending) + b"]"
+                    response = await self._request(
+                        method, path, content=body, headers={"Content-Type": "application/json"}
+                    )
+                    result = self._result(response) or {}
+                    unsuccessful = set(result.get("unsuccessful_keys") or ())
+                    pending = [p for p in pending if p[0] in unsuccessful]
+                    if pending:
+                        raise _PartialBulkFailure
+        except _PartialBulkFailure:
+            pass
+        return [key for key, _ in pending]
