@@ -1,0 +1,5 @@
+"""``python -m brainbot`` runs the console command."""
+
+from brainbot.cli import main
+
+main()

@@ -1,0 +1,63 @@
+"""Session-wide real services: redis-server, the local KV API server, Miniflare."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import stamina
+
+from tests.support.processes import ROOT, Service, start_kv_server, start_redis, start_service
+
+MINIFLARE_DIR = ROOT / "workers" / "kv-rest-sim"
+
+
+@pytest.fixture(autouse=True)
+def _fast_retries() -> Iterator[None]:
+    """Retries keep their count but skip their sleeps (stamina's test mode)."""
+    with stamina.set_testing(True, attempts=30):
+        yield
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    service, port = start_redis(tmp_path_factory.mktemp("redis"))
+    yield f"redis://127.0.0.1:{port}/0"
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def api_token() -> str:
+    return "test-token-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def kv_server(tmp_path_factory: pytest.TempPathFactory, api_token: str) -> Iterator[Service]:
+    """`brainbot kv serve` with a test clock and no faults, shared by the session."""
+    service = start_kv_server(tmp_path_factory.mktemp("kv-serve"), api_token, "--test-clock")
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
+def miniflare(api_token: str) -> Iterator[Service]:
+    """Cloudflare's own simulator (Miniflare/workerd) running our REST-paths Worker."""
+    if not (MINIFLARE_DIR / "node_modules" / "miniflare").is_dir():
+        pytest.fail(
+            "Miniflare is not installed: run ./scripts/setup (npm ci in workers/kv-rest-sim)"
+        )
+    service = start_service(
+        ["node", "serve.mjs", "--port", "0", "--test-clock"],
+        r"^READY (\S+)$",
+        env={"KV_SIM_TOKEN": api_token},
+        cwd=MINIFLARE_DIR,
+    )
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

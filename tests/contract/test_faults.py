@@ -1,0 +1,40 @@
+"""What only a faulty server can show: partial bulk failures, the API budget, list lag.
+
+The embedded KV cannot fail part of a bulk write (one SQLite transaction) and is strongly
+consistent; Miniflare simulates neither rate limits nor eventual consistency. Those
+targets skip here and say so by name."""
+
+from __future__ import annotations
+
+import asyncio
+
+from brainbot.kv import Entry, PutItem, iter_keys
+from brainbot.kv.faults import Faults
+from tests.contract.conftest import Target
+
+
+async def test_partial_bulk_failures_are_retried_until_every_key_is_written(target: Target) -> None:
+    faults = Faults(bulk_failure_rate=0.4, seed=7)
+    async with target.faulty(faults, "cannot report unsuccessful_keys for part of a bulk") as kv:
+        items = [PutItem(f"k{i:04d}", bytes([i % 256]) * 5) for i in range(2_000)]
+        result = await kv.put_many(items)
+        assert result.ok
+        assert result.successful_key_count == 2_000
+        got = await kv.get_many([item.key for item in items])
+        assert all(got[item.key] == Entry(bytes(item.value)) for item in items)  # type: ignore[arg-type]
+        deleted = await kv.delete_many([item.key for item in items])
+        assert deleted.ok
+        assert [k async for k in iter_keys(kv)] == []
+
+
+async def test_list_lags_behind_writes_then_catches_up(target: Target) -> None:
+    faults = Faults(list_lag=1.0)
+    async with target.faulty(faults, "does not simulate eventual consistency of list") as kv:
+        await kv.put("old", b"v")
+        await asyncio.sleep(1.1)
+        await kv.put("new", b"v")
+        await kv.delete("old")
+        assert await kv.get("new") == Entry(b"v")  # reads of one key are not lagged here
+        assert [k.name async for k in iter_keys(kv)] == ["old"]  # list still shows the past
+        await asyncio.sleep(1.1)
+        assert [k.name async for k in iter_keys(kv)] == ["new"]

@@ -1,0 +1,145 @@
+"""Start real services (redis-server, `brainbot kv serve`, Miniflare) for tests.
+
+Each runs in its own process group, so stopping it also stops what it spawned
+(Miniflare's workerd), and each announces readiness on stdout before tests use it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Service:
+    process: subprocess.Popen[bytes]
+    url: str
+    log: list[str]
+
+    def stop(self) -> None:
+        stop_group(self.process)
+
+
+def stop_group(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=timeout)
+    except ProcessLookupError:
+        return
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=timeout)
+
+
+def start_service(
+    cmd: list[str],
+    ready: str,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    timeout: float = 60.0,
+) -> Service:
+    """Run ``cmd`` in a new process group and wait for a stdout line matching ``ready``.
+
+    The first group of the pattern, if any, becomes the service's url."""
+    process = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        start_new_session=True,
+    )
+    assert process.stdout is not None
+    pattern = re.compile(ready)
+    log: list[str] = []
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    buffer = b""
+    try:
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=0.2):
+                if process.poll() is not None:
+                    break
+                continue
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                raw, buffer = buffer.split(b"\n", 1)
+                line = raw.decode("utf-8", "replace")
+                log.append(line)
+                match = pattern.search(line)
+                if match:
+                    return Service(process, match.group(1) if match.groups() else "", log)
+    finally:
+        selector.close()
+    stop_group(process)
+    raise RuntimeError(f"{cmd[0]} did not become ready; output:\n" + "\n".join(log))
+
+
+def start_redis(workdir: Path) -> tuple[Service, int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed: run ./scripts/setup")
+    port = free_port()
+    service = start_service(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--daemonize",
+            "no",
+        ],
+        r"Ready to accept connections",
+    )
+    return service, port
+
+
+def start_kv_server(data_dir: Path, token: str, *args: str) -> Service:
+    return start_service(
+        [
+            sys.executable,
+            "-m",
+            "brainbot",
+            "kv",
+            "serve",
+            "--port",
+            "0",
+            "--data",
+            str(data_dir),
+            *args,
+        ],
+        r"^READY (\S+)$",
+        env={"BRAINBOT_KV_SERVE_TOKEN": token},
+    )
