@@ -16,8 +16,8 @@ MINIFLARE_DIR = ROOT / "workers" / "kv-rest-sim"
 
 @pytest.fixture(autouse=True)
 def _fast_retries() -> Iterator[None]:
-    """Retries keep their count but skip their sleeps (stamina's test mode)."""
-    with stamina.set_testing(True, attempts=30):
+    """Retries keep their count (capped at 30) but skip their sleeps (stamina's test mode)."""
+    with stamina.set_testing(True, attempts=30, cap=True):
         yield
 
 

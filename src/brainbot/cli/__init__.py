@@ -16,5 +16,13 @@ app = typer.Typer(
 app.add_typer(kv_app, name="kv")
 
 
+@app.command()
+def demo() -> None:
+    """Run the main job on the configured namespace (embedded by default)."""
+    from brainbot.demo import main as run_demo
+
+    run_demo()
+
+
 def main() -> None:
     app()

@@ -25,7 +25,6 @@ from brainbot.config import ConfigError, Settings
 from brainbot.kv.errors import KVError, KVValidationError
 from brainbot.kv.factory import open_namespace
 from brainbot.kv.faults import Faults
-from brainbot.kv.local_server import LocalKVServer, serve
 from brainbot.kv.namespace import KVNamespace, iter_keys
 
 T = TypeVar("T")
@@ -213,6 +212,8 @@ def serve_command(
         )
     except ValueError as exc:
         fail(str(exc), 2)
+    from brainbot.kv.local_server import LocalKVServer, serve  # only this command needs it
+
     server = LocalKVServer(data_dir=data_dir, token=token, faults=faults, test_clock=test_clock)
     try:
         asyncio.run(serve(server, host=host, port=port))

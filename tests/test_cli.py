@@ -1,0 +1,85 @@
+"""`brainbot kv` as a person uses it, on the embedded store (the default)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def brainbot(tmp_path: Path):  # type: ignore[no-untyped-def]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
+    env["BRAINBOT_DATA_DIR"] = str(tmp_path / "data")
+
+    def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "brainbot", *args],
+            input=stdin, env=env, cwd=tmp_path, capture_output=True, timeout=60,
+        )
+
+    return run
+
+
+def test_put_get_list_delete(brainbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    assert brainbot("kv", "put", "greeting", "hello é", "--ttl", "120", "--metadata", '{"t":"string"}').returncode == 0
+    got = brainbot("kv", "get", "greeting")
+    assert (got.returncode, got.stdout) == (0, "hello é".encode())
+    info = json.loads(brainbot("kv", "get", "greeting", "--json").stdout)
+    assert info["value"] == "hello é"
+    assert info["metadata"] == {"t": "string"}
+    assert isinstance(info["expiration"], int)
+    listed = brainbot("kv", "list").stdout.decode().splitlines()
+    assert listed == [f'greeting\texpiration={info["expiration"]}\tmetadata={{"t": "string"}}']
+    assert brainbot("kv", "delete", "greeting").returncode == 0
+    assert brainbot("kv", "get", "greeting").returncode == 3
+    assert (tmp_path / "data" / "kv" / "brainbot.sqlite3").exists()
+
+
+def test_binary_file_round_trips_exactly(brainbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    blob = bytes(range(256)) * 10
+    (tmp_path / "blob.bin").write_bytes(blob)
+    assert brainbot("kv", "put", "blob", "--file", str(tmp_path / "blob.bin")).returncode == 0
+    assert brainbot("kv", "get", "blob").stdout == blob
+    assert brainbot("kv", "put", "piped", "--file", "-", stdin=b"\x00\x01").returncode == 0
+    assert brainbot("kv", "get", "piped").stdout == b"\x00\x01"
+    assert json.loads(brainbot("kv", "get", "blob", "--json").stdout)["value_base64"]
+
+
+def test_list_prefix_and_limit(brainbot) -> None:  # type: ignore[no-untyped-def]
+    for key in ["user:1", "user:2", "chat:1"]:
+        brainbot("kv", "put", key, "v")
+    assert brainbot("kv", "list", "--prefix", "user:").stdout.decode().split() == ["user:1", "user:2"]
+    assert brainbot("kv", "list", "--limit", "1").stdout.decode().split() == ["chat:1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["put", "k", "v", "--ttl", "30"], 2, "Expiration TTL must be at least 60"),
+        (["put", "k" * 513, "v"], 2, "exceeds key length limit of 512"),
+        (["put", "k", "v", "--metadata", "{bad"], 2, "--metadata is not valid JSON"),
+        (["put", "k"], 2, "give either a VALUE or --file"),
+        (["put", "k", "v", "--file", "x"], 2, "give either a VALUE or --file"),
+        (["put", "k", "--file", "/nonexistent/file"], 2, "cannot read"),
+        (["put", ".", "v"], 2, "Illegal key name"),
+        (["get", "missing"], 3, "key not found"),
+        (["list", "--limit", "0"], 2, "--limit must be at least 1"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_changes_nothing(brainbot, args, code, message) -> None:  # type: ignore[no-untyped-def]
+    done = brainbot("kv", *args)
+    assert done.returncode == code
+    assert message in done.stderr.decode()
+    assert "Traceback" not in done.stderr.decode()
+    assert brainbot("kv", "list").stdout == b""
+
+
+def test_serve_announces_ready_and_refuses_bad_options(brainbot) -> None:  # type: ignore[no-untyped-def]
+    done = brainbot("kv", "serve", "--error-rate", "1.5", "--token", "t")
+    assert done.returncode == 2
+    assert "error_rate must be between 0 and 1" in done.stderr.decode()

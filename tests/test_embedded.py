@@ -1,0 +1,134 @@
+"""The embedded KV: durability under kill -9, several processes on one file, and
+behaviour equal to a plain reference model (Hypothesis)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from brainbot.kv import EmbeddedKV, Entry, iter_keys
+
+WRITER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from brainbot.kv import EmbeddedKV
+
+    async def main(path, tag):
+        async with EmbeddedKV(path) as kv:
+            i = 0
+            while True:
+                key = f"{tag}:{i:07d}"
+                await kv.put(key, (key * 50).encode(), metadata={"i": i})
+                print(key, flush=True)  # acknowledged: put() returned
+                i += 1
+
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    """
+)
+
+
+def start_writer(path: Path, tag: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", WRITER, str(path), tag], stdout=subprocess.PIPE, text=True
+    )
+
+
+async def test_kill_9_keeps_every_acknowledged_write(tmp_path: Path) -> None:
+    path = tmp_path / "kv.sqlite3"
+    for round_ in range(3):
+        writer = start_writer(path, f"r{round_}")
+        assert writer.stdout is not None
+        acknowledged = [writer.stdout.readline().strip() for _ in range(200 + 150 * round_)]
+        os.kill(writer.pid, signal.SIGKILL)
+        writer.wait()
+        acknowledged += [line.strip() for line in writer.stdout if line.strip()]
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+        async with EmbeddedKV(path) as kv:
+            got = await kv.get_many(acknowledged)
+            for i, key in enumerate(acknowledged):
+                assert got[key] == Entry((key * 50).encode(), None, {"i": i}), key
+
+
+async def test_several_processes_share_one_store(tmp_path: Path) -> None:
+    path = tmp_path / "kv.sqlite3"
+    writers = [start_writer(path, f"p{n}") for n in range(4)]
+    acknowledged: list[str] = []
+    try:
+        for writer in writers:
+            assert writer.stdout is not None
+            acknowledged += [writer.stdout.readline().strip() for _ in range(150)]
+    finally:
+        for writer in writers:
+            writer.send_signal(signal.SIGTERM)
+            writer.wait()
+    async with EmbeddedKV(path) as kv:
+        listed = {info.name async for info in iter_keys(kv)}
+    assert set(acknowledged) <= listed
+    assert {name.split(":")[0] for name in listed} == {"p0", "p1", "p2", "p3"}
+
+
+async def test_expired_rows_are_swept_from_disk(tmp_path: Path) -> None:
+    now = [float(int(time.time()))]
+    async with EmbeddedKV(tmp_path / "kv.sqlite3", clock=lambda: now[0]) as kv:
+        await asyncio.gather(*(kv.put(f"old{i}", b"v", expiration_ttl=60) for i in range(100)))
+        now[0] += 120
+        for i in range(600):  # writes trigger the periodic sweep
+            await kv.put(f"new{i % 10}", b"v")
+    with sqlite3.connect(tmp_path / "kv.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM entries WHERE key LIKE 'old%'").fetchone() == (0,)
+
+
+# -- reference model ----------------------------------------------------------------------
+
+KEYS = st.text(alphabet=st.sampled_from("ab/é🙂\x7f\ufb01z"), min_size=1, max_size=4).filter(
+    lambda k: k not in (".", "..")
+)
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("put"), KEYS, st.binary(max_size=8), st.sampled_from([None, 60, 600])),
+        st.tuples(st.just("delete"), KEYS),
+        st.tuples(st.just("tick"), st.integers(min_value=0, max_value=700)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=OPS, prefix=st.sampled_from(["", "a", "é", "🙂", "ab"]), page=st.integers(10, 12))
+def test_behaves_like_a_sorted_dict_with_expiry(
+    tmp_path_factory: object, ops: list[tuple[object, ...]], prefix: str, page: int
+) -> None:
+    async def run() -> None:
+        directory = tmp_path_factory.mktemp("model")  # type: ignore[attr-defined]
+        now = [1_000_000.0]
+        model: dict[str, tuple[bytes, int | None]] = {}
+        async with EmbeddedKV(directory / "kv.sqlite3", clock=lambda: now[0]) as kv:
+            for op in ops:
+                if op[0] == "put":
+                    _, key, value, ttl = op
+                    await kv.put(key, value, expiration_ttl=ttl)  # type: ignore[arg-type]
+                    model[key] = (value, None if ttl is None else int(now[0]) + ttl)  # type: ignore[index,assignment,operator]
+                elif op[0] == "delete":
+                    await kv.delete(op[1])  # type: ignore[arg-type]
+                    model.pop(op[1], None)  # type: ignore[call-overload]
+                else:
+                    now[0] += op[1]  # type: ignore[operator]
+            live = {k: v for k, v in model.items() if v[1] is None or v[1] > now[0]}
+            expected = sorted((k for k in live if k.startswith(prefix)), key=str.encode)
+            listed = [i.name async for i in iter_keys(kv, prefix=prefix, page_size=page)]
+            assert listed == expected
+            for key, (value, expiration) in live.items():
+                assert await kv.get(key) == Entry(value, expiration)
+
+    asyncio.run(run())
