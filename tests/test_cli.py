@@ -19,14 +19,23 @@ def brainbot(tmp_path: Path):  # type: ignore[no-untyped-def]
     def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
             [sys.executable, "-m", "brainbot", *args],
-            input=stdin, env=env, cwd=tmp_path, capture_output=True, timeout=60,
+            input=stdin,
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
         )
 
     return run
 
 
 def test_put_get_list_delete(brainbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    assert brainbot("kv", "put", "greeting", "hello é", "--ttl", "120", "--metadata", '{"t":"string"}').returncode == 0
+    assert (
+        brainbot(
+            "kv", "put", "greeting", "hello é", "--ttl", "120", "--metadata", '{"t":"string"}'
+        ).returncode
+        == 0
+    )
     got = brainbot("kv", "get", "greeting")
     assert (got.returncode, got.stdout) == (0, "hello é".encode())
     info = json.loads(brainbot("kv", "get", "greeting", "--json").stdout)
@@ -53,7 +62,10 @@ def test_binary_file_round_trips_exactly(brainbot, tmp_path: Path) -> None:  # t
 def test_list_prefix_and_limit(brainbot) -> None:  # type: ignore[no-untyped-def]
     for key in ["user:1", "user:2", "chat:1"]:
         brainbot("kv", "put", key, "v")
-    assert brainbot("kv", "list", "--prefix", "user:").stdout.decode().split() == ["user:1", "user:2"]
+    assert brainbot("kv", "list", "--prefix", "user:").stdout.decode().split() == [
+        "user:1",
+        "user:2",
+    ]
     assert brainbot("kv", "list", "--limit", "1").stdout.decode().split() == ["chat:1"]
 
 

@@ -104,7 +104,9 @@ OPS = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(ops=OPS, prefix=st.sampled_from(["", "a", "é", "🙂", "ab"]), page=st.integers(10, 12))
 def test_behaves_like_a_sorted_dict_with_expiry(
     tmp_path_factory: object, ops: list[tuple[object, ...]], prefix: str, page: int

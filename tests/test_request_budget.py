@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+
 import pytest
 
 from brainbot.kv import RateLimited, RequestBudget, RetryPolicy
@@ -28,9 +29,7 @@ class VirtualTime:
 
 def max_in_any_window(times: list[float], window: float) -> int:
     times = sorted(times)
-    return max(
-        (bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0
-    )
+    return max((bisect.bisect_left(times, t + window) - i for i, t in enumerate(times)), default=0)
 
 
 @pytest.mark.parametrize(("limit", "window"), [(1200, 300.0), (10, 1.0), (1, 5.0)])
@@ -76,12 +75,20 @@ async def test_client_paced_to_the_server_budget_is_never_locked_out(
     service = start_kv_server(tmp_path / "paced", api_token, *fault_args(faults))  # type: ignore[operator]
     try:
         async with rest_client(
-            service.url, api_token, "paced", budget=RequestBudget(15, 1.0), retry=RetryPolicy(attempts=1)
+            service.url,
+            api_token,
+            "paced",
+            budget=RequestBudget(15, 1.0),
+            retry=RetryPolicy(attempts=1),
         ) as kv:
             await asyncio.gather(*(kv.put(f"k{i}", b"v") for i in range(45)))
             assert kv.budget.requests == 45
         async with rest_client(
-            service.url, api_token, "paced", budget=RequestBudget(10**6, 1.0), retry=RetryPolicy(attempts=1)
+            service.url,
+            api_token,
+            "paced",
+            budget=RequestBudget(10**6, 1.0),
+            retry=RetryPolicy(attempts=1),
         ) as greedy:
             with pytest.raises(RateLimited) as caught:
                 await asyncio.gather(*(greedy.get(f"k{i}") for i in range(40)))

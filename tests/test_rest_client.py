@@ -109,11 +109,18 @@ async def test_exactly_the_unsuccessful_keys_are_sent_again(
     assert answers[-1].json()["result"]["unsuccessful_keys"] == []
 
 
-async def test_bulk_writes_are_split_by_count_and_by_bytes(kv_server: Service, api_token: str) -> None:
+async def test_bulk_writes_are_split_by_count_and_by_bytes(
+    kv_server: Service, api_token: str
+) -> None:
     recording = Recording()
     items = [PutItem(f"k{i:04d}", b"x" * (10 + i % 300)) for i in range(1_000)]
     async with rest_client(
-        kv_server.url, api_token, "split", transport=recording, bulk_max_items=100, bulk_max_bytes=8_000
+        kv_server.url,
+        api_token,
+        "split",
+        transport=recording,
+        bulk_max_items=100,
+        bulk_max_bytes=8_000,
     ) as kv:
         assert (await kv.put_many(items)).ok
         got = await kv.get_many([i.key for i in items])

@@ -42,8 +42,9 @@ async def test_token_stays_out_of_logs_reprs_and_errors(
         with pytest.raises(KVError) as bad_input:
             await kv.put("x" * 600, b"v")
         seen.append(texts_of(bad_input.value))
-    async with rest_client(f"http://127.0.0.1:{free_port()}/client/v4", SECRET, "ns",
-                           retry=RetryPolicy(attempts=2)) as dead:
+    async with rest_client(
+        f"http://127.0.0.1:{free_port()}/client/v4", SECRET, "ns", retry=RetryPolicy(attempts=2)
+    ) as dead:
         with pytest.raises(KVError) as unreachable:
             await dead.get("k")
         seen.append(texts_of(unreachable.value))
@@ -72,7 +73,10 @@ def test_cli_errors_do_not_print_the_token(kv_server: Service, tmp_path: object)
     }
     for args in (["get", "k"], ["put", "k", "v"], ["list"], ["put", "x" * 600, "v"]):
         done = subprocess.run(
-            [sys.executable, "-m", "brainbot", "kv", *args], env=env, capture_output=True, timeout=120
+            [sys.executable, "-m", "brainbot", "kv", *args],
+            env=env,
+            capture_output=True,
+            timeout=120,
         )
         assert done.returncode in (1, 2)
         assert b"error" in done.stderr
@@ -85,6 +89,8 @@ def test_partial_cloudflare_settings_name_what_is_missing(monkeypatch: pytest.Mo
     monkeypatch.setenv("CLOUDFLARE_KV_API_TOKEN", SECRET)
     monkeypatch.delenv("CLOUDFLARE_ACCOUNT_ID", raising=False)
     monkeypatch.delenv("CLOUDFLARE_KV_NAMESPACE_ID", raising=False)
-    with pytest.raises(ConfigError, match="CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_KV_NAMESPACE_ID") as caught:
+    with pytest.raises(
+        ConfigError, match="CLOUDFLARE_ACCOUNT_ID, CLOUDFLARE_KV_NAMESPACE_ID"
+    ) as caught:
         open_namespace(Settings())
     assert SECRET not in str(caught.value)

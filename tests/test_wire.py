@@ -17,11 +17,17 @@ pytestmark = pytest.mark.parametrize("server", ["kv_serve", "miniflare"], indire
 
 
 @pytest.fixture
-async def server(request: pytest.FixtureRequest, api_token: str) -> AsyncIterator[httpx.AsyncClient]:
-    service: Service = request.getfixturevalue("kv_server" if request.param == "kv_serve" else "miniflare")
+async def server(
+    request: pytest.FixtureRequest, api_token: str
+) -> AsyncIterator[httpx.AsyncClient]:
+    service: Service = request.getfixturevalue(
+        "kv_server" if request.param == "kv_serve" else "miniflare"
+    )
     namespace = uuid.uuid4().hex if request.param == "kv_serve" else "miniflare"
     base = f"{service.url}/accounts/acc/storage/kv/namespaces/{namespace}/"
-    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {api_token}"}) as http:
+    async with httpx.AsyncClient(
+        base_url=base, headers={"Authorization": f"Bearer {api_token}"}
+    ) as http:
         keys = (await http.get("keys")).json()["result"]
         if keys:
             await http.post("bulk/delete", json=[k["name"] for k in keys])
@@ -73,24 +79,34 @@ async def test_multipart_write_with_metadata(server: httpx.AsyncClient) -> None:
 
 
 async def test_ttl_wins_when_both_expiry_params_are_given(server: httpx.AsyncClient) -> None:
-    now = int(time.time())
+    await server.put("values/ttl-only", params={"expiration_ttl": 600}, content=b"v")
+    reference = int((await server.get("values/ttl-only")).headers["expiration"])
+    far = reference + 100_000
     response = await server.put(
-        "values/t", params={"expiration": now + 100_000, "expiration_ttl": 600}, content=b"v"
+        "values/t", params={"expiration": far, "expiration_ttl": 600}, content=b"v"
     )
     assert response.status_code == 200
     expiration = int((await server.get("values/t")).headers["expiration"])
-    assert now + 590 <= expiration <= now + 700
+    assert abs(expiration - reference) <= 2
 
 
 async def test_limits_answer_with_cloudflare_status_and_code(server: httpx.AsyncClient) -> None:
     assert error_of(await server.put("values/" + "k" * 513, content=b"v"))[0] == 414
-    assert error_of(await server.put("values/k", params={"expiration_ttl": 59}, content=b"v")) == (400, 10034)
+    assert error_of(await server.put("values/k", params={"expiration_ttl": 59}, content=b"v")) == (
+        400,
+        10034,
+    )
     past = int(time.time()) - 5
-    assert error_of(await server.put("values/k", params={"expiration": past}, content=b"v")) == (400, 10033)
+    assert error_of(await server.put("values/k", params={"expiration": past}, content=b"v")) == (
+        400,
+        10033,
+    )
     assert error_of(await server.put("values/k", content=b"v" * (25 * 1024 * 1024 + 1)))[0] == 413
     meta = '{"p":"' + "x" * 1020 + '"}'
     response = await server.put(
-        "values/k", files={"value": ("value", b"v", "application/octet-stream")}, data={"metadata": meta}
+        "values/k",
+        files={"value": ("value", b"v", "application/octet-stream")},
+        data={"metadata": meta},
     )
     assert error_of(response)[0] == 413
     assert (await server.get("keys")).json()["result"] == []
@@ -103,7 +119,9 @@ async def test_list_envelope_and_limit_errors(server: httpx.AsyncClient) -> None
     assert [k["name"] for k in page["result"]] == [f"k{i:02d}" for i in range(10)]
     assert page["result_info"]["count"] == 10
     assert page["result_info"]["cursor"]
-    rest = (await server.get("keys", params={"limit": 10, "cursor": page["result_info"]["cursor"]})).json()
+    rest = (
+        await server.get("keys", params={"limit": 10, "cursor": page["result_info"]["cursor"]})
+    ).json()
     assert [k["name"] for k in rest["result"]] == ["k10", "k11"]
     assert rest["result_info"]["cursor"] == ""
     assert error_of(await server.get("keys", params={"limit": 1001}))[0] == 400
@@ -116,14 +134,21 @@ async def test_bulk_write_base64_and_its_limits(server: httpx.AsyncClient) -> No
     assert (await server.get("values/b")).content == b"\x00\xff"
     too_many = [{"key": f"k{i}", "value": "v"} for i in range(10_001)]
     assert error_of(await server.put("bulk", json=too_many))[0] == 413
-    assert error_of(await server.post("bulk/get", json={"keys": [f"k{i}" for i in range(101)]}))[0] in (400, 413)
+    assert error_of(await server.post("bulk/get", json={"keys": [f"k{i}" for i in range(101)]}))[
+        0
+    ] in (400, 413)
 
 
 async def test_bulk_get_shapes(server: httpx.AsyncClient) -> None:
-    await server.put("bulk", json=[{"key": "a", "value": "1", "metadata": {"m": 1}}, {"key": "j", "value": '{"x":1}'}])
+    await server.put(
+        "bulk",
+        json=[{"key": "a", "value": "1", "metadata": {"m": 1}}, {"key": "j", "value": '{"x":1}'}],
+    )
     plain = (await server.post("bulk/get", json={"keys": ["a", "zz"]})).json()["result"]
     assert plain == {"values": {"a": "1", "zz": None}}
-    with_meta = (await server.post("bulk/get", json={"keys": ["a"], "withMetadata": True})).json()["result"]
+    with_meta = (await server.post("bulk/get", json={"keys": ["a"], "withMetadata": True})).json()[
+        "result"
+    ]
     assert with_meta["values"]["a"]["value"] == "1"
     assert with_meta["values"]["a"]["metadata"] == {"m": 1}
     as_json = (await server.post("bulk/get", json={"keys": ["j"], "type": "json"})).json()["result"]
@@ -137,7 +162,6 @@ async def test_bulk_delete_both_forms(server: httpx.AsyncClient) -> None:
     assert [k["name"] for k in (await server.get("keys")).json()["result"]] == ["c"]
 
 
-async def test_unknown_route_is_an_envelope(server: httpx.AsyncClient) -> None:
-    response = await server.get("no-such-thing")
-    status, _ = error_of(response)
-    assert status == 404
+async def test_unknown_route_and_wrong_method_are_envelopes(server: httpx.AsyncClient) -> None:
+    assert error_of(await server.get("no-such-thing")) == (400, 7000)
+    assert error_of(await server.post("keys")) == (405, 7001)

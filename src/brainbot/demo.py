@@ -39,24 +39,33 @@ async def tour(console: Console) -> None:
             metadata={"type": "session", "user": "u1"},
         )
         session = await kv.get(PREFIX + "session:abc")
-        assert session is not None and session.expiration is not None
+        assert session is not None
+        assert session.expiration is not None
         left = session.expiration - int(time.time())
-        console.print(f"ttl+metadata {PREFIX}session:abc expires in {left}s, metadata={session.metadata}")
+        console.print(
+            f"ttl+metadata {PREFIX}session:abc expires in {left}s, metadata={session.metadata}"
+        )
 
         await kv.put(PREFIX + "blob", bytes(range(256)))
         blob = await kv.get(PREFIX + "blob")
-        assert blob is not None and blob.value == bytes(range(256))
+        assert blob is not None
+        assert blob.value == bytes(range(256))
         console.print(f"binary       {PREFIX}blob round-trips {len(blob.value)} bytes exactly")
 
         try:
             await kv.put(PREFIX + "too-short", "x", expiration_ttl=30)
         except KVValidationError as exc:
-            console.print(f"KV's rules   expiration_ttl=30 -> [yellow]{type(exc).__name__}[/]: {exc}")
+            console.print(
+                f"KV's rules   expiration_ttl=30 -> [yellow]{type(exc).__name__}[/]: {exc}"
+            )
 
         n = 2_000
         items = [PutItem(f"{PREFIX}msg:{i:05d}", f"message {i}") for i in range(n)]
         with Progress(
-            TextColumn("bulk put"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            TextColumn("bulk put"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
             console=console,
         ) as progress:
             task = progress.add_task("bulk", total=n)

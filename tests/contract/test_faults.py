@@ -38,3 +38,15 @@ async def test_list_lags_behind_writes_then_catches_up(target: Target) -> None:
         assert [k.name async for k in iter_keys(kv)] == ["old"]  # list still shows the past
         await asyncio.sleep(1.1)
         assert [k.name async for k in iter_keys(kv)] == ["new"]
+
+
+async def test_paced_client_never_trips_the_api_budget_lockout(target: Target) -> None:
+    from brainbot.kv import CloudflareKV, RequestBudget, RetryPolicy
+
+    faults = Faults(budget=12, budget_window=1.0)
+    async with target.faulty(faults, "does not simulate Cloudflare's API budget") as kv:
+        assert isinstance(kv, CloudflareKV)
+        kv.budget = RequestBudget(12, 1.0)
+        kv.retry = RetryPolicy(attempts=1)  # a single 429 would fail the test
+        await asyncio.gather(*(kv.put(f"k{i}", b"v") for i in range(30)))
+        assert kv.budget.requests == 30

@@ -12,7 +12,7 @@
 import { fileURLToPath } from "node:url";
 import path from "node:path";
 import { parseArgs } from "node:util";
-import { Miniflare, Response, _enableControlEndpoints } from "miniflare";
+import { Miniflare, Response } from "miniflare";
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const KV_BINDING = "KV"; // binding name; with kvNamespaces: ["KV"] also the namespace id
@@ -54,58 +54,27 @@ const testClock = args["test-clock"];
 
 // --- simulated clock (only with --test-clock) ---------------------------------
 //
-// Miniflare's KV simulator is a Durable Object whose clock is `Timers.now()`:
-// Date.now() unless fake timers are on. Fake timers are switched through
-// Miniflare's internal "control ops", which Miniflare's own test-suite uses;
-// they need _enableControlEndpoints() before the Miniflare instance is built.
-// The clock is kept at real time + offset: the Worker asks /sync before every
-// KV operation, and /sync re-pins the fake time to Date.now() + offset.
-// Nothing is sent to the object until the first advance, because any control
-// op marks the object "being tested", which lowers its value limit to 1 KiB.
+// The Worker reaches this through the service binding SIM_CLOCK: POST /now
+// answers the simulated time (real time + offset), POST /advance moves the
+// offset forward. The Worker applies the offset to expiry (see
+// src/rest-api.mjs, "clock"). Miniflare's internal fake timers are not used
+// (they cap values at 1 KiB once switched on, see README.md).
 
-let mf;
 let offsetMs = 0;
-let controlStub;
-
-async function control(name, ...callArgs) {
-  if (controlStub === undefined) {
-    const ns = await mf._getInternalDurableObjectNamespace("kv", "kv:ns", "KVNamespaceObject");
-    controlStub = ns.get(ns.idFromName(KV_BINDING));
-  }
-  const res = await controlStub.fetch("http://placeholder/", {
-    cf: { miniflare: { controlOp: { name, args: callArgs } } },
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`control op ${name} failed: ${res.status} ${text}`);
-}
-
-let clockChain = Promise.resolve();
-function serialized(fn) {
-  const run = clockChain.then(fn, fn);
-  clockChain = run.catch(() => {});
-  return run;
-}
 
 async function clockService(request) {
   const { pathname } = new URL(request.url);
   try {
     if (pathname === "/advance") {
       const { advance } = await request.json();
-      return await serialized(async () => {
-        offsetMs += Math.round(advance * 1000);
-        const now = Date.now() + offsetMs;
-        if (offsetMs !== 0) await control("enableFakeTimers", now);
-        return Response.json({ now_ms: now, offset_ms: offsetMs });
-      });
+      if (typeof advance !== "number" || !Number.isFinite(advance) || advance < 0) {
+        return new Response("advance must be a number >= 0", { status: 400 });
+      }
+      offsetMs += Math.round(advance * 1000);
+    } else if (pathname !== "/now") {
+      return new Response("not found", { status: 404 });
     }
-    if (pathname === "/sync") {
-      return await serialized(async () => {
-        const now = Date.now() + offsetMs;
-        if (offsetMs !== 0) await control("enableFakeTimers", now);
-        return Response.json({ now_ms: now, offset_ms: offsetMs });
-      });
-    }
-    return new Response("not found", { status: 404 });
+    return Response.json({ now_ms: Date.now() + offsetMs, offset_ms: offsetMs });
   } catch (e) {
     process.stderr.write(`kv-rest-sim: clock: ${e?.stack ?? e}\n`);
     return new Response(String(e?.message ?? e), { status: 500 });
@@ -114,7 +83,7 @@ async function clockService(request) {
 
 // --- start ------------------------------------------------------------------
 
-if (testClock) _enableControlEndpoints();
+let mf;
 
 const options = {
   modules: true,

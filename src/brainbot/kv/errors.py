@@ -175,13 +175,22 @@ def error_from_response(status: int, code: int | None, message: str) -> KVError:
         return ServerError(message, status=status, code=code)
     if status in (401, 403):
         return AuthenticationError(message, status=status, code=code)
-    cls = _BY_CODE.get(code) if code is not None else None
-    if cls is InvalidKey and status == 414:
+    cls: type[KVError] | None
+    if status == 414:
         cls = KeyTooLong
-    elif cls is InvalidMetadata and status == 413:
-        cls = MetadataTooLarge
-    elif cls is None and status == 413:
-        cls = BulkTooLarge if "bulk" in message.lower() else ValueTooLarge
+    elif status == 413:  # the code varies; the text says what was too large
+        lowered = message.lower()
+        cls = (
+            MetadataTooLarge
+            if "metadata" in lowered
+            else ValueTooLarge
+            if "value length" in lowered
+            else BulkTooLarge
+        )
+    else:
+        cls = _BY_CODE.get(code) if code is not None else None
+        if cls is not None and issubclass(cls, ServerError):
+            cls = None
     if cls is None:
         return KVRemoteError(message, status=status, code=code)
     if issubclass(cls, KVRemoteError):

@@ -39,38 +39,30 @@ BULK_GET_MAX_KEYS = 100
 JSON = None | bool | int | float | str | Sequence["JSON"] | Mapping[str, "JSON"]
 
 
-def key_bytes(key: object) -> bytes:
-    """Return the key's UTF-8 bytes, or raise the typed error for an illegal key name."""
-    if not isinstance(key, str):
-        raise InvalidKey(f"Key names must be strings, not {type(key).__name__}.")
-    if key in ("", ".", ".."):
-        raise InvalidKey(f"Illegal key name {key!r}: keys cannot be empty, '.' or '..'.")
+def _utf8_name(name: object, what: str) -> bytes:
+    if not isinstance(name, str):
+        raise InvalidKey(f"{what} must be strings, not {type(name).__name__}.")
     try:
-        encoded = key.encode("utf-8")
+        encoded = name.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidKey("Key names must be valid UTF-8 (found a lone surrogate).") from None
+        raise InvalidKey(f"{what} must be valid UTF-8 (found a lone surrogate).") from None
     if len(encoded) > MAX_KEY_BYTES:
         raise KeyTooLong(
             f"UTF-8 encoded length of {len(encoded)} exceeds key length limit of {MAX_KEY_BYTES}."
         )
     return encoded
+
+
+def key_bytes(key: object) -> bytes:
+    """Return the key's UTF-8 bytes, or raise the typed error for an illegal key name."""
+    if key in ("", ".", ".."):
+        raise InvalidKey(f"Illegal key name {key!r}: keys cannot be empty, '.' or '..'.")
+    return _utf8_name(key, "Key names")
 
 
 def check_prefix(prefix: object) -> bytes:
     """A list prefix may be empty but otherwise follows the key rules for length and encoding."""
-    if not isinstance(prefix, str):
-        raise InvalidKey(f"Prefixes must be strings, not {type(prefix).__name__}.")
-    if prefix == "":
-        return b""
-    try:
-        encoded = prefix.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidKey("Prefixes must be valid UTF-8 (found a lone surrogate).") from None
-    if len(encoded) > MAX_KEY_BYTES:
-        raise KeyTooLong(
-            f"UTF-8 encoded length of {len(encoded)} exceeds key length limit of {MAX_KEY_BYTES}."
-        )
-    return encoded
+    return _utf8_name(prefix, "Prefixes")
 
 
 def value_bytes(value: object) -> bytes:

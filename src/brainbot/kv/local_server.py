@@ -141,10 +141,13 @@ class LocalKVServer:
             routes.append(Route("/__brainbot/clock", self._advance_clock, methods=["POST"]))
 
         async def no_route(request: Request, exc: Exception) -> Response:
-            return envelope(errors=[(7003, "No route for that URI")], status=404)
+            return envelope(errors=[(7000, "No route for that URI")], status=400)
 
         async def wrong_method(request: Request, exc: Exception) -> Response:
-            return envelope(errors=[(7001, "Method not allowed for this route")], status=405)
+            return envelope(
+                errors=[(7001, f"Method {request.method} not available for that URI.")],
+                status=405,
+            )
 
         @asynccontextmanager
         async def lifespan(app: Starlette) -> AsyncIterator[None]:

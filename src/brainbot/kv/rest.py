@@ -23,7 +23,7 @@ import builtins
 import json
 import math
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -77,6 +77,19 @@ class RetryPolicy:
     wait_initial: float = 0.2
     wait_max: float = 30.0
     wait_jitter: float = 1.0
+
+    def context(
+        self, on: type[Exception] | Callable[[Exception], bool | float]
+    ) -> AsyncIterator[stamina.Attempt]:
+        """A stamina retry context with this policy (jittered exponential backoff)."""
+        return stamina.retry_context(
+            on=on,
+            attempts=self.attempts,
+            timeout=self.timeout,
+            wait_initial=self.wait_initial,
+            wait_max=self.wait_max,
+            wait_jitter=self.wait_jitter,
+        )
 
 
 class _BearerToken(httpx.Auth):
@@ -223,14 +236,7 @@ class CloudflareKV:
     ) -> httpx.Response:
         """Send one API request under the budget, retrying what is worth retrying."""
         response: httpx.Response | None = None
-        async for attempt in stamina.retry_context(
-            on=_retry_hook,
-            attempts=self.retry.attempts,
-            timeout=self.retry.timeout,
-            wait_initial=self.retry.wait_initial,
-            wait_max=self.retry.wait_max,
-            wait_jitter=self.retry.wait_jitter,
-        ):
+        async for attempt in self.retry.context(_retry_hook):
             with attempt:
                 response = await self._request_once(method, path, not_found_ok, kwargs)
         assert response is not None
@@ -417,14 +423,7 @@ class CloudflareKV:
 
         Returns the keys still unsuccessful once the retry policy is spent."""
         try:
-            async for attempt in stamina.retry_context(
-                on=_PartialBulkFailure,
-                attempts=self.retry.attempts,
-                timeout=self.retry.timeout,
-                wait_initial=self.retry.wait_initial,
-                wait_max=self.retry.wait_max,
-                wait_jitter=self.retry.wait_jitter,
-            ):
+            async for attempt in self.retry.context(_PartialBulkFailure):
                 with attempt:
                     body = b"[" + b",".join(part for _, part in pending) + b"]"
                     response = await self._request(

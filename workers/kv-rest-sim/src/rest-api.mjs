@@ -256,19 +256,52 @@ function valueTooLarge(length) {
 
 // --- clock ----------------------------------------------------------------
 
+// Without --test-clock the KV simulator's own clock (real time) rules alone.
 // With `serve.mjs --test-clock` the binding SIM_CLOCK reaches the launcher,
-// which keeps the KV simulator's clock at real time + offset; every request
-// syncs it first and learns the simulated "now" (milliseconds).
+// which keeps an offset that tests advance (POST /__sim/clock). Simulated
+// time is real time + offset, and while the offset is non-zero this layer
+// applies it:
+//   - expiration / expiration_ttl are checked against simulated time, and the
+//     entry is stored with an absolute expiration in simulated time;
+//   - an entry whose expiration <= simulated now is treated as gone: reads
+//     answer 404 / null, lists leave it out (the simulator itself drops it
+//     later, when real time gets there).
+// Miniflare's own fake timers are not used: switching them on marks the KV
+// object "being tested", which lowers its value limit to 1 KiB (see README).
+const REAL_CLOCK = { emulate: false, nowMs: 0, offsetMs: 0 };
+
 async function syncClock(env) {
-  if (!env.SIM_CLOCK) return Date.now();
-  const res = await env.SIM_CLOCK.fetch("http://sim-clock/sync", {
-    method: "POST",
-  });
+  if (!env.SIM_CLOCK) return { ...REAL_CLOCK, nowMs: Date.now() };
+  const res = await env.SIM_CLOCK.fetch("http://sim-clock/now", { method: "POST" });
   if (!res.ok) {
     throw new ApiError(500, CODE.generic, `clock sync failed: ${await res.text()}`);
   }
-  const body = await res.json();
-  return body.now_ms;
+  const state = await res.json();
+  return {
+    emulate: state.offset_ms > 0,
+    nowMs: state.now_ms,
+    offsetMs: state.offset_ms,
+  };
+}
+
+function isExpired(clock, expiration) {
+  return clock.emulate && expiration !== undefined && expiration * 1000 <= clock.nowMs;
+}
+
+// Turns parsed expiry options into what the binding gets. With a simulated
+// clock ahead of real time: validate against simulated time here and store an
+// absolute expiration in simulated time (now + ttl, as the service computes
+// it). The binding checks that against real time, which is behind, so it
+// passes; only for an offset under 2 s (where a second boundary could fall
+// between the two checks) is the TTL lengthened by the rounded offset instead.
+function bindingExpiry(options, clock) {
+  if (!clock.emulate) return options;
+  const nowSeconds = Math.floor(clock.nowMs / 1000);
+  checkExpiry(options, nowSeconds);
+  if (options.expirationTtl === undefined) return options;
+  const { expirationTtl, ...rest } = options;
+  if (clock.offsetMs >= 2000) return { ...rest, expiration: nowSeconds + expirationTtl };
+  return { ...rest, expirationTtl: expirationTtl + Math.round(clock.offsetMs / 1000) };
 }
 
 async function handleClock(request, env) {
@@ -327,7 +360,7 @@ function textDecode(buffer) {
 
 // --- handlers -------------------------------------------------------------
 
-async function getValue(env, key) {
+async function getValue(env, key, clock) {
   validateKey(key);
   const { value } = await kv(env.KV.getWithMetadata(key, { type: "arrayBuffer" }));
   if (value === null) {
@@ -335,11 +368,14 @@ async function getValue(env, key) {
   }
   const headers = { "content-type": "application/octet-stream" };
   const expiration = await lookupExpiration(env, key);
+  if (isExpired(clock, expiration)) {
+    throw new ApiError(404, CODE.keyNotFound, "get: 'key not found'");
+  }
   if (expiration !== undefined) headers.expiration = String(expiration);
   return new Response(value, { status: 200, headers });
 }
 
-async function getMetadata(env, key) {
+async function getMetadata(env, key, clock) {
   validateKey(key);
   const { value, metadata } = await kv(
     env.KV.getWithMetadata(key, { type: "stream" }),
@@ -348,6 +384,9 @@ async function getMetadata(env, key) {
     throw new ApiError(404, CODE.keyNotFound, "get: 'key not found'");
   }
   await value.cancel().catch(() => {});
+  if (clock.emulate && isExpired(clock, await lookupExpiration(env, key))) {
+    throw new ApiError(404, CODE.keyNotFound, "get: 'key not found'");
+  }
   return envelope(200, metadata ?? null);
 }
 
@@ -377,7 +416,7 @@ async function readMultipart(request) {
   return { bytes, metadata };
 }
 
-async function putValue(request, env, key, url) {
+async function putValue(request, env, key, url, clock) {
   validateKey(key);
   const options = parseExpiry(
     url.searchParams.get("expiration"),
@@ -399,7 +438,7 @@ async function putValue(request, env, key, url) {
     bytes = body.bytes;
   }
   if (bytes.byteLength > LIMITS.valueBytes) throw valueTooLarge(bytes.byteLength);
-  await kv(env.KV.put(key, bytes, options));
+  await kv(env.KV.put(key, bytes, bindingExpiry(options, clock)));
   return envelope(200, null);
 }
 
@@ -427,7 +466,7 @@ function decodeCursor(cursor) {
   }
 }
 
-async function listKeys(env, url) {
+async function listKeys(env, url, clock) {
   const params = url.searchParams;
   const prefix = params.get("prefix") ?? "";
   const cursor = params.get("cursor") ?? "";
@@ -467,7 +506,10 @@ async function listKeys(env, url) {
     options.cursor = cursor;
   }
   const res = await kv(env.KV.list(options));
-  const result = res.keys.map((k) => {
+  // With a simulated clock a page may come out short, even empty, while the
+  // cursor says more keys remain: Cloudflare's pages can do the same.
+  const live = res.keys.filter((k) => !isExpired(clock, k.expiration ?? undefined));
+  const result = live.map((k) => {
     const item = { name: k.name };
     if (k.expiration !== undefined && k.expiration !== null) item.expiration = k.expiration;
     if (k.metadata !== undefined && k.metadata !== null) item.metadata = k.metadata;
@@ -539,7 +581,7 @@ async function pool(items, limit, fn) {
   await Promise.all(workers);
 }
 
-async function bulkWrite(request, env, nowMs) {
+async function bulkWrite(request, env, clock) {
   const body = await readJsonBody(request, LIMITS.bulkWriteBytes);
   if (!Array.isArray(body)) {
     throw new ApiError(400, CODE.generic, "Request body must be a JSON array of key-value pairs");
@@ -551,7 +593,7 @@ async function bulkWrite(request, env, nowMs) {
       `Too many key-value pairs: ${body.length} exceeds limit of ${LIMITS.bulkWriteItems}.`,
     );
   }
-  const nowSeconds = Math.floor(nowMs / 1000);
+  const nowSeconds = Math.floor(clock.nowMs / 1000);
   // Validate everything first: one bad pair rejects the request, nothing is written.
   const writes = body.map((item, index) => {
     if (item === null || typeof item !== "object" || Array.isArray(item)) {
@@ -581,7 +623,7 @@ async function bulkWrite(request, env, nowMs) {
       if (n > LIMITS.metadataBytes) throw metadataTooLarge(n);
       options.metadata = item.metadata;
     }
-    return { key: item.key, bytes, options };
+    return { key: item.key, bytes, options: bindingExpiry(options, clock) };
   });
   // Last pair wins for a key given twice; writes run concurrently.
   const lastIndex = new Map();
@@ -630,7 +672,7 @@ async function bulkDelete(request, env) {
   });
 }
 
-async function bulkGet(request, env) {
+async function bulkGet(request, env, clock) {
   const body = await readJsonBody(request, LIMITS.bulkWriteBytes);
   if (body === null || typeof body !== "object" || !Array.isArray(body.keys)) {
     throw new ApiError(400, CODE.generic, 'Request body must be {"keys": [...]}');
@@ -658,6 +700,12 @@ async function bulkGet(request, env) {
       entries[i] = null;
       return;
     }
+    const expiration =
+      withMetadata || clock.emulate ? await lookupExpiration(env, key) : undefined;
+    if (isExpired(clock, expiration)) {
+      entries[i] = null;
+      return;
+    }
     total += value.byteLength;
     const text = textDecode(value);
     let decoded = text;
@@ -677,7 +725,6 @@ async function bulkGet(request, env) {
       return;
     }
     const entry = { value: decoded, metadata: metadata ?? null };
-    const expiration = await lookupExpiration(env, key);
     if (expiration !== undefined) entry.expiration = expiration;
     entries[i] = entry;
   });
@@ -723,46 +770,28 @@ async function route(request, env) {
   if (keyRoute) {
     const key = decodeKeySegment(keyRoute[2]);
     if (keyRoute[1] === "values") {
-      if (method === "GET") {
-        await syncClock(env);
-        return getValue(env, key);
-      }
-      if (method === "PUT") {
-        await syncClock(env);
-        return putValue(request, env, key, url);
-      }
-      if (method === "DELETE") {
-        await syncClock(env);
-        return deleteValue(env, key);
-      }
+      if (method === "GET") return getValue(env, key, await syncClock(env));
+      if (method === "PUT") return putValue(request, env, key, url, await syncClock(env));
+      if (method === "DELETE") return deleteValue(env, key);
       throw methodNotAllowed(method);
     }
-    if (method === "GET") {
-      await syncClock(env);
-      return getMetadata(env, key);
-    }
+    if (method === "GET") return getMetadata(env, key, await syncClock(env));
     throw methodNotAllowed(method);
   }
   switch (rest) {
     case "keys":
       if (method !== "GET") throw methodNotAllowed(method);
-      await syncClock(env);
-      return listKeys(env, url);
+      return listKeys(env, url, await syncClock(env));
     case "bulk":
       if (method === "PUT") return bulkWrite(request, env, await syncClock(env));
-      if (method === "DELETE") {
-        await syncClock(env);
-        return bulkDelete(request, env);
-      }
+      if (method === "DELETE") return bulkDelete(request, env);
       throw methodNotAllowed(method);
     case "bulk/delete":
       if (method !== "POST") throw methodNotAllowed(method);
-      await syncClock(env);
       return bulkDelete(request, env);
     case "bulk/get":
       if (method !== "POST") throw methodNotAllowed(method);
-      await syncClock(env);
-      return bulkGet(request, env);
+      return bulkGet(request, env, await syncClock(env));
     default:
       throw new ApiError(400, CODE.noRoute, "No route for that URI");
   }
