@@ -42,6 +42,16 @@ def kv_server(tmp_path_factory: pytest.TempPathFactory, api_token: str) -> Itera
 
 
 @pytest.fixture(scope="session")
+def kv_server_realtime(
+    tmp_path_factory: pytest.TempPathFactory, api_token: str
+) -> Iterator[Service]:
+    """`brainbot kv serve` on the real clock, for layers that keep time themselves."""
+    service = start_kv_server(tmp_path_factory.mktemp("kv-serve-rt"), api_token)
+    yield service
+    service.stop()
+
+
+@pytest.fixture(scope="session")
 def miniflare(api_token: str) -> Iterator[Service]:
     """Cloudflare's own simulator (Miniflare/workerd) running our REST-paths Worker."""
     if not (MINIFLARE_DIR / "node_modules" / "miniflare").is_dir():

@@ -145,6 +145,7 @@ def fault_args(faults: Faults) -> list[str]:
     args = []
     for option, value in (
         ("--error-rate", faults.error_rate),
+        ("--error-429-share", faults.error_429_share),
         ("--retry-after", faults.retry_after),
         ("--slow-rate", faults.slow_rate),
         ("--slow-seconds", faults.slow_seconds),
@@ -156,4 +157,6 @@ def fault_args(faults: Faults) -> list[str]:
     ):
         if value is not None:
             args += [option, str(value)]
+    if faults.key_write_limit:
+        args.append("--key-write-limit")
     return args

@@ -99,3 +99,26 @@ async def test_bulk_put_validates_expiry_of_every_item_first(target: Target) -> 
     with pytest.raises(InvalidExpirationTTL):
         await target.kv.put_many(items)
     assert await target.kv.get("ok") is None
+
+
+async def test_expiry_beyond_2038_is_refused(target: Target) -> None:
+    with pytest.raises(InvalidExpiration):
+        await target.kv.put("k", b"v", expiration=2**31)
+    with pytest.raises(InvalidExpiration):
+        await target.kv.put("k", b"v", expiration=10**19)
+    with pytest.raises(InvalidExpirationTTL):
+        await target.kv.put("k", b"v", expiration_ttl=2**31)
+    await target.kv.put("k", b"v", expiration=2**31 - 1)
+    entry = await target.kv.get("k")
+    assert entry is not None
+    assert entry.expiration == 2**31 - 1
+
+
+async def test_whole_float_expiry_is_taken_as_an_integer(target: Target) -> None:
+    at = int(target.now()) + 3600
+    await target.kv.put("k", b"v", expiration=float(at))  # type: ignore[arg-type]
+    await target.kv.put_many([PutItem("b", b"v", expiration_ttl=600.0)])  # type: ignore[arg-type]
+    entry = await target.kv.get("k")
+    assert entry is not None
+    assert entry.expiration == at
+    assert await target.kv.get("b") is not None

@@ -69,3 +69,18 @@ async def test_list_limit_past_the_edges_is_refused(target: Target, limit: int) 
 async def test_a_forged_cursor_is_refused(target: Target) -> None:
     with pytest.raises(InvalidCursor):
         await target.kv.list(cursor="not-a-cursor-we-gave-out!")
+
+
+async def test_prefix_of_512_bytes_is_accepted_and_513_refused(target: Target) -> None:
+    from brainbot.kv import KeyTooLong
+
+    await target.kv.put("p" * 512, b"v")
+    assert [k.name for k in (await target.kv.list(prefix="p" * 512)).keys] == ["p" * 512]
+    with pytest.raises(KeyTooLong):
+        await target.kv.list(prefix="p" * 513)
+
+
+@pytest.mark.parametrize("cursor", ["c1.!!!!", "c1.", "bm90LWEtY3Vyc29y!"])
+async def test_a_corrupt_cursor_is_refused(target: Target, cursor: str) -> None:
+    with pytest.raises(InvalidCursor):
+        await target.kv.list(cursor=cursor)

@@ -192,3 +192,24 @@ async def test_metadata_must_be_json(target: Target) -> None:
     with pytest.raises(InvalidMetadata):
         await target.kv.put("m", b"v", metadata={"nan": float("nan")})
     assert await target.kv.get("m") is None
+
+
+async def test_metadata_that_would_not_read_back_equal_is_refused(target: Target) -> None:
+    with pytest.raises(InvalidMetadata):
+        await target.kv.put("m", b"v", metadata={1: "int keys become strings"})  # type: ignore[dict-item]
+    with pytest.raises(InvalidMetadata):
+        await target.kv.put("m", b"v", metadata={"a": "\ud800"})  # lone surrogate
+    assert await target.kv.get("m") is None
+
+
+async def test_bulk_get_of_values_over_25_mib_in_total_still_reads_them(target: Target) -> None:
+    """bulk/get returns at most 25 MB of values per request: bigger answers are split."""
+    big = {f"g{i}": os.urandom(9 * 1024 * 1024).hex()[: 13 * 1024 * 1024] for i in range(2)}
+    for key, value in big.items():
+        await target.kv.put(key, value)
+    got = await target.kv.get_many([*big, "absent"])
+    assert got["absent"] is None
+    for key, value in big.items():
+        entry = got[key]
+        assert entry is not None
+        assert entry.value == value.encode()

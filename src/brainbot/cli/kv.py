@@ -172,6 +172,9 @@ def serve_command(
         ),
     ] = None,
     error_rate: Annotated[float, typer.Option(help="Share of requests answered 429/5xx.")] = 0.0,
+    error_429_share: Annotated[
+        float, typer.Option(help="Of those errors, the share that are 429 (rest: 5xx).")
+    ] = 0.5,
     retry_after: Annotated[float, typer.Option(help="Retry-After of injected 429s (s).")] = 1.0,
     slow_rate: Annotated[float, typer.Option(help="Share of requests answered slowly.")] = 0.0,
     slow_seconds: Annotated[float, typer.Option(help="Delay of a slow answer (s).")] = 0.0,
@@ -183,6 +186,9 @@ def serve_command(
     ] = None,
     budget_window: Annotated[float, typer.Option(help="Budget window (s).")] = 300.0,
     list_lag: Annotated[float, typer.Option(help="Seconds list results trail writes.")] = 0.0,
+    key_write_limit: Annotated[
+        bool, typer.Option(help="Refuse a 2nd write of one key within 1 s (429), as Cloudflare.")
+    ] = False,
     seed: Annotated[int | None, typer.Option(help="Seed for the fault dice.")] = None,
     test_clock: Annotated[
         bool, typer.Option(help="Accept POST /__brainbot/clock to advance time (tests only).")
@@ -195,12 +201,14 @@ def serve_command(
     if not token:
         token = secrets.token_urlsafe(32)
         token_file = data_dir / "serve-token"
-        token_file.write_text(token + "\n")
-        os.chmod(token_file, 0o600)
+        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:  # created 0600: never readable by others
+            out.write(token + "\n")
         err.print(f"no token given: generated one in {token_file} (mode 0600)")
     try:
         faults = Faults(
             error_rate=error_rate,
+            error_429_share=error_429_share,
             retry_after=retry_after,
             slow_rate=slow_rate,
             slow_seconds=slow_seconds,
@@ -208,6 +216,7 @@ def serve_command(
             budget=budget,
             budget_window=budget_window,
             list_lag=list_lag,
+            key_write_limit=key_write_limit,
             seed=seed,
         )
     except ValueError as exc:

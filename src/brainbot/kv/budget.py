@@ -43,6 +43,7 @@ class RequestBudget:
         self._finished: deque[float] = deque()
         self._in_flight = 0
         self._paused_until = 0.0
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._turn = asyncio.Lock()  # waiters are served in arrival order
         self._released = asyncio.Event()
         self.requests = 0
@@ -65,7 +66,15 @@ class RequestBudget:
             self._finished.append(self._clock())
             self._released.set()
 
+    def _bind(self) -> None:
+        """asyncio primitives belong to one loop: a budget shared by a process that runs
+        several loops one after another (CLI commands, tests) gets fresh ones per loop."""
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._loop, self._turn, self._released = loop, asyncio.Lock(), asyncio.Event()
+
     async def _acquire(self) -> None:
+        self._bind()
         async with self._turn:
             while True:
                 now = self._clock()

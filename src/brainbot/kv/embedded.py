@@ -27,13 +27,11 @@ from typing import Self, TypeVar
 from brainbot.kv.errors import InvalidCursor, KVError
 from brainbot.kv.limits import (
     JSON,
-    absolute_expiration,
     check_cursor,
     check_prefix,
     key_bytes,
     list_limit,
-    metadata_json,
-    value_bytes,
+    validate_put,
 )
 from brainbot.kv.namespace import BulkResult, Entry, KeyInfo, ListPage, PutItem
 
@@ -65,9 +63,13 @@ def decode_cursor(cursor: str) -> bytes:
         raise InvalidCursor(f"Invalid cursor {cursor[:40]!r}: not a cursor of this namespace.")
     body = cursor[len(_CURSOR_PREFIX) :]
     try:
-        return base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
+        raw = base64.b64decode(body + "=" * (-len(body) % 4), altchars=b"-_", validate=True)
+        raw.decode("utf-8")
+        if not raw:
+            raise ValueError("empty")
     except (binascii.Error, ValueError):
         raise InvalidCursor(f"Invalid cursor {cursor[:40]!r}: it is corrupt.") from None
+    return raw
 
 
 def prefix_upper_bound(prefix: bytes) -> bytes | None:
@@ -230,16 +232,7 @@ class EmbeddedKV:
         return BulkResult(successful_key_count=len(raws))
 
     def _row(self, item: PutItem) -> tuple[bytes, bytes, int | None, str | None]:
-        return (
-            key_bytes(item.key),
-            value_bytes(item.value),
-            absolute_expiration(
-                expiration=item.expiration,
-                expiration_ttl=item.expiration_ttl,
-                now=self._clock(),
-            ),
-            metadata_json(item.metadata),
-        )
+        return validate_put(item, self._clock())
 
     def _write_rows(self, rows: builtins.list[tuple[bytes, bytes, int | None, str | None]]) -> None:
         with self._transaction():

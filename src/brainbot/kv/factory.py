@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from brainbot.kv.budget import RequestBudget
@@ -11,6 +12,19 @@ from brainbot.kv.rest import CloudflareKV
 
 if TYPE_CHECKING:
     from brainbot.config import Settings
+
+
+_budgets: dict[tuple[str, str, int, float], RequestBudget] = {}
+
+
+def shared_budget(base_url: str, token: str, limit: int, window: float) -> RequestBudget:
+    """One budget per process for each API token (Cloudflare counts per user, not per
+    client object): namespaces opened twice in one process share their requests."""
+    fingerprint = hashlib.sha256(token.encode()).hexdigest()
+    key = (base_url, fingerprint, limit, window)
+    if key not in _budgets:
+        _budgets[key] = RequestBudget(limit, window)
+    return _budgets[key]
 
 
 def open_namespace(settings: Settings | None = None) -> KVNamespace:

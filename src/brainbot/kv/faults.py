@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True, slots=True)
 class Faults:
     error_rate: float = 0.0
-    """Share of requests answered with an error instead of being served: half 429, half 5xx."""
+    """Share of requests answered with an error instead of being served."""
+    error_429_share: float = 0.5
+    """Of those errors, the share that are 429 (with ``Retry-After``); the rest are 5xx."""
     retry_after: float = 1.0
     """Seconds sent in ``Retry-After`` with an injected 429."""
     slow_rate: float = 0.0
@@ -29,12 +31,15 @@ class Faults:
     """Cloudflare-like budget: more than this many requests per ``budget_window`` locks the
     client out (429, code 971) until the window has passed."""
     budget_window: float = 300.0
+    key_write_limit: bool = False
+    """Cloudflare's 1 write per second per key: a second PUT/DELETE of one key within a
+    second is answered 429 (code 10048, ``Retry-After: 1``)."""
     list_lag: float = 0.0
     """Seconds by which list results trail writes: new keys stay hidden, deleted ones linger."""
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("error_rate", "slow_rate", "bulk_failure_rate"):
+        for name in ("error_rate", "error_429_share", "slow_rate", "bulk_failure_rate"):
             share = getattr(self, name)
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {share}.")
@@ -52,6 +57,7 @@ class Faults:
             or self.bulk_failure_rate
             or self.budget is not None
             or self.list_lag
+            or self.key_write_limit
         )
 
 
@@ -64,6 +70,7 @@ class FaultInjector:
     _rng: random.Random = field(init=False)
     _seen: deque[float] = field(init=False, default_factory=deque)
     _locked_until: float = field(init=False, default=0.0)
+    _last_write: dict[str, float] = field(init=False, default_factory=dict)
     budget_rejections: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -90,7 +97,21 @@ class FaultInjector:
     def error_status(self) -> int | None:
         if self._rng.random() >= self.faults.error_rate:
             return None
-        return self._rng.choice((429, 429, 429, 500, 502, 503))
+        if self._rng.random() < self.faults.error_429_share:
+            return 429
+        return self._rng.choice((500, 502, 503))
+
+    def too_soon(self, key: str) -> bool:
+        """Whether ``key`` was written less than a second ago (then this write is refused)."""
+        if not self.faults.key_write_limit:
+            return False
+        now = self.clock()
+        if now - self._last_write.get(key, -1.0) < 1.0:
+            return True
+        self._last_write[key] = now
+        if len(self._last_write) > 100_000:
+            self._last_write = {k: t for k, t in self._last_write.items() if now - t < 1.0}
+        return False
 
     def delay(self) -> float:
         if self.faults.slow_rate and self._rng.random() < self.faults.slow_rate:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping, Sequence
+from typing import Protocol
 
 from brainbot.kv.errors import (
     InvalidCursor,
@@ -29,6 +30,7 @@ MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024  # 26,214,400
 MAX_METADATA_BYTES = 1024
 MIN_EXPIRATION_TTL = 60
+MAX_EXPIRATION = 2**31 - 1  # workerd stores expirations as 32-bit seconds
 MIN_LIST_LIMIT = 10
 MAX_LIST_LIMIT = 1000
 BULK_WRITE_MAX_ITEMS = 10_000
@@ -87,9 +89,15 @@ def metadata_json(metadata: object) -> str | None:
         return None
     try:
         text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except (TypeError, ValueError) as exc:
+        encoded = text.encode("utf-8")
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogate) included
         raise InvalidMetadata(f"Metadata must be JSON-serialisable: {exc}.") from None
-    size = len(text.encode("utf-8", "surrogatepass"))
+    if json.loads(text) != metadata:  # e.g. int dict keys silently turned into strings
+        raise InvalidMetadata(
+            "Metadata must be plain JSON values (dicts with str keys, lists, str, numbers, "
+            "bool, None): it would not read back equal."
+        )
+    size = len(encoded)
     if size > MAX_METADATA_BYTES:
         raise MetadataTooLarge(f"Metadata length of {size} exceeds limit of {MAX_METADATA_BYTES}.")
     return text
@@ -114,6 +122,11 @@ def absolute_expiration(
         raise InvalidExpiration("Give either expiration or expiration_ttl, not both.")
     if expiration_ttl is not None:
         ttl = _whole_seconds("expiration_ttl", expiration_ttl, InvalidExpirationTTL)
+        if int(now) + ttl > MAX_EXPIRATION:
+            raise InvalidExpirationTTL(
+                f"Invalid expiration_ttl of {ttl}. It ends after {MAX_EXPIRATION} "
+                "seconds since the epoch, the latest expiry KV stores."
+            )
         if ttl < MIN_EXPIRATION_TTL:
             raise InvalidExpirationTTL(
                 f"Invalid expiration_ttl of {ttl}. "
@@ -122,6 +135,11 @@ def absolute_expiration(
         return int(now) + ttl
     if expiration is not None:
         at = _whole_seconds("expiration", expiration, InvalidExpiration)
+        if at > MAX_EXPIRATION:
+            raise InvalidExpiration(
+                f"Invalid expiration of {at}. Please specify an integer no greater than "
+                f"{MAX_EXPIRATION}."
+            )
         if at <= int(now):
             raise InvalidExpiration(
                 f"Invalid expiration of {at}. Please specify integer greater than "
@@ -134,6 +152,32 @@ def absolute_expiration(
             )
         return at
     return None
+
+
+class PutLike(Protocol):
+    @property
+    def key(self) -> str: ...
+    @property
+    def value(self) -> bytes | str: ...
+    @property
+    def expiration(self) -> int | None: ...
+    @property
+    def expiration_ttl(self) -> int | None: ...
+    @property
+    def metadata(self) -> JSON: ...
+
+
+def validate_put(item: PutLike, now: float) -> tuple[bytes, bytes, int | None, str | None]:
+    """Every rule a write must pass: returns key and value bytes, the absolute expiry and
+    the metadata JSON text, or raises the typed error of the first rule broken."""
+    return (
+        key_bytes(item.key),
+        value_bytes(item.value),
+        absolute_expiration(
+            expiration=item.expiration, expiration_ttl=item.expiration_ttl, now=now
+        ),
+        metadata_json(item.metadata),
+    )
 
 
 def list_limit(limit: object) -> int:

@@ -15,9 +15,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import builtins
 import email.policy
 import hmac
 import json
+import logging
 import re
 import socket
 import sys
@@ -56,9 +58,12 @@ from brainbot.kv.limits import (
     BULK_WRITE_MAX_ITEMS,
     MAX_METADATA_BYTES,
     MAX_VALUE_BYTES,
+    key_bytes,
+    validate_put,
 )
 from brainbot.kv.namespace import Entry, KeyInfo, ListPage, PutItem
 
+log = logging.getLogger("brainbot.kv.local_server")
 _NS = "/client/v4/accounts/{account}/storage/kv/namespaces/{namespace}"
 _NAMESPACE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEY_IN_PATH = re.compile(rb"/storage/kv/namespaces/[^/]+/(?:values|metadata)/(.*)$")
@@ -117,6 +122,7 @@ class LocalKVServer:
     _namespaces: dict[str, EmbeddedKV] = field(init=False, default_factory=dict)
     _recent: dict[str, dict[str, _Mutation]] = field(init=False, default_factory=dict)
     _injector: FaultInjector = field(init=False)
+    _write_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     requests: int = field(init=False, default=0)
 
     def __post_init__(self) -> None:
@@ -234,24 +240,44 @@ class LocalKVServer:
             return error_response(exc)
         except _NotFound as exc:
             return envelope(errors=[(exc.code, exc.message)], status=404)
+        except _TooSoon:
+            response = envelope(
+                errors=[(10048, "KV PUT failed: 429 Too Many Requests (1 write/s per key)")],
+                status=429,
+            )
+            response.headers["Retry-After"] = "1"
+            return response
+        except Exception:  # never a bare 500 page: always Cloudflare's envelope
+            log.exception("local KV server: unexpected error")
+            return envelope(errors=[(10001, "Internal error")], status=500)
 
     # -- list lag (eventual consistency) -------------------------------------------------
 
-    async def _remember(self, request: Request, kv: EmbeddedKV, keys: list[str]) -> None:
-        """Before a write, note what list should keep showing for ``list_lag`` seconds."""
+    @asynccontextmanager
+    async def _writing(
+        self, request: Request, kv: EmbeddedKV, keys: builtins.list[str]
+    ) -> AsyncIterator[None]:
+        """Around a write: note what list should keep showing for ``list_lag`` seconds.
+        One lock per server, so two writes to one key cannot both record the same past."""
         if not self.faults.list_lag:
+            yield
             return
-        recent = self._recent.setdefault(request.path_params["namespace"], {})
-        now = time.monotonic()
-        stale = [k for k in keys if k not in recent or recent[k].at <= now - self.faults.list_lag]
-        if stale:
-            current = await kv.get_many(stale)
-            for key in stale:
-                entry = current[key]
-                before = None if entry is None else KeyInfo(key, entry.expiration, entry.metadata)
-                recent[key] = _Mutation(now, before)
-        for key in keys:
-            recent[key].at = now
+        async with self._write_lock:
+            recent = self._recent.setdefault(request.path_params["namespace"], {})
+            now = time.monotonic()
+            lag = self.faults.list_lag
+            stale = [k for k in keys if k not in recent or recent[k].at <= now - lag]
+            if stale:
+                current = await kv.get_many(stale)
+                for key in stale:
+                    entry = current[key]
+                    before = (
+                        None if entry is None else KeyInfo(key, entry.expiration, entry.metadata)
+                    )
+                    recent[key] = _Mutation(now, before)
+            yield
+            for key in keys:
+                recent[key].at = time.monotonic()
 
     def _lagging(
         self, request: Request, page: ListPage, prefix: str, after: str | None
@@ -289,13 +315,19 @@ class LocalKVServer:
                 headers = {} if entry.expiration is None else {"expiration": str(entry.expiration)}
                 return Response(entry.value, media_type="application/octet-stream", headers=headers)
             if request.method == "DELETE":
-                await self._remember(request, kv, [key])
-                await kv.delete(key)
+                if self._injector.too_soon(f"{request.path_params['namespace']}/{key}"):
+                    raise _TooSoon
+                async with self._writing(request, kv, [key]):
+                    await kv.delete(key)
                 return envelope()
             value, metadata = await _read_put_body(request)
             expiration, ttl = _expiry_params(request.query_params)
-            await self._remember(request, kv, [key])
-            await kv.put(key, value, expiration=expiration, expiration_ttl=ttl, metadata=metadata)
+            if self._injector.too_soon(f"{request.path_params['namespace']}/{key}"):
+                raise _TooSoon
+            async with self._writing(request, kv, [key]):
+                await kv.put(
+                    key, value, expiration=expiration, expiration_ttl=ttl, metadata=metadata
+                )
             return envelope()
 
         return await self._serve(request, handle)
@@ -346,11 +378,13 @@ class LocalKVServer:
                     f"Bulk write of {len(body)} pairs exceeds the limit of {BULK_WRITE_MAX_ITEMS}."
                 )
             items = [_bulk_put_item(i, raw) for i, raw in enumerate(body)]
+            for item in items:  # the whole request is refused before any fault is rolled
+                validate_put(item, self._clock())
             kv_items = list({item.key: item for item in items}.values())
             failed = self._injector.failed_bulk_keys([item.key for item in kv_items])
             to_write = [item for item in kv_items if item.key not in failed]
-            await self._remember(request, kv, [item.key for item in to_write])
-            await kv.put_many(to_write)
+            async with self._writing(request, kv, [item.key for item in to_write]):
+                await kv.put_many(to_write)
             written = sum(1 for item in items if item.key not in failed)
             return envelope({"successful_key_count": written, "unsuccessful_keys": sorted(failed)})
 
@@ -366,10 +400,12 @@ class LocalKVServer:
                 raise BulkTooLarge(
                     f"Bulk delete of {len(body)} keys exceeds the limit of {BULK_DELETE_MAX_KEYS}."
                 )
+            for key in body:
+                key_bytes(key)
             failed = self._injector.failed_bulk_keys(body)
             to_delete = [k for k in body if k not in failed]
-            await self._remember(request, kv, to_delete)
-            await kv.delete_many(to_delete)
+            async with self._writing(request, kv, to_delete):
+                await kv.delete_many(to_delete)
             return envelope(
                 {"successful_key_count": len(to_delete), "unsuccessful_keys": sorted(failed)}
             )
@@ -392,6 +428,11 @@ class LocalKVServer:
                 raise InvalidValue(f"Invalid type {kind!r}: use 'text' or 'json'.")
             with_metadata = bool(body.get("withMetadata", False))
             found = await kv.get_many(keys)
+            total = sum(len(e.value) for e in found.values() if e is not None)
+            if total > MAX_VALUE_BYTES:
+                raise BulkTooLarge(
+                    f"Bulk get values total {total} bytes, over the limit of {MAX_VALUE_BYTES}."
+                )
             values = {k: _bulk_get_value(e, kind, with_metadata) for k, e in found.items()}
             return envelope({"values": values})
 
@@ -406,13 +447,17 @@ class LocalKVServer:
         return envelope({"now": self._clock()})
 
 
+class _TooSoon(Exception):
+    """A key written again within a second (only with the key_write_limit fault)."""
+
+
 class _NotFound(Exception):
     def __init__(self, code: int, message: str) -> None:
         self.code, self.message = code, message
 
 
 def _cursor_key(cursor: str | None) -> str | None:
-    return None if cursor is None else decode_cursor(cursor).decode("utf-8")
+    return None if cursor is None else decode_cursor(cursor).decode("utf-8", "replace")
 
 
 def _key_json(info: KeyInfo) -> dict[str, Any]:

@@ -22,8 +22,9 @@ import base64
 import builtins
 import json
 import math
+import random
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -35,9 +36,13 @@ import stamina
 
 from brainbot.kv.budget import RequestBudget
 from brainbot.kv.errors import (
+    AuthenticationError,
+    BulkTooLarge,
     KVError,
     KVRemoteError,
     KVTransportError,
+    KVValidationError,
+    NamespaceNotFound,
     RateLimited,
     ServerError,
     error_from_response,
@@ -54,6 +59,7 @@ from brainbot.kv.limits import (
     key_bytes,
     list_limit,
     metadata_json,
+    validate_put,
     value_bytes,
 )
 from brainbot.kv.namespace import BulkResult, Entry, KeyInfo, ListPage, PutItem
@@ -108,10 +114,20 @@ class _BearerToken(httpx.Auth):
         yield request
 
 
+MAX_RETRY_AFTER = 900.0
+
+
 def _retry_hook(exc: Exception) -> bool | float:
-    """stamina backoff hook: what to retry, and for how long the server asked us to wait."""
+    """stamina backoff hook: what to retry, and for how long the server asked us to wait.
+
+    A ``Retry-After`` is honoured, capped at 15 minutes (longer than Cloudflare's lockout;
+    a proxy asking for a day is not obeyed), plus up to 10 % jitter so that clients
+    released from one lockout do not all return in the same instant."""
     if isinstance(exc, RateLimited):
-        return exc.retry_after if exc.retry_after is not None else True
+        if exc.retry_after is None:
+            return True
+        wait = min(exc.retry_after, MAX_RETRY_AFTER)
+        return wait + random.uniform(0, wait * 0.1)
     return isinstance(exc, ServerError | KVTransportError)
 
 
@@ -144,35 +160,53 @@ def _envelope_error(response: httpx.Response) -> tuple[int | None, str]:
         return None, f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
 
-def _bulk_item(item: PutItem) -> bytes:
-    data = value_bytes(item.value)
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _bulk_item(item: PutItem, now: float) -> bytes:
+    """One bulk-write item, validated. The value travels as text when it is UTF-8 and its
+    JSON form is not longer than base64 (control bytes escape to six characters each)."""
+    _, data, _, _ = validate_put(item, now)
     body: dict[str, Any] = {"key": item.key}
+    encoded_b64 = base64.b64encode(data).decode("ascii")
     try:
-        body["value"] = data.decode("utf-8")
+        text = _compact(data.decode("utf-8"))
     except UnicodeDecodeError:
-        body["value"] = base64.b64encode(data).decode("ascii")
+        text = None
+    if text is not None and len(text.encode("utf-8")) <= len(encoded_b64) + 2:
+        body["value"] = json.loads(text)
+    else:
+        body["value"] = encoded_b64
         body["base64"] = True
     if item.expiration is not None:
-        body["expiration"] = item.expiration
+        body["expiration"] = int(item.expiration)
     if item.expiration_ttl is not None:
-        body["expiration_ttl"] = item.expiration_ttl
+        body["expiration_ttl"] = int(item.expiration_ttl)
     if item.metadata is not None:
         body["metadata"] = item.metadata
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return _compact(body).encode("utf-8")
 
 
-def _batches(sizes: Sequence[int], max_items: int, max_bytes: int) -> Iterator[range]:
-    """Split items into consecutive runs that fit a JSON array of max_items / max_bytes."""
-    start, used = 0, 2  # "[" and "]"
+def _batches(sizes: Sequence[int], max_items: int, max_bytes: int) -> builtins.list[range]:
+    """Split items into consecutive runs that fit a JSON array of max_items / max_bytes.
+
+    All runs are planned before anything is sent, so an item that fits no request is
+    refused before the first write."""
+    runs, start, used = [], 0, 2  # "[" and "]"
     for i, size in enumerate(sizes):
         if size + 3 > max_bytes:
-            raise KVError(f"Bulk item {i} alone ({size} bytes) exceeds the {max_bytes}-byte limit.")
+            raise BulkTooLarge(
+                f"Bulk item {i} alone ({size} bytes as JSON) exceeds the {max_bytes}-byte "
+                "request limit."
+            )
         if i > start and (i - start >= max_items or used + size + 1 > max_bytes):
-            yield range(start, i)
+            runs.append(range(start, i))
             start, used = i, 2
         used += size + 1
     if start < len(sizes):
-        yield range(start, len(sizes))
+        runs.append(range(start, len(sizes)))
+    return runs
 
 
 class CloudflareKV:
@@ -195,6 +229,12 @@ class CloudflareKV:
     ) -> None:
         if not account_id or not namespace_id:
             raise ValueError("account_id and namespace_id are required.")
+        url = httpx.URL(base_url)
+        if url.scheme != "https" and url.host not in ("127.0.0.1", "localhost", "::1"):
+            raise ValueError(
+                f"Refusing to send the API token over {url.scheme or 'no scheme'}: "
+                "use an https:// base URL (plain http only for loopback)."
+            )
         self.account_id = account_id
         self.namespace_id = namespace_id
         self.base_url = base_url.rstrip("/")
@@ -296,37 +336,63 @@ class CloudflareKV:
         unique = list(dict.fromkeys(keys))
         found: dict[str, Entry | None] = {}
         for start in range(0, len(unique), BULK_GET_MAX_KEYS):
-            chunk = unique[start : start + BULK_GET_MAX_KEYS]
+            found.update(await self._bulk_get(unique[start : start + BULK_GET_MAX_KEYS]))
+        return {key: found[key] for key in keys}
+
+    async def _bulk_get(self, chunk: builtins.list[str]) -> dict[str, Entry | None]:
+        """One ``bulk/get`` with metadata. A chunk the service refuses as a whole (its
+        values add up to more than 25 MB, or it will not return a value as text) is
+        split in halves, down to single keys read with ``GET values/``."""
+        try:
             response = await self._request(
                 "POST", "bulk/get", json={"keys": chunk, "type": "text", "withMetadata": True}
             )
-            values = (self._result(response) or {}).get("values", {})
-            for key in chunk:
-                item = values.get(key)
-                if item is None:
-                    found[key] = None
-                elif _REPLACEMENT_CHAR in item["value"]:
-                    found[key] = await self._get_exact(key)  # maybe binary: fetch the bytes
-                else:
-                    found[key] = Entry(
-                        value=item["value"].encode("utf-8"),
-                        expiration=item.get("expiration"),
-                        metadata=item.get("metadata"),
-                    )
-        return {key: found[key] for key in keys}
+        except KVError as exc:
+            if not isinstance(exc, KVValidationError | KVRemoteError) or isinstance(
+                exc, RateLimited | ServerError | AuthenticationError | NamespaceNotFound
+            ):
+                raise
+            if len(chunk) == 1:
+                return {chunk[0]: await self._get_exact(chunk[0], None)}
+            half = len(chunk) // 2
+            return {**await self._bulk_get(chunk[:half]), **await self._bulk_get(chunk[half:])}
+        values = (self._result(response) or {}).get("values", {})
+        found: dict[str, Entry | None] = {}
+        for key in chunk:
+            item = values.get(key)
+            if item is None:
+                found[key] = None
+                continue
+            entry = Entry(
+                value=item["value"].encode("utf-8"),
+                expiration=item.get("expiration"),
+                metadata=item.get("metadata"),
+            )
+            # U+FFFD is what a value that is not UTF-8 turns into: fetch its exact bytes
+            found[key] = (
+                await self._get_exact(key, entry) if _REPLACEMENT_CHAR in item["value"] else entry
+            )
+        return found
 
-    async def _get_exact(self, key: str) -> Entry | None:
-        """Read value bytes and metadata with the two single-key endpoints."""
-        response = await self._request("GET", self._key_path("values", key), not_found_ok=True)
-        if response.status_code == 404:
-            return None
-        expiration = response.headers.get("expiration")
-        meta = await self._request("GET", self._key_path("metadata", key), not_found_ok=True)
-        return Entry(
-            value=response.content,
-            expiration=int(expiration) if expiration else None,
-            metadata=None if meta.status_code == 404 else self._result(meta),
-        )
+    async def _get_exact(self, key: str, seen: Entry | None) -> Entry | None:
+        """Read the value's bytes with ``GET values/`` and its metadata with
+        ``GET metadata/``. Two reads can straddle a write; the pair is accepted when the
+        expiry and metadata agree with what ``bulk/get`` saw (``seen``), else read again."""
+        entry: Entry | None = None
+        for _ in range(3):
+            response = await self._request("GET", self._key_path("values", key), not_found_ok=True)
+            if response.status_code == 404:
+                return None
+            header = response.headers.get("expiration")
+            expiration = int(header) if header else None
+            meta = await self._request("GET", self._key_path("metadata", key), not_found_ok=True)
+            if meta.status_code == 404:
+                return None
+            entry = Entry(response.content, expiration, self._result(meta))
+            if seen is None or (seen.expiration, seen.metadata) == (expiration, entry.metadata):
+                return entry
+            seen = entry  # something changed in between: the next pair must match this one
+        return entry
 
     async def list(
         self, *, prefix: str = "", cursor: str | None = None, limit: int = 1000
@@ -365,7 +431,7 @@ class CloudflareKV:
         meta = metadata_json(metadata)
         absolute_expiration(expiration=expiration, expiration_ttl=expiration_ttl, now=self._clock())
         params = {
-            name: v
+            name: int(v)
             for name, v in (("expiration", expiration), ("expiration_ttl", expiration_ttl))
             if v is not None
         }
@@ -391,30 +457,38 @@ class CloudflareKV:
 
     async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
         now = self._clock()
-        encoded: builtins.list[bytes] = []
-        for item in items:  # validate everything before the first request
-            key_bytes(item.key)
-            metadata_json(item.metadata)
-            absolute_expiration(
-                expiration=item.expiration, expiration_ttl=item.expiration_ttl, now=now
-            )
-            encoded.append(_bulk_item(item))
-        failed: builtins.list[str] = []
-        for run in _batches([len(e) for e in encoded], self.bulk_max_items, self.bulk_max_bytes):
-            failed += await self._bulk_until_done(
-                "PUT", "bulk", [(items[i].key, encoded[i]) for i in run]
-            )
-        return BulkResult(len(items) - len(failed), tuple(failed))
+        encoded = [_bulk_item(item, now) for item in items]  # validate all before sending
+        runs = _batches([len(e) for e in encoded], self.bulk_max_items, self.bulk_max_bytes)
+        return await self._bulk(
+            "PUT", "bulk", [[(items[i].key, encoded[i]) for i in run] for run in runs]
+        )
 
     async def delete_many(self, keys: Sequence[str]) -> BulkResult:
-        encoded = [json.dumps(key_bytes(k).decode("utf-8"), ensure_ascii=False) for k in keys]
+        encoded = [_compact(key_bytes(k).decode("utf-8")).encode("utf-8") for k in keys]
+        runs = [
+            range(start, min(start + BULK_DELETE_MAX_KEYS, len(keys)))
+            for start in range(0, len(keys), BULK_DELETE_MAX_KEYS)
+        ]
+        return await self._bulk(
+            "POST", "bulk/delete", [[(keys[i], encoded[i]) for i in run] for run in runs]
+        )
+
+    async def _bulk(
+        self, method: str, path: str, batches: builtins.list[builtins.list[tuple[str, bytes]]]
+    ) -> BulkResult:
+        """Send the batches in order. If one still fails after every retry (service down,
+        lockout outlasting the policy), it and all later batches are reported as
+        unsuccessful rather than raised, so the caller keeps the per-key outcome of the
+        batches already written."""
         failed: builtins.list[str] = []
-        for start in range(0, len(keys), BULK_DELETE_MAX_KEYS):
-            run = range(start, min(start + BULK_DELETE_MAX_KEYS, len(keys)))
-            failed += await self._bulk_until_done(
-                "POST", "bulk/delete", [(keys[i], encoded[i].encode("utf-8")) for i in run]
-            )
-        return BulkResult(len(keys) - len(failed), tuple(failed))
+        total = sum(len(b) for b in batches)
+        for n, batch in enumerate(batches):
+            try:
+                failed += await self._bulk_until_done(method, path, batch)
+            except (RateLimited, ServerError, KVTransportError):
+                failed += [key for later in batches[n:] for key, _ in later]
+                break
+        return BulkResult(total - len(failed), tuple(failed))
 
     async def _bulk_until_done(
         self, method: str, path: str, pending: builtins.list[tuple[str, bytes]]
