@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -40,6 +41,30 @@ class Settings(BaseSettings):
     cloudflare_api_budget_window: float = Field(
         default=300.0, gt=0, alias="CLOUDFLARE_API_BUDGET_WINDOW"
     )
+
+    storage_backend: Literal["kv", "redis", "dual"] = Field(
+        default="kv", alias="BRAINBOT_STORAGE_BACKEND"
+    )
+    """The rollback switch: ``kv`` (default), ``dual`` (KV primary, Redis shadow), ``redis``."""
+    redis_url: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BRAINBOT_REDIS_URL", "redis_url"),
+    )
+    """Only for ``redis``/``dual`` and the migration: may hold a password, so it is secret."""
+    kv_prefix: str = Field(default="", alias="BRAINBOT_KV_PREFIX")
+    """Prefix of every key ``KVStore`` writes; ``flushdb`` only touches keys under it."""
+    kv_short_ttl: Literal["clamp", "reject"] = Field(default="clamp", alias="BRAINBOT_KV_SHORT_TTL")
+    kv_write_rate: Literal["wait", "error"] = Field(default="wait", alias="BRAINBOT_KV_WRITE_RATE")
+    kv_key_write_interval: float | None = Field(
+        default=None, ge=0, alias="BRAINBOT_KV_KEY_WRITE_INTERVAL"
+    )
+    """Seconds between writes to one key: default 1.0 on Cloudflare, 0 on the embedded KV."""
+    kv_read_own_writes_window: float | None = Field(
+        default=None, ge=0, alias="BRAINBOT_KV_READ_OWN_WRITES_WINDOW"
+    )
+    """How long this process answers its own writes from memory: default 60 s on Cloudflare
+    (which takes up to 60 s to show a write everywhere), 0 on the strongly consistent
+    embedded KV."""
 
     @cached_property
     def uses_cloudflare(self) -> bool:

@@ -1,0 +1,112 @@
+"""How one Redis key (any type, with its TTL) is laid out as one KV entry.
+
+The same encoding is read by ``KVStore`` and written by the migration, so a migrated key
+reads back exactly as Redis held it.
+
+* **metadata** ``{"t": type, "x": expiry in epoch ms (if any), "e": "b" (if base64)}``.
+  The type and the exact expiry travel in metadata, so ``list`` (which returns metadata)
+  answers ``SCAN ... TYPE`` and skips logically expired keys without reading values.
+* **value**: a string is its raw bytes. A container is JSON: list ``[e, ...]``, set
+  ``[m, ...]`` (sorted), hash ``{field: value}``, sorted set ``[[member, score], ...]``
+  ordered by (score, member). Elements are UTF-8 text when every element is; otherwise
+  all are base64 and metadata says ``"e": "b"``. Infinite scores are ``"inf"``/``"-inf"``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from brainbot.kv.namespace import Entry
+
+RedisType = Literal["string", "list", "hash", "set", "zset"]
+TYPES: tuple[RedisType, ...] = ("string", "list", "hash", "set", "zset")
+Data = bytes | list[bytes] | dict[bytes, bytes] | set[bytes] | dict[bytes, float]
+
+
+@dataclass(slots=True)
+class Item:
+    """One Redis value: its type, its data, and its expiry in epoch milliseconds."""
+
+    type: RedisType
+    data: Any
+    expire_ms: int | None = None
+
+    def metadata(self, *, binary: bool = False) -> dict[str, Any]:
+        meta: dict[str, Any] = {"t": self.type}
+        if self.expire_ms is not None:
+            meta["x"] = self.expire_ms
+        if binary:
+            meta["e"] = "b"
+        return meta
+
+
+def _texts(elements: list[bytes]) -> tuple[list[str], bool]:
+    try:
+        return [e.decode("utf-8") for e in elements], False
+    except UnicodeDecodeError:
+        return [base64.b64encode(e).decode("ascii") for e in elements], True
+
+
+def _score_json(score: float) -> float | str:
+    if math.isinf(score):
+        return "inf" if score > 0 else "-inf"
+    return score
+
+
+def encode(item: Item) -> tuple[bytes, dict[str, Any]]:
+    """The KV value and metadata for ``item``."""
+    if item.type == "string":
+        return bytes(item.data), item.metadata()
+    body: Any
+    if item.type == "list":
+        body, binary = _texts(list(item.data))
+    elif item.type == "set":
+        body, binary = _texts(sorted(item.data))
+    elif item.type == "hash":
+        flat, binary = _texts([b for pair in item.data.items() for b in pair])
+        body = dict(zip(flat[::2], flat[1::2], strict=True))
+    else:
+        ordered = sorted(item.data.items(), key=lambda p: (p[1], p[0]))
+        members, binary = _texts([m for m, _ in ordered])
+        body = [[m, _score_json(s)] for m, (_, s) in zip(members, ordered, strict=True)]
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8"), item.metadata(binary=binary)
+
+
+def decode(entry: Entry) -> Item:
+    """The Redis value stored in ``entry``; an entry without our metadata is a string."""
+    meta = entry.metadata if isinstance(entry.metadata, dict) else {}
+    kind = meta.get("t", "string")
+    expire_ms = meta.get("x")
+    if kind == "string" or kind not in TYPES:
+        return Item("string", entry.value, expire_ms)
+    binary = meta.get("e") == "b"
+
+    def raw(text: str) -> bytes:
+        return base64.b64decode(text) if binary else text.encode("utf-8")
+
+    body = json.loads(entry.value)
+    if kind == "list":
+        return Item("list", [raw(e) for e in body], expire_ms)
+    if kind == "set":
+        return Item("set", {raw(e) for e in body}, expire_ms)
+    if kind == "hash":
+        return Item("hash", {raw(f): raw(v) for f, v in body.items()}, expire_ms)
+    return Item("zset", {raw(m): float(s) for m, s in body}, expire_ms)
+
+
+def type_of(metadata: object) -> RedisType:
+    """The Redis type recorded in a list entry's metadata (no metadata: a plain string)."""
+    if isinstance(metadata, dict) and metadata.get("t") in TYPES:
+        return metadata["t"]  # type: ignore[no-any-return]
+    return "string"
+
+
+def expiry_of(metadata: object) -> int | None:
+    if isinstance(metadata, dict) and isinstance(metadata.get("x"), int):
+        return metadata["x"]  # type: ignore[no-any-return]
+    return None
