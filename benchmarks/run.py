@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.processes import ROOT, start_kv_server, start_redis
 
+from benchmarks import kv_store_ops
 from brainbot.kv import CloudflareKV, EmbeddedKV, KVNamespace, PutItem, RequestBudget
 
 VALUE = b"x" * 100
@@ -106,7 +107,7 @@ async def measure(
     return p50, p99, n_throughput / (time.perf_counter() - start)
 
 
-async def run(quick: bool) -> list[Result]:
+async def run(quick: bool) -> tuple[list[Result], list[tuple[Table, str]]]:
     n_lat, n_tp, conc = (100, 400, 16) if quick else (500, 2000, 32)
     results: list[Result] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,10 +143,11 @@ async def run(quick: bool) -> list[Result]:
                 if kv is not None:
                     await kv.aclose()
             await r.aclose()
+            sections = [await kv_store_ops.run(Path(tmp), port, kv_service.url, token, quick)]
         finally:
             kv_service.stop()
             redis_service.stop()
-    return results
+    return results, sections
 
 
 def render(results: list[Result], quick: bool) -> tuple[Table, str]:
@@ -191,12 +193,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
     parser.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
-    results = asyncio.run(run(args.quick))
+    results, sections = asyncio.run(run(args.quick))
     table, markdown = render(results, args.quick)
-    Console().print(table)
+    console = Console()
+    console.print(table)
+    for section_table, _ in sections:
+        console.print(section_table)
     args.output.write_text(
         "# Benchmarks\n\nWritten by `./scripts/bench` (`python -m benchmarks.run`); "
-        "numbers from one run, on one machine.\n\n" + markdown
+        "numbers from one run, on one machine.\n\n"
+        + "\n".join([markdown, *(text for _, text in sections)])
     )
     print(f"wrote {args.output}")
 

@@ -403,6 +403,9 @@ class KVStore:
         if expire_ms is not None:
             self._check_requested_ttl(expire_ms)
         async with self._locked(kvkey):
+            if not (nx or xx or get or keepttl):  # a plain SET needs no read: 1 request
+                await self._save(kvkey, Item("string", data, expire_ms))
+                return True
             old = await self._load(kvkey)
             if get and old is not None and old.type != "string":
                 raise WrongTypeError
