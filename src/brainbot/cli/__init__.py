@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from typing import Annotated
+
 import typer
 
 from brainbot.cli.kv import kv_app
@@ -14,6 +17,25 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(kv_app, name="kv")
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
+    responder: Annotated[
+        str | None,
+        typer.Option(envvar="BRAINBOT_RESPONDER", help="'module:attribute' of a responder."),
+    ] = None,
+) -> None:
+    """Run the chat service on the configured store; prints 'READY <url>'."""
+    import asyncio
+
+    from brainbot.config import Settings
+    from brainbot.service import serve
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(Settings(), host, port, responder))
 
 
 @app.command()

@@ -1,0 +1,191 @@
+"""``brainbot serve``: the chat service that runs the stores end to end.
+
+    POST   /sessions                       {"user": "alice"}            -> {"session", "expires"}
+    DELETE /sessions/{id}
+    POST   /chat       {"session", "conversation", "message"}          -> {"reply", ...}
+    GET    /conversations/{id}/messages?limit=N&before=ID              -> {"messages": [...]}
+    POST   /conversations/{id}/messages    {"role", "content"}         -> {"message": {...}}
+    DELETE /conversations/{id}
+    GET    /health
+
+Every store comes from ``open_store()`` (kv, dual or redis), so the service is what an
+operator restarts when flipping ``BRAINBOT_STORAGE_BACKEND``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from brainbot.config import Settings
+from brainbot.kv.errors import KVError, KVValidationError
+from brainbot.responder import Responder, load_responder
+from brainbot.storage import StoreError, open_store
+from brainbot.storage.conversations import ConversationError, ConversationStore, Message
+from brainbot.storage.sessions import SessionError, SessionStore
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class BadRequest(Exception):
+    pass
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _body(request: Request) -> dict[str, Any]:
+    try:
+        body = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest("The body must be a JSON object.") from None
+    if not isinstance(body, dict):
+        raise BadRequest("The body must be a JSON object.")
+    return body
+
+
+def _text(body: dict[str, Any], name: str) -> str:
+    value = body.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadRequest(f"'{name}' must be a non-empty string.")
+    return value
+
+
+class ChatService:
+    def __init__(
+        self,
+        store: Any,
+        *,
+        responder: Responder | None = None,
+        session_lifetime: int = 3600,
+        history_window: int = 20,
+    ) -> None:
+        self.store = store
+        self.conversations = ConversationStore(store)
+        self.sessions = SessionStore(store, lifetime=session_lifetime)
+        self.responder = responder or load_responder(None)
+        self.history_window = history_window
+
+    def app(self) -> Starlette:
+        def guarded(handler: Handler) -> Handler:
+            async def run(request: Request) -> Response:
+                try:
+                    return await handler(request)
+                except (BadRequest, ConversationError, SessionError, KVValidationError) as exc:
+                    return _error(400, str(exc))
+                except (StoreError, KVError) as exc:
+                    return _error(503, f"storage unavailable: {type(exc).__name__}")
+
+            return run
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            yield
+            await self.store.aclose()
+
+        return Starlette(
+            routes=[
+                Route("/health", guarded(self.health), methods=["GET"]),
+                Route("/sessions", guarded(self.create_session), methods=["POST"]),
+                Route("/sessions/{sid}", guarded(self.delete_session), methods=["DELETE"]),
+                Route("/chat", guarded(self.chat), methods=["POST"]),
+                Route(
+                    "/conversations/{cid}/messages", guarded(self.messages), methods=["GET", "POST"]
+                ),
+                Route(
+                    "/conversations/{cid}", guarded(self.delete_conversation), methods=["DELETE"]
+                ),
+            ],
+            lifespan=lifespan,
+        )
+
+    async def health(self, request: Request) -> Response:
+        return JSONResponse({"ok": True})
+
+    async def create_session(self, request: Request) -> Response:
+        body = await _body(request) if await request.body() else {}
+        user = body.get("user")
+        if user is not None and not isinstance(user, str):
+            raise BadRequest("'user' must be a string.")
+        session = await self.sessions.create({"user": user} if user else {})
+        return JSONResponse({"session": session.id, "expires": session.expires}, status_code=201)
+
+    async def delete_session(self, request: Request) -> Response:
+        try:
+            deleted = await self.sessions.delete(request.path_params["sid"])
+        except SessionError:
+            deleted = False
+        return Response(status_code=204) if deleted else _error(404, "no such session")
+
+    async def chat(self, request: Request) -> Response:
+        body = await _body(request)
+        sid, cid, text = _text(body, "session"), _text(body, "conversation"), _text(body, "message")
+        try:
+            session = await self.sessions.get(sid)
+        except SessionError:
+            session = None
+        if session is None:
+            return _error(401, "unknown or expired session")
+        user = session.data.get("user")
+        user_id = user if isinstance(user, str) else None
+        asked = await self.conversations.append(cid, Message("user", text), user_id=user_id)
+        history = await self.conversations.history(cid, limit=self.history_window)
+        reply = await self.responder.reply(history, text)
+        answered = await self.conversations.append(
+            cid, Message("assistant", reply), user_id=user_id
+        )
+        return JSONResponse(
+            {"reply": reply, "conversation": cid, "message_ids": [asked.id, answered.id]}
+        )
+
+    async def messages(self, request: Request) -> Response:
+        cid = request.path_params["cid"]
+        if request.method == "POST":
+            body = await _body(request)
+            metadata = body.get("metadata")
+            if metadata is not None and not isinstance(metadata, dict):
+                raise BadRequest("'metadata' must be an object.")
+            stored = await self.conversations.append(
+                cid, Message(_text(body, "role"), _text(body, "content"), metadata=metadata)
+            )
+            return JSONResponse({"message": stored.to_json()}, status_code=201)
+        try:
+            limit = int(request.query_params.get("limit", "50"))
+        except ValueError:
+            raise BadRequest("'limit' must be an integer.") from None
+        before = request.query_params.get("before") or None
+        history = await self.conversations.history(cid, limit=limit, before=before)
+        return JSONResponse({"messages": [m.to_json() for m in history]})
+
+    async def delete_conversation(self, request: Request) -> Response:
+        removed = await self.conversations.delete(request.path_params["cid"])
+        return JSONResponse({"deleted": removed})
+
+
+async def serve(settings: Settings, host: str, port: int, responder: str | None) -> None:
+    """Run the chat service; print ``READY http://host:port`` once it accepts requests."""
+    service = ChatService(open_store(settings), responder=load_responder(responder))
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    server = uvicorn.Server(uvicorn.Config(service.app(), log_level="warning", access_log=False))
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            await task
+            return
+        await asyncio.sleep(0.01)
+    print(f"READY http://{host}:{sock.getsockname()[1]}", flush=True)
+    await task
