@@ -250,11 +250,12 @@ class RedisLayout:
         return [Message(**json.loads(r)) for r in raw]
 
     async def newest(self, cid: str, limit: int, before: str | None) -> list[Message]:
+        """Newest first, like the KV layout (the list holds them oldest first)."""
         if before is None:
             raw = await self.redis.lrange(f"conversation:{cid}", -limit, -1)
-            return [Message(**json.loads(r)) for r in raw]
-        older = [m for m in await self._all(cid) if m.id > before]
-        return older[-limit:]
+            return [Message(**json.loads(r)) for r in reversed(raw)]
+        older = sorted((m for m in await self._all(cid) if m.id > before), key=lambda m: m.id)
+        return older[:limit]
 
     async def index(self, cid: str) -> list[tuple[str, float]]:
         return sorted((m.id, m.timestamp) for m in await self._all(cid))

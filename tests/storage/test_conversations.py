@@ -1,0 +1,241 @@
+"""Conversation history and sessions on every backend of open_store(): kv (embedded and
+REST to `brainbot kv serve`), redis, and dual; KV's request costs; read-your-writes."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from brainbot.kv import EmbeddedKV
+from brainbot.kv.faults import Faults
+from brainbot.storage import DualStore, KVStore
+from brainbot.storage.conversations import ConversationError, ConversationStore, Message
+from brainbot.storage.sessions import SessionError, SessionNotFound, SessionStore
+from tests.contract.conftest import fault_args, rest_client
+from tests.support.processes import Service, start_kv_server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["kv-embedded", "kv-rest", "redis", "dual"])
+async def backend(
+    request: pytest.FixtureRequest, tmp_path: Path, api_token: str, redis_url: str
+) -> AsyncIterator[Any]:
+    redis = aioredis.Redis.from_url(redis_url)
+    await redis.flushdb()
+    if request.param == "kv-embedded":
+        store: Any = KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0)
+    elif request.param == "kv-rest":
+        server: Service = request.getfixturevalue("kv_server_realtime")
+        store = KVStore(rest_client(server.url, api_token, uuid.uuid4().hex), write_interval=0)
+    elif request.param == "redis":
+        store = redis
+    else:
+        store = DualStore(KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0), redis)
+    yield store
+    await redis.flushdb()
+    await store.aclose()
+    if request.param != "redis" and request.param != "dual":
+        await redis.aclose()
+
+
+async def test_append_and_history_in_chronological_order(backend: Any) -> None:
+    conversations = ConversationStore(backend)
+    for i in range(12):
+        role = "user" if i % 2 == 0 else "assistant"
+        await conversations.append(
+            "c1", Message(role, f"m{i} é🙂", metadata={"i": i}), user_id="alice"
+        )
+    newest = await conversations.history("c1", limit=5)
+    assert [m.content for m in newest] == [f"m{i} é🙂" for i in range(7, 12)]
+    assert [m.metadata for m in newest] == [{"i": i} for i in range(7, 12)]
+    older = await conversations.history("c1", limit=5, before=newest[0].id)
+    assert [m.content for m in older] == [f"m{i} é🙂" for i in range(2, 7)]
+    assert await conversations.count("c1") == 12
+    assert await conversations.conversations("alice") == ["c1"]
+    assert await conversations.history("other") == []
+
+
+async def test_big_messages_round_trip(backend: Any) -> None:
+    conversations = ConversationStore(backend)
+    big = "long " * 2000  # far over KV's 1,024-byte metadata: stored in the value only
+    await conversations.append("c", Message("user", "short"))
+    await conversations.append("c", Message("assistant", big, metadata={"model": "echo"}))
+    history = await conversations.history("c")
+    assert [(m.role, m.content, m.metadata) for m in history] == [
+        ("user", "short", None),
+        ("assistant", big, {"model": "echo"}),
+    ]
+
+
+async def test_delete_and_cap(backend: Any) -> None:
+    conversations = ConversationStore(backend, max_messages=5, trim_every=7)
+    for i in range(10):
+        await conversations.append("c", Message("user", f"m{i}"))
+    assert [m.content for m in await conversations.history("c", limit=50)] == [
+        f"m{i}" for i in range(5, 10)
+    ]
+    assert await conversations.count("c") == 5
+    assert await conversations.trim("c") > 0  # one trim already ran at the 7th append
+    assert await conversations.delete("c") == 5
+    assert await conversations.history("c") == []
+    assert await conversations.count("c") == 0
+
+
+async def test_age_limit_hides_old_messages(tmp_path: Path) -> None:
+    clock = Clock()
+    store = KVStore(EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock), clock=clock, write_interval=0)
+    conversations = ConversationStore(store, max_age=3600, clock=clock)
+    await conversations.append("c", Message("user", "old", timestamp=clock.now))
+    clock.now += 1800
+    await conversations.append("c", Message("user", "new", timestamp=clock.now))
+    clock.now += 1801
+    assert [m.content for m in await conversations.history("c")] == ["new"]
+    assert await conversations.count("c") == 1
+    await store.aclose()
+
+
+@pytest.mark.parametrize(
+    ("call", "error"),
+    [
+        (lambda c: c.append("", Message("user", "x")), ConversationError),
+        (lambda c: c.append("a/b", Message("user", "x")), ConversationError),
+        (lambda c: c.append("c", Message("wizard", "x")), ConversationError),
+        (lambda c: c.history("c", limit=0), ConversationError),
+        (lambda c: c.history("c", limit=1001), ConversationError),
+    ],
+)
+async def test_bad_input_is_refused(tmp_path: Path, call: Any, error: type) -> None:
+    store = KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0)
+    with pytest.raises(error):
+        await call(ConversationStore(store))
+    assert await store.keys() == []
+    await store.aclose()
+
+
+# -- KV request costs ----------------------------------------------------------------------
+
+
+async def test_kv_costs_append_1_write_newest_50_of_10000_in_2_requests(
+    tmp_path: Path, api_token: str
+) -> None:
+    data = tmp_path / "srv"
+    service = start_kv_server(data, api_token)
+    try:
+        # 10,000 messages written straight into the server's file (fast), 10 of the newest
+        # 50 too big for metadata
+        async with KVStore(
+            EmbeddedKV(data / "costs.sqlite3", durable=False), write_interval=0
+        ) as local:
+            writer = ConversationStore(local)
+            for i in range(10_000):
+                content = ("x" * 2000) if i % 5 == 0 and i >= 9_950 else f"message {i}"
+                await writer.append("big-chat", Message("user", content))
+        client = rest_client(service.url, api_token, "costs")
+        async with KVStore(client, write_interval=0, recent_window=0) as store:
+            conversations = ConversationStore(store)
+            before = client.budget.requests
+            newest = await conversations.history("big-chat", limit=50)
+            assert client.budget.requests - before == 2  # 1 list + 1 bulk read of the 10 big ones
+            assert [m.content[:13] for m in newest[-2:]] == ["message 9998", "message 9999"]
+            assert len(newest) == 50
+            assert sum(len(m.content) == 2000 for m in newest) == 10
+            before = client.budget.requests
+            await conversations.append("big-chat", Message("assistant", "reply"))
+            assert client.budget.requests - before == 1
+            before = client.budget.requests
+            await conversations.history("small-chat", limit=50)
+            assert client.budget.requests - before == 1
+    finally:
+        service.stop()
+
+
+async def test_read_your_writes_while_kv_list_lags(tmp_path: Path, api_token: str) -> None:
+    service = start_kv_server(tmp_path / "srv", api_token, *fault_args(Faults(list_lag=30.0)))
+    try:
+        namespace = rest_client(service.url, api_token, "lag")
+        async with KVStore(namespace, write_interval=0) as store:
+            conversations = ConversationStore(store)
+            for text in ("one", "two", "three"):
+                await conversations.append("c", Message("user", text))
+            assert [m.content for m in await conversations.history("c")] == ["one", "two", "three"]
+            assert await conversations.count("c") == 3
+            other_process = ConversationStore(KVStore(namespace, recent_window=0))
+            assert await other_process.history("c") == []  # KV's list has not caught up
+            await conversations.delete("c")
+            assert await conversations.history("c") == []
+    finally:
+        service.stop()
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+async def test_session_lifecycle(backend: Any) -> None:
+    sessions = SessionStore(backend, lifetime=600)
+    session = await sessions.create({"user": "alice"})
+    assert len(session.id) == 43  # 256 random bits, URL-safe
+    assert session.id not in repr(session)
+    got = await sessions.get(session.id)
+    assert got is not None
+    assert got.data == {"user": "alice"}
+    updated = await sessions.update(session.id, {"user": "alice", "turns": 1})
+    assert updated.data["turns"] == 1
+    fresh = await sessions.regenerate(session.id)
+    assert fresh.id != session.id
+    assert await sessions.get(session.id) is None
+    got = await sessions.get(fresh.id)
+    assert got is not None
+    assert got.data == {"user": "alice", "turns": 1}
+    assert await sessions.delete(fresh.id) is True
+    assert await sessions.get(fresh.id) is None
+    with pytest.raises(SessionNotFound):
+        await sessions.update(fresh.id, {})
+    with pytest.raises(SessionError):
+        await sessions.get("not-a-session-id")
+
+
+async def test_sliding_expiry_writes_only_when_the_lifetime_runs_low(tmp_path: Path) -> None:
+    clock = Clock()
+    store = KVStore(EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock), clock=clock, write_interval=0)
+    writes: list[str] = []
+    original_set = store.set
+
+    async def counting_set(*args: Any, **kwargs: Any) -> Any:
+        writes.append(args[0])
+        return await original_set(*args, **kwargs)
+
+    store.set = counting_set  # type: ignore[method-assign]  # counts, then really writes
+    sessions = SessionStore(store, lifetime=600, refresh_below=300, clock=clock)
+    session = await sessions.create({})
+    for _ in range(1000):  # a busy session: 1,000 reads in 290 s
+        clock.now += 0.29
+        assert await sessions.get(session.id) is not None
+    assert len(writes) == 1  # only the create
+    clock.now += 20  # now under 300 s left
+    assert await sessions.get(session.id) is not None
+    assert len(writes) == 2  # one refresh
+    clock.now += 599
+    assert await sessions.get(session.id) is not None  # the refresh slid the expiry
+    clock.now += 601
+    assert await sessions.get(session.id) is None  # expired sessions are unreadable
+    await store.aclose()
+
+
+def test_session_options_are_checked() -> None:
+    with pytest.raises(SessionError):
+        SessionStore(object(), lifetime=30)
+    with pytest.raises(SessionError):
+        SessionStore(object(), lifetime=600, refresh_below=600)

@@ -1,0 +1,171 @@
+"""The story's integration tests: conversation storage and sessions through `brainbot
+serve`, concurrent appends from 8 OS processes, and persistence across a kill -9 restart,
+on the embedded KV and through the REST client to `brainbot kv serve`."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from brainbot.config import Settings
+from brainbot.storage import open_store
+from brainbot.storage.conversations import ConversationStore
+from tests.support.processes import Service, start_kv_server, start_service
+
+
+@pytest.fixture(params=["embedded", "rest"])
+def store_env(
+    request: pytest.FixtureRequest, tmp_path: Path, api_token: str
+) -> Iterator[dict[str, str]]:
+    """Environment that points brainbot at the embedded KV or, through the REST client,
+    at a `brainbot kv serve` of its own."""
+    env = {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), "BRAINBOT_KV_KEY_WRITE_INTERVAL": "0"}
+    if request.param == "embedded":
+        yield env
+        return
+    server = start_kv_server(tmp_path / "kv-serve", api_token)
+    yield {
+        **env,
+        "CLOUDFLARE_ACCOUNT_ID": "acc",
+        "CLOUDFLARE_KV_NAMESPACE_ID": "brainbot",
+        "CLOUDFLARE_KV_API_TOKEN": api_token,
+        "CLOUDFLARE_API_BASE_URL": server.url,
+    }
+    server.stop()
+
+
+def start_bot(env: dict[str, str]) -> Service:
+    return start_service(
+        [sys.executable, "-m", "brainbot", "serve", "--port", "0"], r"^READY (\S+)$", env=env
+    )
+
+
+def kill_9(service: Service) -> None:
+    os.killpg(service.process.pid, signal.SIGKILL)
+    service.process.wait(timeout=10)
+
+
+def test_chat_sessions_and_history_survive_kill_9(store_env: dict[str, str]) -> None:
+    bot = start_bot(store_env)
+    try:
+        with httpx.Client(base_url=bot.url, timeout=30) as http:
+            session = http.post("/sessions", json={"user": "alice"}).json()["session"]
+            replies = [
+                http.post(
+                    "/chat", json={"session": session, "conversation": "c1", "message": f"hi {i}"}
+                ).json()["reply"]
+                for i in range(3)
+            ]
+            assert replies == [f"brainbot heard: hi {i} (turn {i + 1})" for i in range(3)]
+            posted = http.post(
+                "/conversations/c1/messages", json={"role": "system", "content": "note"}
+            )
+            assert posted.status_code == 201
+            before = http.get("/conversations/c1/messages", params={"limit": 50}).json()["messages"]
+            assert len(before) == 7
+    finally:
+        kill_9(bot)  # no shutdown, no flush: what was acknowledged must be on disk already
+
+    bot = start_bot(store_env)
+    try:
+        with httpx.Client(base_url=bot.url, timeout=30) as http:
+            after = http.get("/conversations/c1/messages", params={"limit": 50}).json()["messages"]
+            assert after == before
+            reply = http.post(
+                "/chat", json={"session": session, "conversation": "c1", "message": "back"}
+            )
+            assert reply.status_code == 200  # the session survived too
+            assert reply.json()["reply"] == "brainbot heard: back (turn 4)"
+            assert http.delete(f"/sessions/{session}").status_code == 204
+            refused = http.post(
+                "/chat", json={"session": session, "conversation": "c1", "message": "x"}
+            )
+            assert refused.status_code == 401
+            assert http.delete("/conversations/c1").json() == {"deleted": 9}
+            assert http.get("/conversations/c1/messages").json() == {"messages": []}
+    finally:
+        bot.stop()
+
+
+def test_bad_requests_get_clear_errors(store_env: dict[str, str]) -> None:
+    bot = start_bot(store_env)
+    try:
+        with httpx.Client(base_url=bot.url, timeout=30) as http:
+            assert http.post("/chat", content=b"not json").status_code == 400
+            assert (
+                http.post("/chat", json={"session": "s"}).json()["error"]
+                == "'conversation' must be a non-empty string."
+            )
+            assert (
+                http.post(
+                    "/conversations/c/messages", json={"role": "wizard", "content": "x"}
+                ).status_code
+                == 400
+            )
+            assert (
+                http.get("/conversations/c/messages", params={"limit": "many"}).status_code == 400
+            )
+            assert http.get("/conversations/c/messages", params={"limit": 0}).status_code == 400
+            assert http.delete("/sessions/nope").status_code == 404
+    finally:
+        bot.stop()
+
+
+APPENDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from brainbot.storage import open_store
+    from brainbot.storage.conversations import ConversationStore, Message
+
+    async def main(writer, n):
+        async with open_store() as store:
+            conversations = ConversationStore(store)
+            for i in range(n):
+                await conversations.append("shared", Message("user", f"{writer}:{i}"))
+
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    """
+)
+
+
+def test_eight_processes_append_to_one_conversation(store_env: dict[str, str]) -> None:
+    writers, n = 8, 25
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", APPENDER, f"w{w}", str(n)], env={**os.environ, **store_env}
+        )
+        for w in range(writers)
+    ]
+    assert [p.wait(timeout=180) for p in procs] == [0] * writers
+
+    async def read() -> list[str]:
+        saved = {k: os.environ.get(k) for k in store_env}
+        os.environ.update(store_env)
+        try:
+            async with open_store(Settings()) as store:
+                return [
+                    m.content for m in await ConversationStore(store).history("shared", limit=1000)
+                ]
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+
+    contents = asyncio.run(read())
+    assert sorted(contents) == sorted(
+        f"w{w}:{i}" for w in range(writers) for i in range(n)
+    )  # each once
+    for w in range(writers):
+        own = [int(c.split(":")[1]) for c in contents if c.startswith(f"w{w}:")]
+        assert own == list(range(n))  # each writer's own order kept
