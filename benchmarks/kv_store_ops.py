@@ -94,7 +94,8 @@ async def run(
         "KV requests/op",
     )
     lines = [
-        "| operation | Redis p50 ms | KVStore embedded p50 ms | vs Redis | KVStore REST p50 ms | vs Redis | KV API requests per op |",
+        "| operation | Redis p50 ms | KVStore embedded p50 ms | vs Redis | KVStore REST p50 ms "
+        "| vs Redis | KV API requests per op |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, r, e, k, per_op in rows:

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.processes import ROOT, start_kv_server, start_redis
 
-from benchmarks import kv_store_ops
+from benchmarks import conversations, kv_store_ops
 from brainbot.kv import CloudflareKV, EmbeddedKV, KVNamespace, PutItem, RequestBudget
 
 VALUE = b"x" * 100
@@ -143,7 +143,10 @@ async def run(quick: bool) -> tuple[list[Result], list[tuple[Table, str]]]:
                 if kv is not None:
                     await kv.aclose()
             await r.aclose()
-            sections = [await kv_store_ops.run(Path(tmp), port, kv_service.url, token, quick)]
+            sections = [
+                await kv_store_ops.run(Path(tmp), port, kv_service.url, token, quick),
+                await conversations.run(Path(tmp), port, kv_service.url, token, quick),
+            ]
         finally:
             kv_service.stop()
             redis_service.stop()

@@ -169,7 +169,8 @@ class KVLayout:
         prefix = self._key(cid)
         found: dict[str, Message | None] = {}
         big: list[str] = []
-        wanted = limit + len(self._recent.get(cid, {}))  # room for own deletes to drop
+        deleted = sum(1 for _, m in self._recent.get(cid, {}).values() if m is None)
+        wanted = limit + deleted  # room for messages this process deleted but list still shows
         async for info in iter_keys(
             self.namespace, prefix=prefix, page_size=min(max(wanted, 10), 1000)
         ):

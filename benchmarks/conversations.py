@@ -1,0 +1,131 @@
+"""Conversation history: the KV layout (one key per message, newest first, small messages
+in metadata) next to the old Redis layout (one list per conversation), plus a bot turn.
+
+Requests are the REST client's HTTP requests, the calls that spend Cloudflare's budget."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from rich.table import Table
+
+from brainbot.kv import CloudflareKV, EmbeddedKV, RequestBudget
+from brainbot.storage import KVStore
+from brainbot.storage.conversations import ConversationStore, Message
+from brainbot.storage.sessions import SessionStore
+
+
+async def _median_ms(n: int, call: Callable[[int], Awaitable[object]]) -> float:
+    samples = []
+    for i in range(n):
+        start = time.perf_counter()
+        await call(i)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1000
+
+
+async def _measure(
+    store: Any, counter: CloudflareKV | None, tmp: Path, n: int, size: int
+) -> tuple[float, float, float, float, float, float]:
+    conversations = ConversationStore(store)
+    sessions = SessionStore(store)
+    if counter is not None:  # REST: write the long conversation straight into the server's file
+        filler = ConversationStore(
+            KVStore(
+                EmbeddedKV(tmp / "serve" / "conversations.sqlite3", durable=False), write_interval=0
+            )
+        )
+    else:
+        filler = conversations
+    for i in range(size):
+        await filler.append("long", Message("user", f"message {i}"))
+
+    def requests() -> int:
+        return counter.budget.requests if counter is not None else 0
+
+    r0 = requests()
+    append_ms = await _median_ms(
+        n, lambda i: conversations.append("bench", Message("user", f"m{i}"))
+    )
+    append_req = (requests() - r0) / n
+    r0 = requests()
+    history_ms = await _median_ms(n, lambda i: conversations.history("long", limit=50))
+    history_req = (requests() - r0) / n
+    session = await sessions.create({"user": "bench"})
+
+    async def turn(i: int) -> None:
+        await sessions.get(session.id)
+        await conversations.history("bench", limit=20)
+        await conversations.append("bench", Message("user", f"q{i}"))
+        await conversations.append("bench", Message("assistant", f"a{i}"))
+
+    turns = max(n // 4, 10)
+    r0 = requests()
+    turn_ms = await _median_ms(turns, turn)
+    return append_ms, append_req, history_ms, history_req, turn_ms, (requests() - r0) / turns
+
+
+async def run(
+    tmp: Path, redis_port: int, server_url: str, token: str, quick: bool
+) -> tuple[Table, str]:
+    n, size = (50, 2_000) if quick else (200, 10_000)
+    redis = aioredis.Redis(host="127.0.0.1", port=redis_port)
+    await redis.flushdb()
+    client = CloudflareKV(
+        account_id="bench",
+        namespace_id="conversations",
+        api_token=token,
+        base_url=server_url,
+        budget=RequestBudget(10**9, 1.0),
+    )
+    stores = {
+        "Redis list (old layout)": (redis, None),
+        "KV embedded": (KVStore(EmbeddedKV(tmp / "conv.sqlite3"), write_interval=0), None),
+        "KV REST → kv serve": (KVStore(client, write_interval=0, recent_window=0), client),
+    }
+    rows = [
+        (name, *await _measure(store, counter, tmp, n, size))
+        for name, (store, counter) in stores.items()
+    ]
+    await redis.flushdb()
+    for store, _ in stores.values():
+        await store.aclose()
+
+    table = Table(
+        "layout", "append ms", "req", f"newest 50 of {size:,} ms", "req", "bot turn ms", "req"
+    )
+    lines = [
+        f"| layout | append p50 ms | requests | newest 50 of {size:,} p50 ms | requests "
+        "| bot turn p50 ms | requests |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, a, ar, h, hr, t, tr in rows:
+        counted = name.startswith("KV REST")
+        cells = [
+            name,
+            f"{a:.3f}",
+            f"{ar:g}" if counted else "-",
+            f"{h:.3f}",
+            f"{hr:g}" if counted else "-",
+            f"{t:.3f}",
+            f"{tr:g}" if counted else "-",
+        ]
+        table.add_row(*cells)
+        lines.append("| " + " | ".join(cells) + " |")
+    text = (
+        "## Conversation history and sessions\n\n"
+        f"Median of {n} calls. `newest 50` reads from a {size:,}-message conversation. A bot turn "
+        "is a session read, a history read (20) and two appends. Requests are counted on the "
+        "REST client (the store's memory of its own writes off): an append is 1 write, the "
+        "newest 50 messages 1 list request (small messages ride in metadata). The old Redis "
+        "layout is one list per conversation, where concurrent writers are safe only because "
+        "Redis's RPUSH is atomic; on KV that layout would lose messages.\n\n"
+        + "\n".join(lines)
+        + "\n"
+    )
+    return table, text
