@@ -117,3 +117,34 @@ def test_no_redis_store_left_and_redis_is_not_a_core_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert not [d for d in project["dependencies"] if d.lower().startswith(("redis", "upstash"))]
     assert any(d.startswith("redis") for d in project["optional-dependencies"]["redis"])
+
+
+async def test_dual_keeps_both_sides_in_the_same_order_under_concurrency(
+    tmp_path: Path, redis_url: str
+) -> None:
+    import asyncio
+
+    dual = DualStore(
+        KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0),
+        aioredis.Redis.from_url(redis_url),
+    )
+    await dual.redis.flushdb()
+    await dual.redis.set("other-app:key", "precious")
+
+    async def handler(i: int) -> None:
+        await dual.incr("counter")
+        await dual.get("counter")
+        await dual.rpush("log", i)
+        await dual.llen("log")
+        await dual.set("last", i)
+
+    await asyncio.gather(*(handler(i) for i in range(40)))
+    await dual.drain()
+    assert sum(dual.mismatches.values()) == 0
+    assert await dual.kv.get("last") == await dual.redis.get("last")
+    assert await dual.kv.lrange("log", 0, -1) == await dual.redis.lrange("log", 0, -1)
+    await dual.flushdb()
+    assert await dual.redis.get("other-app:key") == b"precious"  # only brainbot's keys went
+    assert await dual.redis.exists("counter", "log", "last") == 0
+    await dual.redis.flushdb()
+    await dual.aclose()

@@ -48,7 +48,13 @@ STRING_OPS = [
     op("incrbyfloat", KEYS, FLOATS),
     op("append", KEYS, VALUES),
 ]
+FLAGS = st.sampled_from(
+    [{}, {"nx": True}, {"xx": True}, {"gt": True}, {"lt": True}, {"nx": True, "gt": True}]
+)
 EXPIRY_OPS = [
+    st.tuples(st.just("expire"), st.tuples(KEYS, st.sampled_from([100, 200, 0, -5])), FLAGS),
+    st.tuples(st.just("expireat"), st.tuples(KEYS, st.sampled_from([1, 4_000_000_000])), FLAGS),
+    op("pexpireat", KEYS, st.just(4_100_000_000_000)),
     op("expire", KEYS, st.sampled_from([100, 200])),
     op("pexpire", KEYS, st.just(150_000)),
     op("persist", KEYS),
@@ -63,7 +69,7 @@ LIST_OPS = [
     op("lpop", KEYS),
     op("rpop", KEYS),
     op("lpop", KEYS, st.integers(1, 3)),
-    op("rpop", KEYS, st.integers(1, 3)),
+    op("rpop", KEYS, st.integers(0, 3)),
     op("lrange", KEYS, INDEX, INDEX),
     op("lindex", KEYS, INDEX),
     op("llen", KEYS),

@@ -205,3 +205,49 @@ async def test_decode_responses_and_wrongtype(tmp_path: Path) -> None:
             await store.get("l")
         with pytest.raises(WrongTypeError):
             await store.hset("s", "f", "v")
+
+
+async def test_a_refused_write_changes_nothing_even_in_memory(tmp_path: Path) -> None:
+    clock = VirtualClock()
+    namespace = EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock)
+    async with KVStore(namespace, clock=clock, write_rate="error", recent_window=60) as store:
+        await store.rpush("l", "a")
+        with pytest.raises(WriteRateExceeded):
+            await store.rpush("l", "b")
+        assert await store.lrange("l", 0, -1) == [b"a"]
+        await store.set("k", "v")
+        with pytest.raises(WriteRateExceeded):
+            await store.expire("k", 100)
+        assert await store.ttl("k") == -1
+        clock.now += 1
+        await store.set("src", "v")
+        clock.now += 0.5
+        await store.set("dst", "old")
+        clock.now += 0.6  # src may be written again, dst not yet
+        with pytest.raises(WriteRateExceeded):
+            await store.rename("src", "dst")
+        assert (await store.get("src"), await store.get("dst")) == (b"v", b"old")
+
+
+async def test_a_cancelled_waiter_leaves_no_lock_behind(tmp_path: Path) -> None:
+    async with KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0.3) as store:
+        await store.set("b", "1")
+        holder = asyncio.create_task(store.set("b", "2"))  # holds b's lock while it waits
+        await asyncio.sleep(0.05)
+        waiter = asyncio.create_task(store.mset({"a": "x", "b": "y"}))  # takes a, waits for b
+        await asyncio.sleep(0.05)
+        waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        await holder
+        assert await asyncio.wait_for(store.incr("a"), timeout=5) == 1  # a is free again
+
+
+async def test_flushdb_waits_for_writes_under_way(tmp_path: Path) -> None:
+    async with KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0.3) as store:
+        await store.set("k", "1")
+        pending = asyncio.create_task(store.incr("k"))  # paced: still waiting to write
+        await asyncio.sleep(0.05)
+        await store.flushdb()
+        assert await pending == 2
+        assert await store.keys() == []  # FLUSHDB came after the INCR, as in Redis

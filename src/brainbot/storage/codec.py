@@ -110,3 +110,25 @@ def expiry_of(metadata: object) -> int | None:
     if isinstance(metadata, dict) and isinstance(metadata.get("x"), int):
         return metadata["x"]  # type: ignore[no-any-return]
     return None
+
+
+def copy(item: Item) -> Item:
+    """An independent copy (containers are mutable; callers change their copy freely)."""
+    data = item.data
+    if isinstance(data, list | set | dict):
+        data = type(data)(data)
+    return Item(item.type, data, item.expire_ms)
+
+
+def size(item: Item | None) -> int:
+    """Rough bytes held by ``item`` (for bounding the memory of recent writes)."""
+    if item is None:
+        return 64
+    data = item.data
+    if isinstance(data, bytes):
+        return 64 + len(data)
+    if isinstance(data, dict):
+        return 64 + sum(
+            len(k) + (len(v) if isinstance(v, bytes) else 8) + 32 for k, v in data.items()
+        )
+    return 64 + sum(len(e) + 32 for e in data)

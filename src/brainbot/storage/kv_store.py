@@ -35,7 +35,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Self
 
 from brainbot.kv.errors import InvalidKey
-from brainbot.kv.limits import key_bytes
+from brainbot.kv.limits import MAX_EXPIRATION, key_bytes
 from brainbot.kv.namespace import KVNamespace, PutItem, iter_keys
 from brainbot.storage import codec
 from brainbot.storage.codec import Item, RedisType
@@ -56,7 +56,7 @@ AbsExpiryT = int | dt.datetime
 
 KV_MIN_TTL_MS = 60_000
 INT64 = (-(2**63), 2**63 - 1)
-_INTEGER = re.compile(rb"^-?(0|[1-9][0-9]*)$")
+_INTEGER = re.compile(rb"^(0|-?[1-9][0-9]*)$")
 
 
 def redis_glob(pattern: str) -> re.Pattern[str]:
@@ -130,11 +130,31 @@ def _index_range(n: int, start: int, end: int) -> range:
     return range(start, end + 1) if start <= end else range(0)
 
 
+def _int_amount(amount: object) -> int:
+    """An INCRBY/HINCRBY amount as Redis takes it: a whole number within 64 bits (redis-py
+    sends a float as "1.5" or "1.0", which Redis refuses as not an integer)."""
+    if isinstance(amount, bool):
+        raise DataError("Invalid input of type: 'bool'.")
+    if isinstance(amount, str | bytes):
+        raw = amount.encode() if isinstance(amount, str) else amount
+        amount = int(raw) if _INTEGER.match(raw) else None
+    if not isinstance(amount, int) or not INT64[0] <= amount <= INT64[1]:
+        raise ResponseError("value is not an integer or out of range")
+    return amount
+
+
+def _score_text(score: float) -> bytes:
+    if math.isinf(score):
+        return b"inf" if score > 0 else b"-inf"
+    return format(score, ".17g").encode()
+
+
 def _format_float(value: Decimal) -> bytes:
-    text = format(value, ".17g")
-    if "e" not in text and "." in text:
+    """Redis's INCRBYFLOAT text: 17 significant digits, fixed-point, no trailing zeros."""
+    text = format(Decimal(format(value, ".17g")), "f")
+    if "." in text:
         text = text.rstrip("0").rstrip(".")
-    return text.encode()
+    return (text if text not in ("", "-0") else "0").encode()
 
 
 class KVStore:
@@ -151,6 +171,7 @@ class KVStore:
         write_rate: Literal["wait", "error"] = "wait",
         recent_window: float = 60.0,
         recent_max: int = 10_000,
+        recent_max_bytes: int = 64 * 1024 * 1024,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
@@ -171,6 +192,8 @@ class KVStore:
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._last_write: dict[str, float] = {}
         self._recent: OrderedDict[str, tuple[float, Item | None]] = OrderedDict()
+        self._recent_bytes = 0
+        self.recent_max_bytes = recent_max_bytes
 
     def __repr__(self) -> str:
         return f"KVStore({self.namespace!r}, prefix={self.prefix!r})"
@@ -201,7 +224,7 @@ class KVStore:
         return kvkey
 
     def _out(self, data: bytes) -> Out:
-        return data.decode("utf-8", "replace") if self.decode_responses else data
+        return data.decode("utf-8") if self.decode_responses else data  # strict, as redis-py
 
     def _name_out(self, kvkey: str) -> Out:
         name = kvkey[len(self.prefix) :]
@@ -241,15 +264,15 @@ class KVStore:
             lock, users = self._locks.get(key, (asyncio.Lock(), 0))
             self._locks[key] = (lock, users + 1)
             locks.append(lock)
+        held: list[asyncio.Lock] = []
         try:
             for lock in locks:
                 await lock.acquire()
-            try:
-                yield
-            finally:
-                for lock in reversed(locks):
-                    lock.release()
+                held.append(lock)  # only what was acquired is released, even if cancelled
+            yield
         finally:
+            for lock in reversed(held):
+                lock.release()
             for key in keys:
                 lock, users = self._locks[key]
                 if users == 1:
@@ -258,18 +281,31 @@ class KVStore:
                     self._locks[key] = (lock, users - 1)
 
     def _remembered(self, kvkey: str) -> tuple[bool, Item | None]:
+        """What this process last wrote to ``kvkey``, if recent: a copy, so a change that
+        then fails to reach KV never alters the memory."""
         hit = self._recent.get(kvkey)
         if hit is None or self._clock() - hit[0] >= self.recent_window:
             return False, None
-        return True, hit[1]
+        return True, None if hit[1] is None else codec.copy(hit[1])
 
     def _remember(self, kvkey: str, item: Item | None) -> None:
+        """Keep a copy of a write that reached KV, bounded by count and by bytes."""
         if self.recent_window <= 0:
             return
-        self._recent[kvkey] = (self._clock(), item)
-        self._recent.move_to_end(kvkey)
-        while len(self._recent) > self.recent_max:
-            self._recent.popitem(last=False)
+        old = self._recent.pop(kvkey, None)
+        if old is not None:
+            self._recent_bytes -= codec.size(old[1])
+        kept = None if item is None else codec.copy(item)
+        self._recent[kvkey] = (self._clock(), kept)
+        self._recent_bytes += codec.size(kept)
+        cutoff = self._clock() - self.recent_window
+        while self._recent and (
+            len(self._recent) > self.recent_max
+            or self._recent_bytes > self.recent_max_bytes
+            or next(iter(self._recent.values()))[0] <= cutoff
+        ):
+            _, (_, dropped) = self._recent.popitem(last=False)
+            self._recent_bytes -= codec.size(dropped)
 
     def _live(self, item: Item | None) -> Item | None:
         if item is not None and item.expire_ms is not None and item.expire_ms <= self._now_ms():
@@ -331,13 +367,15 @@ class KVStore:
         if item.expire_ms is None:
             return None
         floor_ms = self._now_ms() + KV_MIN_TTL_MS + 1000
-        return math.ceil(max(item.expire_ms, floor_ms) / 1000)
+        seconds = math.ceil(max(item.expire_ms, floor_ms) / 1000)
+        return seconds if seconds <= MAX_EXPIRATION else None  # beyond 2038: metadata only
 
-    def _check_requested_ttl(self, expire_ms: int) -> None:
-        """A TTL the caller asks for now: under the floor it is clamped, or refused if the
-        policy says so. (Rewrites of a key whose old TTL runs low are always clamped.)"""
-        left = expire_ms - self._now_ms()
-        if 0 < left < KV_MIN_TTL_MS - 1000 and self.short_ttl == "reject":
+    def _check_requested_ttl(self, expire_ms: int, now_ms: int) -> None:
+        """A TTL the caller asks for (``now_ms`` is the moment it was computed from): under
+        the floor it is clamped, or refused if the policy says so. Rewrites of a key whose
+        old TTL runs low are always clamped."""
+        left = expire_ms - now_ms
+        if 0 < left < KV_MIN_TTL_MS and self.short_ttl == "reject":
             raise TTLTooShort(
                 f"A TTL of {left} ms is under KV's 60 s minimum (BRAINBOT_KV_SHORT_TTL=reject)."
             )
@@ -363,15 +401,17 @@ class KVStore:
             puts.append(PutItem(kvkey, value, self._kv_expiration(item), None, metadata))
         await self._pace(items)
         result = await self.namespace.put_many(puts)
-        if result.unsuccessful_keys:
-            raise ResponseError(
-                f"KV did not accept {len(result.unsuccessful_keys)} key(s) even after retries: "
-                + ", ".join(result.unsuccessful_keys[:5])
-            )
+        failed = set(result.unsuccessful_keys)
         now = self._clock()
         for kvkey, item in items.items():
-            self._last_write[kvkey] = now
-            self._remember(kvkey, item)
+            if kvkey not in failed:  # what did land is remembered even if some did not
+                self._last_write[kvkey] = now
+                self._remember(kvkey, item)
+        if failed:
+            raise ResponseError(
+                f"KV did not accept {len(failed)} key(s) even after retries: "
+                + ", ".join(sorted(failed)[:5])
+            )
 
     # -- strings -----------------------------------------------------------------------
 
@@ -399,9 +439,10 @@ class KVStore:
             )
         if nx and xx:
             raise DataError("``nx`` and ``xx`` are mutually exclusive.")
-        expire_ms = self._expiry_from(ex, px, exat, pxat, "set")
+        now_ms = self._now_ms()
+        expire_ms = self._expiry_from(ex, px, exat, pxat, "set", now_ms)
         if expire_ms is not None:
-            self._check_requested_ttl(expire_ms)
+            self._check_requested_ttl(expire_ms, now_ms)
         async with self._locked(kvkey):
             if not (nx or xx or get or keepttl):  # a plain SET needs no read: 1 request
                 await self._save(kvkey, Item("string", data, expire_ms))
@@ -424,8 +465,8 @@ class KVStore:
         exat: AbsExpiryT | None,
         pxat: AbsExpiryT | None,
         command: str,
+        now: int,
     ) -> int | None:
-        now = self._now_ms()
         if ex is not None:
             seconds = _seconds(ex, "ex")
             if seconds <= 0:
@@ -477,16 +518,17 @@ class KVStore:
         async with self._locked(*kvkeys):
             found = await self._load_many(kvkeys)
             present = [k for k in kvkeys if found[k] is not None]
-            if present:
-                await self._pace(present)
-                result = await self.namespace.delete_many(present)
-                if result.unsuccessful_keys:
-                    raise ResponseError(
-                        f"KV did not delete {len(result.unsuccessful_keys)} key(s) after retries."
-                    )
-                for k in present:
-                    self._last_write[k] = self._clock()
-                    self._remember(k, None)
+            # every named key is deleted, even one this process believes gone: another
+            # process may have written it since
+            await self._pace(kvkeys)
+            result = await self.namespace.delete_many(kvkeys)
+            if result.unsuccessful_keys:
+                raise ResponseError(
+                    f"KV did not delete {len(result.unsuccessful_keys)} key(s) after retries."
+                )
+            for k in kvkeys:
+                self._last_write[k] = self._clock()
+                self._remember(k, None)
             return len(present)
 
     async def exists(self, *names: KeyT) -> int:
@@ -503,6 +545,8 @@ class KVStore:
             return data
 
     async def incrby(self, name: KeyT, amount: int = 1) -> int:
+        amount = _int_amount(amount)
+
         def change(old: bytes | None) -> bytes:
             if old is not None and not _INTEGER.match(old):
                 raise ResponseError("value is not an integer or out of range")
@@ -559,7 +603,11 @@ class KVStore:
         xx: bool = False,
         gt: bool = False,
         lt: bool = False,
+        now_ms: int | None = None,
     ) -> bool:
+        if (nx and (xx or gt or lt)) or (gt and lt):
+            raise ResponseError("NX and XX, GT or LT options at the same time are not compatible")
+        now_ms = self._now_ms() if now_ms is None else now_ms
         kvkey = self._kvkey(name)
         async with self._locked(kvkey):
             item = await self._load(kvkey)
@@ -573,10 +621,10 @@ class KVStore:
                     return False
                 if lt and current is not None and at_ms >= current:
                     return False
-                if at_ms <= self._now_ms():  # an expiry in the past deletes, as in Redis
+                if at_ms <= now_ms:  # an expiry in the past deletes, as in Redis
                     await self._save(kvkey, None)
                     return True
-                self._check_requested_ttl(at_ms)
+                self._check_requested_ttl(at_ms, now_ms)
             elif current is None:
                 return False  # persist on a key without a TTL
             item.expire_ms = at_ms
@@ -592,8 +640,9 @@ class KVStore:
         gt: bool = False,
         lt: bool = False,
     ) -> bool:
-        at = self._now_ms() + _seconds(time, "time") * 1000
-        return await self._set_expiry(name, at, nx=nx, xx=xx, gt=gt, lt=lt)
+        now = self._now_ms()
+        at = now + _seconds(time, "time") * 1000
+        return await self._set_expiry(name, at, nx=nx, xx=xx, gt=gt, lt=lt, now_ms=now)
 
     async def pexpire(
         self,
@@ -604,8 +653,9 @@ class KVStore:
         gt: bool = False,
         lt: bool = False,
     ) -> bool:
-        at = self._now_ms() + _millis(time, "time")
-        return await self._set_expiry(name, at, nx=nx, xx=xx, gt=gt, lt=lt)
+        now = self._now_ms()
+        at = now + _millis(time, "time")
+        return await self._set_expiry(name, at, nx=nx, xx=xx, gt=gt, lt=lt, now_ms=now)
 
     async def expireat(
         self,
@@ -833,6 +883,7 @@ class KVStore:
 
     async def hincrby(self, name: KeyT, key: KeyT, amount: int = 1) -> int:
         field = self._encode(key)
+        amount = _int_amount(amount)
 
         def change(item: Item | None) -> tuple[int, Item, bool]:
             item = item or Item("hash", {})
@@ -919,7 +970,12 @@ class KVStore:
             )
         if nx and (gt or lt):
             raise DataError("Only one of 'nx', 'lt', or 'gr' may be defined.")
-        pairs = [(self._encode(m), float(s)) for m, s in mapping.items()]
+        if gt and lt:
+            raise DataError("Only one of 'gt' or 'lt' may be defined.")
+        try:
+            pairs = [(self._encode(m), float(s)) for m, s in mapping.items()]
+        except (TypeError, ValueError):
+            raise ResponseError("value is not a valid float") from None
         if any(math.isnan(s) for _, s in pairs):
             raise ResponseError("value is not a valid float")
 
@@ -968,8 +1024,8 @@ class KVStore:
             return []
         ordered = sorted(item.data.items(), key=lambda p: (p[1], p[0]), reverse=desc)
         chosen = [ordered[i] for i in _index_range(len(ordered), start, end)]
-        if withscores:
-            return [(self._out(m), score_cast_func(s)) for m, s in chosen]
+        if withscores:  # redis-py hands score_cast_func the reply's text, as Redis sends it
+            return [(self._out(m), score_cast_func(_score_text(s))) for m, s in chosen]
         return [self._out(m) for m, _ in chosen]
 
     async def zrem(self, name: KeyT, *values: ValueT) -> int:
@@ -1048,6 +1104,7 @@ class KVStore:
             if item is None:
                 raise ResponseError("no such key")
             if source != target:
+                await self._pace([source, target])  # refuse (error mode) before either write
                 await self._save(target, item)
                 await self._save(source, None)
             return True
@@ -1055,11 +1112,17 @@ class KVStore:
     async def flushdb(self, asynchronous: bool = False) -> bool:
         """Delete every key under this store's prefix (the whole namespace if it has none)."""
         names = [info.name async for info in iter_keys(self.namespace, prefix=self.prefix)]
-        names += [k for k in self._recent if k.startswith(self.prefix) and k not in set(names)]
-        if names:
-            result = await self.namespace.delete_many(names)
-            if result.unsuccessful_keys:
-                raise ResponseError(f"KV did not delete {len(result.unsuccessful_keys)} key(s).")
-        for name in names:
-            self._remember(name, None)
+        listed = set(names)
+        names += [k for k in self._recent if k.startswith(self.prefix) and k not in listed]
+        names += [k for k in self._locks if k.startswith(self.prefix) and k not in set(names)]
+        async with self._locked(*names):  # writes under way finish first, none start
+            if names:
+                result = await self.namespace.delete_many(names)
+                if result.unsuccessful_keys:
+                    raise ResponseError(
+                        f"KV did not delete {len(result.unsuccessful_keys)} key(s)."
+                    )
+            for name in names:
+                self._last_write[name] = self._clock()
+                self._remember(name, None)
         return True
