@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from brainbot.kv.limits import JSON, MAX_METADATA_BYTES, MIN_EXPIRATION_TTL
-from brainbot.kv.namespace import KVNamespace, iter_keys
+from brainbot.kv.namespace import KVNamespace, PutItem, iter_keys
 from brainbot.storage.dual import DualStore
 from brainbot.storage.kv_store import KVStore
 
@@ -97,7 +97,28 @@ class _Ids:
     def next(self) -> str:
         now = max(int(self._clock() * 1000), self._last + 1)
         self._last = now
-        return f"{_INVERT - now:013d}.{self._writer}"
+        return message_id(now, self._writer)
+
+
+def message_id(ms: int, writer: str) -> str:
+    """The id of a message appended at ``ms`` (epoch milliseconds) by ``writer``."""
+    return f"{_INVERT - ms:013d}.{writer}"
+
+
+def message_item(prefix: str, cid: str, message: Message, ttl: int | None) -> PutItem:
+    """The KV write that stores ``message`` (which has its id): the migration writes
+    legacy messages with exactly this encoding."""
+    text = json.dumps(message.to_json(), separators=(",", ":"), ensure_ascii=False)
+    small: dict[str, Any] = {"r": message.role, "t": message.timestamp, "c": message.content}
+    if message.metadata is not None:
+        small["m"] = message.metadata
+    fits = len(json.dumps(small, separators=(",", ":"), ensure_ascii=False).encode())
+    metadata: dict[str, Any] = (
+        small
+        if fits <= MAX_METADATA_BYTES
+        else {"r": message.role, "t": message.timestamp, "big": 1}
+    )
+    return PutItem(f"{prefix}conv/{cid}/{message.id}", text, None, ttl, metadata)
 
 
 class KVLayout:
@@ -136,19 +157,9 @@ class KVLayout:
         stored = Message(
             message.role, message.content, message.timestamp, message.metadata, self._ids.next()
         )
-        body = stored.to_json()
-        text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-        small = {"r": stored.role, "t": stored.timestamp, "c": stored.content}
-        if stored.metadata is not None:
-            small["m"] = stored.metadata
-        meta_text = json.dumps(small, separators=(",", ":"), ensure_ascii=False)
-        metadata: dict[str, Any] = (
-            small
-            if len(meta_text.encode()) <= MAX_METADATA_BYTES
-            else {"r": stored.role, "t": stored.timestamp, "big": 1}
-        )
+        item = message_item(self.prefix, cid, stored, self._ttl)
         await self.namespace.put(
-            self._key(cid, stored.id), text, expiration_ttl=self._ttl, metadata=metadata
+            item.key, item.value, expiration_ttl=item.expiration_ttl, metadata=item.metadata
         )
         self._note(cid, stored.id, stored)
         if user_id is not None and (user_id, cid) not in self._indexed:
