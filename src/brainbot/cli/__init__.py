@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from brainbot.cli.kv import kv_app
+from brainbot.cli.migrate import migrate, rollback_command, verify_command
 
 app = typer.Typer(
     name="brainbot",
@@ -17,6 +18,9 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(kv_app, name="kv")
+app.command("migrate")(migrate)
+app.command("verify")(verify_command)
+app.command("rollback")(rollback_command)
 
 
 @app.command("serve")

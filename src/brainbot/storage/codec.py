@@ -20,6 +20,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from brainbot.kv.limits import MAX_EXPIRATION
 from brainbot.kv.namespace import Entry
 
 RedisType = Literal["string", "list", "hash", "set", "zset"]
@@ -132,3 +133,16 @@ def size(item: Item | None) -> int:
             len(k) + (len(v) if isinstance(v, bytes) else 8) + 32 for k, v in data.items()
         )
     return 64 + sum(len(e) + 32 for e in data)
+
+
+KV_MIN_TTL_MS = 60_000
+
+
+def kv_expiration(expire_ms: int | None, now_ms: int) -> int | None:
+    """The KV entry's own expiry for an exact expiry ``expire_ms``: the same second, or
+    KV's 60-second floor (plus one second for clocks and transit); None past 2038, when
+    only the metadata keeps it. Reads enforce the exact expiry from metadata."""
+    if expire_ms is None:
+        return None
+    seconds = math.ceil(max(expire_ms, now_ms + KV_MIN_TTL_MS + 1000) / 1000)
+    return seconds if seconds <= MAX_EXPIRATION else None

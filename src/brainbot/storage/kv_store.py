@@ -35,7 +35,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal, Self
 
 from brainbot.kv.errors import InvalidKey
-from brainbot.kv.limits import MAX_EXPIRATION, key_bytes
+from brainbot.kv.limits import key_bytes
 from brainbot.kv.namespace import KVNamespace, PutItem, iter_keys
 from brainbot.storage import codec
 from brainbot.storage.codec import Item, RedisType
@@ -54,7 +54,7 @@ Out = Any  # bytes, or str with decode_responses=True (as redis-py)
 ExpiryT = int | dt.timedelta
 AbsExpiryT = int | dt.datetime
 
-KV_MIN_TTL_MS = 60_000
+KV_MIN_TTL_MS = codec.KV_MIN_TTL_MS
 INT64 = (-(2**63), 2**63 - 1)
 _INTEGER = re.compile(rb"^(0|-?[1-9][0-9]*)$")
 
@@ -362,13 +362,7 @@ class KVStore:
             self._last_write = {k: t for k, t in self._last_write.items() if t > cutoff}
 
     def _kv_expiration(self, item: Item) -> int | None:
-        """The KV entry's own expiry: the exact one, or KV's 60-second floor (plus a second
-        for clocks and transit). The exact expiry stays in metadata and rules reads."""
-        if item.expire_ms is None:
-            return None
-        floor_ms = self._now_ms() + KV_MIN_TTL_MS + 1000
-        seconds = math.ceil(max(item.expire_ms, floor_ms) / 1000)
-        return seconds if seconds <= MAX_EXPIRATION else None  # beyond 2038: metadata only
+        return codec.kv_expiration(item.expire_ms, self._now_ms())
 
     def _check_requested_ttl(self, expire_ms: int, now_ms: int) -> None:
         """A TTL the caller asks for (``now_ms`` is the moment it was computed from): under

@@ -20,7 +20,8 @@ from typing import Any
 
 from brainbot.kv.limits import JSON, MIN_EXPIRATION_TTL
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{43}$")  # token_urlsafe(32): 256 bits
+# New ids are token_urlsafe(32) (256 bits, 43 characters); migrated legacy ids may differ.
+_ID = re.compile(r"^[A-Za-z0-9_.:-]{16,128}$")
 
 
 class SessionError(ValueError):

@@ -1,0 +1,305 @@
+"""``migrate_redis_to_kv()``: Redis/Upstash into KV, resumable, verified, documented.
+
+Each SCAN step is one batch, handled in an order that survives kill -9 at any moment:
+
+1. read the keys (type, TTL, value) and plan their KV writes (pre-flight checks included);
+2. append the source records to the run's **backup** (gzip, mode 0600) and fsync it;
+3. write the planned entries to KV in bulk (packed by count and bytes, paced to the API
+   budget, unsuccessful keys retried by the namespace layer);
+4. append the batch to the **manifest** (key, type, size, TTL, checksum; never values);
+5. replace the **checkpoint** (the SCAN cursor and the counts) atomically.
+
+A run killed anywhere resumes from its last checkpoint (``resume=True``); the batch in
+flight is done again, which is harmless: the same keys get the same values, and legacy
+messages get the same ids. Files live in ``$BRAINBOT_DATA_DIR/migrations/<run id>/``.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import os
+import secrets
+import shutil
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brainbot.config import Settings
+from brainbot.kv.factory import open_namespace
+from brainbot.kv.namespace import KVNamespace
+from brainbot.kv.rest import CloudflareKV
+from brainbot.migration.source import SUPPORTED, Record, connect, read, redacted, scan_batches
+from brainbot.migration.transform import Options, Plan, checksum, plan, size_of
+
+BACKUP_RETENTION_DAYS = 30
+
+
+class MigrationError(RuntimeError):
+    """The run stopped; its checkpoint lets ``resume=True`` continue where it was."""
+
+
+@dataclass
+class Report:
+    run_id: str
+    source: str
+    dry_run: bool
+    keys_seen: int = 0
+    migrated: Counter[str] = field(default_factory=Counter)
+    """Keys migrated, by Redis type and kind (e.g. ``list/conversation``)."""
+    kv_entries: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    """Keys not migrated, by reason (expired during the run is one of them)."""
+    notes: Counter[str] = field(default_factory=Counter)
+    api_requests: int = 0
+    seconds: float = 0.0
+    resumed: bool = False
+    verify_differences: int | None = None
+
+    @property
+    def expired_during_run(self) -> int:
+        return self.skipped.get("expired during the run", 0)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(self).items()}
+        out["expired_during_run"] = self.expired_during_run
+        return out
+
+
+def _fsync_write(path: Path, data: bytes) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
+    os.replace(tmp, path)
+
+
+def _append(path: Path, lines: list[str], *, compressed: bool = False) -> None:
+    if not lines:
+        return
+    data = ("\n".join(lines) + "\n").encode()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "ab") as out:
+        out.write(gzip.compress(data) if compressed else data)  # gzip members concatenate
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _encode_value(record: Record) -> Any:
+    def b(x: bytes) -> str:
+        return base64.b64encode(x).decode()
+
+    value = record.value
+    if isinstance(value, bytes):
+        return b(value)
+    if isinstance(value, dict):
+        return {b(k): b(v) for k, v in value.items()}
+    if record.type == "zset":
+        return [[b(m), s] for m, s in value]
+    return [b(v) for v in value]
+
+
+def backup_line(record: Record, now_ms: int) -> str:
+    return json.dumps(
+        {
+            "key": base64.b64encode(record.key).decode(),
+            "type": record.type,
+            "value": _encode_value(record),
+            "pttl": record.pttl,
+            "at_ms": now_ms,
+        }
+    )
+
+
+def runs_dir(settings: Settings) -> Path:
+    return settings.data_dir / "migrations"
+
+
+def prune_backups(settings: Settings, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
+    """Delete the backups of finished runs older than ``days``; returns their run ids."""
+    pruned = []
+    cutoff = time.time() - days * 86400
+    for state_file in runs_dir(settings).glob("*/state.json"):
+        state = json.loads(state_file.read_text())
+        backup = state_file.parent / "backup.jsonl.gz"
+        if state.get("done") and state.get("finished_at", time.time()) < cutoff and backup.exists():
+            backup.unlink()
+            pruned.append(state["run_id"])
+    return pruned
+
+
+def _fingerprint(source: str, match: str | None, type_: str | None, options: Options) -> str:
+    return json.dumps([redacted(source), match, type_, asdict(options)], sort_keys=True)
+
+
+def _find_resumable(settings: Settings, fingerprint: str) -> dict[str, Any] | None:
+    candidates = []
+    for state_file in runs_dir(settings).glob("*/state.json"):
+        state = json.loads(state_file.read_text())
+        if state.get("fingerprint") == fingerprint and not state.get("done"):
+            candidates.append(state)
+    return max(candidates, key=lambda s: s["started_at"]) if candidates else None
+
+
+ProgressHook = Callable[[int, int | None], None]
+"""Called with (keys handled so far, estimated total) after each batch."""
+
+
+async def migrate_redis_to_kv(
+    source: str,
+    *,
+    settings: Settings | None = None,
+    namespace: KVNamespace | None = None,
+    options: Options | None = None,
+    match: str | None = None,
+    type_: str | None = None,
+    dry_run: bool = False,
+    resume: bool = False,
+    scan_count: int = 1000,
+    tls_ca_file: str | None = None,
+    progress: ProgressHook | None = None,
+    verify_after: bool = True,
+) -> Report:
+    """Migrate every key of ``source`` (matching ``match``/``type_``) into the namespace."""
+    settings = settings or Settings()
+    options = options or Options(prefix=settings.kv_prefix)
+    started = time.monotonic()
+    fingerprint = _fingerprint(source, match, type_, options)
+    state = _find_resumable(settings, fingerprint) if resume and not dry_run else None
+    if resume and not dry_run and state is None:
+        raise MigrationError("Nothing to resume: no unfinished run with these options.")
+    if state is None:
+        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        state = {
+            "run_id": run_id,
+            "fingerprint": fingerprint,
+            "cursor": 0,
+            "done": False,
+            "started_at": time.time(),
+            "report": None,
+        }
+    report = Report(state["run_id"], redacted(source), dry_run, resumed=state["report"] is not None)
+    if state["report"]:
+        saved = state["report"]
+        report.keys_seen = saved["keys_seen"]
+        report.kv_entries = saved["kv_entries"]
+        report.migrated.update(saved["migrated"])
+        report.skipped.update(saved["skipped"])
+        report.notes.update(saved["notes"])
+        report.api_requests = saved["api_requests"]
+    run_dir = runs_dir(settings) / state["run_id"]
+    if not dry_run:
+        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        prune_backups(settings)
+
+    redis = connect(source, tls_ca_file=tls_ca_file)
+    own_namespace = namespace is None
+    kv = namespace if namespace is not None else open_namespace(settings)
+    budget_before, earlier_requests = _requests(kv), report.api_requests
+    try:
+        total = None if match or type_ else int(await redis.dbsize())
+        async for cursor, keys in scan_batches(
+            redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
+        ):
+            now_ms = int(time.time() * 1000)
+            records = await read(redis, keys)
+            plans = [plan(r, options, now_ms) for r in records]
+            _tally(report, plans)
+            if not dry_run:
+                await _write_batch(kv, run_dir, state["run_id"], plans, now_ms)
+                state["cursor"] = cursor
+                report.api_requests = earlier_requests + _requests(kv) - budget_before
+                state["report"] = report.to_json()
+                _fsync_write(run_dir / "state.json", json.dumps(state).encode())
+            if progress is not None:
+                progress(report.keys_seen, total)
+        report.api_requests = earlier_requests + _requests(kv) - budget_before
+        report.seconds = time.monotonic() - started
+        if not dry_run:
+            state["done"], state["finished_at"] = True, time.time()
+            state["report"] = report.to_json()
+            _fsync_write(run_dir / "state.json", json.dumps(state).encode())
+            (run_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+    finally:
+        await redis.aclose()
+        if own_namespace:
+            await kv.aclose()
+    if verify_after and not dry_run:
+        from brainbot.migration.verify import verify
+
+        differences = await verify(
+            source,
+            settings=settings,
+            namespace=namespace,
+            options=options,
+            match=match,
+            type_=type_,
+            tls_ca_file=tls_ca_file,
+        )
+        report.verify_differences = len(differences.differences)
+        (run_dir / "verify.json").write_text(json.dumps(differences.to_json(), indent=2))
+    return report
+
+
+def _requests(kv: KVNamespace) -> int:
+    """API requests the namespace has sent so far (0 for the embedded KV)."""
+    return kv.budget.requests if isinstance(kv, CloudflareKV) else 0
+
+
+def _tally(report: Report, plans: list[Plan]) -> None:
+    for p in plans:
+        report.keys_seen += 1
+        if p.skipped:
+            report.skipped[p.skipped] += 1
+            continue
+        report.migrated[f"{p.record.type}/{p.kind}"] += 1
+        report.kv_entries += len(p.items)
+        if p.note:
+            report.notes[p.note] += 1
+
+
+async def _write_batch(
+    kv: KVNamespace, run_dir: Path, run_id: str, plans: list[Plan], now_ms: int
+) -> None:
+    live = [p for p in plans if p.record.type in SUPPORTED]  # what the run may overwrite
+    _append(
+        run_dir / "backup.jsonl.gz", [backup_line(p.record, now_ms) for p in live], compressed=True
+    )
+    items = [item for p in plans for item in p.items]
+    result = await kv.put_many(items)
+    if result.unsuccessful_keys:
+        raise MigrationError(
+            f"KV did not accept {len(result.unsuccessful_keys)} key(s) after retries; "
+            "run again with --resume to continue from the last checkpoint."
+        )
+    _append(
+        run_dir / "manifest.jsonl",
+        [
+            json.dumps(
+                {
+                    "run": run_id,
+                    "key": p.name,
+                    "type": p.record.type,
+                    "kind": p.kind,
+                    "size": size_of(p.record),
+                    "ttl_ms": p.record.pttl,
+                    "sha256": checksum(p.record),
+                    "kv_keys": [i.key for i in p.items],
+                    "note": p.note,
+                },
+                ensure_ascii=False,
+            )
+            for p in plans
+            if not p.skipped
+        ],
+    )
+
+
+def remove_run(settings: Settings, run_id: str) -> None:
+    shutil.rmtree(runs_dir(settings) / run_id, ignore_errors=True)

@@ -1,0 +1,354 @@
+"""The Redis -> KV migration against a real redis-server: every type and edge, dry run,
+faults of the local KV server, kill -9 and resume, rollback, a rediss:// (TLS) source."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from brainbot.config import Settings
+from brainbot.kv import EmbeddedKV, iter_keys
+from brainbot.kv.faults import Faults
+from brainbot.migration import migrate_redis_to_kv, rollback, verify
+from brainbot.storage import KVStore
+from brainbot.storage.conversations import ConversationStore
+from brainbot.storage.sessions import SessionStore
+from tests.contract.conftest import fault_args, rest_client
+from tests.support.processes import Service, free_port, start_kv_server, start_service
+
+
+@pytest.fixture
+async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+async def fill(r: aioredis.Redis, *, conversations: int = 3, generic: int = 50) -> None:
+    """Realistic legacy brainbot data plus every edge the migration must handle."""
+    await r.set("counter:messages", 42)
+    await r.set("cache:bin", bytes(range(256)), ex=3600)
+    await r.set("cache:é🙂 key with space/and?#%", "unicode value ✓", px=7_200_000)
+    await r.set("almost-gone", "x", px=30_000)  # under KV's 60 s floor
+    await r.set("big", os.urandom(1024 * 1024))
+    await r.set("k" * 512, "longest legal name")
+    await r.set("k" * 513, "too long for KV")
+    await r.set(b"\xff\xfe-not-utf8", "binary name")
+    await r.set("empty", b"")
+    await r.rpush("queue", "a", b"\x00\xff", "ü")
+    await r.hset("user:1", mapping={"name": "Alice", b"\xff": b"\x00", "n": 1})
+    await r.sadd("tags", "x", "y", b"\xfe")
+    await r.zadd("leaderboard", {"a": 1.5, "b": -2, "c": float("inf")})
+    await r.xadd("events", {"a": "1"})
+    for c in range(conversations):
+        await r.rpush(
+            f"conversation:c{c}",
+            *[
+                json.dumps(
+                    {
+                        "role": "user" if i % 2 == 0 else "assistant",
+                        "content": f"c{c} m{i} é",
+                        "timestamp": 1_700_000_000 + i,
+                    }
+                )
+                for i in range(20)
+            ],
+        )
+    await r.expire("conversation:c0", 86_400)
+    await r.rpush("conversation:not-legacy", "plain text")
+    await r.set(
+        "session:legacy-session-id-0001", json.dumps({"user": "alice", "turns": 3}), ex=1800
+    )
+    for i in range(generic):
+        await r.set(f"g:{i:04d}", f"value {i}")
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
+
+
+async def test_every_type_and_edge_arrives_as_the_new_code_reads_it(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await fill(source)
+    settings = settings_for(tmp_path)
+    report = await migrate_redis_to_kv(redis_url, settings=settings)
+    assert report.verify_differences == 0
+    assert report.skipped == {
+        "key refused by KV: UTF-8 encoded length of 513 exceeds key length limit of 512.": 1,
+        "key is not UTF-8 (KV keys are text)": 1,
+        "unsupported type: stream": 1,
+    }
+    assert report.notes["under 60 s left: clamped"] == 1
+    assert report.migrated["list/conversation"] == 3
+    async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as kv:
+        for key in [
+            "counter:messages",
+            "cache:bin",
+            "cache:é🙂 key with space/and?#%",
+            "big",
+            "k" * 512,
+            "empty",
+            "almost-gone",
+        ]:
+            assert await kv.get(key) == await source.get(key), key
+        assert await kv.lrange("queue", 0, -1) == await source.lrange("queue", 0, -1)
+        assert await kv.hgetall("user:1") == await source.hgetall("user:1")
+        assert await kv.smembers("tags") == await source.smembers("tags")
+        assert await kv.zrange("leaderboard", 0, -1, withscores=True) == await source.zrange(
+            "leaderboard", 0, -1, withscores=True
+        )
+        assert await kv.lrange("conversation:not-legacy", 0, -1) == [b"plain text"]
+        assert abs(await kv.ttl("cache:bin") - await source.ttl("cache:bin")) <= 2
+        assert abs(await kv.pttl("almost-gone") - await source.pttl("almost-gone")) <= 2000
+        assert await kv.ttl("counter:messages") == -1
+        history = await ConversationStore(kv).history("c1", limit=100)
+        assert [(m.role, m.content) for m in history] == [
+            ("user" if i % 2 == 0 else "assistant", f"c1 m{i} é") for i in range(20)
+        ]
+        session = await SessionStore(kv).get("legacy-session-id-0001")
+        assert session is not None
+        assert session.data == {"user": "alice", "turns": 3}
+    run_dir = settings.data_dir / "migrations" / report.run_id
+    manifest = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
+    assert {m["key"] for m in manifest} >= {"queue", "user:1", "conversation:c0"}
+    assert all(set(m) >= {"key", "type", "size", "ttl_ms", "sha256", "run"} for m in manifest)
+    assert "value" not in (run_dir / "manifest.jsonl").read_text()
+    assert oct((run_dir / "backup.jsonl.gz").stat().st_mode & 0o777) == "0o600"
+
+
+async def test_running_twice_is_harmless(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await fill(source, generic=5)
+    settings = settings_for(tmp_path)
+    await migrate_redis_to_kv(redis_url, settings=settings)
+    first = [k.name async for k in iter_keys(EmbeddedKV(settings.embedded_kv_path))]
+    again = await migrate_redis_to_kv(redis_url, settings=settings)
+    assert again.verify_differences == 0
+    assert [k.name async for k in iter_keys(EmbeddedKV(settings.embedded_kv_path))] == first
+
+
+async def test_dry_run_plans_and_writes_nothing(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await fill(source, generic=10)
+    settings = settings_for(tmp_path)
+    report = await migrate_redis_to_kv(redis_url, settings=settings, dry_run=True)
+    assert report.keys_seen == await source.dbsize()
+    assert report.kv_entries > 0
+    assert (
+        not settings.embedded_kv_path.exists()
+        or [k async for k in iter_keys(EmbeddedKV(settings.embedded_kv_path))] == []
+    )
+    assert not (settings.data_dir / "migrations").exists()
+
+
+async def test_skip_policy_for_short_ttls(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    from brainbot.migration import Options
+
+    await source.set("brief", "x", px=10_000)
+    await source.set("long", "y", ex=600)
+    report = await migrate_redis_to_kv(
+        redis_url, settings=settings_for(tmp_path), options=Options(short_ttl="skip")
+    )
+    assert report.skipped == {"under 60 s left (policy: skip)": 1}
+    assert report.migrated == {"string/generic": 1}
+
+
+async def test_zero_differences_through_429s_5xx_partial_bulks_and_slow_answers(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, api_token: str
+) -> None:
+    await fill(source, generic=3000)
+    faults = Faults(
+        error_rate=0.3,
+        retry_after=0.01,
+        bulk_failure_rate=0.2,
+        slow_rate=0.1,
+        slow_seconds=0.05,
+        seed=11,
+    )
+    service = start_kv_server(tmp_path / "srv", api_token, *fault_args(faults))
+    try:
+        async with rest_client(service.url, api_token, "migration", bulk_max_items=500) as kv:
+            report = await migrate_redis_to_kv(
+                redis_url, settings=settings_for(tmp_path), namespace=kv, scan_count=200
+            )
+            assert report.verify_differences == 0
+            assert report.api_requests > 0
+            clean = await verify(redis_url, settings=settings_for(tmp_path), namespace=kv)
+            assert clean.differences == []
+            # SCAN may return a key twice (while Redis rehashes): at least every key once
+            assert clean.checked >= await source.dbsize() - sum(report.skipped.values())
+    finally:
+        service.stop()
+
+
+MIGRATE = [sys.executable, "-m", "brainbot", "migrate", "--scan-count", "50", "--no-verify"]
+
+
+def test_kill_9_at_random_moments_then_resume(redis_url: str, tmp_path: Path) -> None:
+    async def prepare() -> None:
+        r = aioredis.Redis.from_url(redis_url)
+        await r.flushdb()
+        await fill(r, conversations=60, generic=4000)
+        await r.aclose()
+
+    asyncio.run(prepare())
+    env = {**os.environ, "BRAINBOT_DATA_DIR": str(tmp_path / "data")}
+    rng = random.Random(7)
+    for attempt in range(3):
+        process = subprocess.Popen(
+            [*MIGRATE, "--source", redis_url, *(["--resume"] if attempt else [])],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        time.sleep(0.8 + rng.random() * 1.5)
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    done = subprocess.run(
+        [*MIGRATE, "--source", redis_url, "--resume"], env=env, capture_output=True, timeout=600
+    )
+    if b"Nothing to resume" in done.stderr:  # an attempt already finished the run
+        done = subprocess.run(
+            [*MIGRATE, "--source", redis_url], env=env, capture_output=True, timeout=600
+        )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+
+    async def check() -> None:
+        settings = Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
+        report = await verify(redis_url, settings=settings)
+        assert report.differences == []
+        async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as kv:
+            for c in range(60):  # every message once, in order: no duplicates from re-done batches
+                messages = await ConversationStore(kv).history(f"c{c}", limit=1000)
+                assert [m.content for m in messages] == [f"c{c} m{i} é" for i in range(20)]
+
+    asyncio.run(check())
+
+
+async def test_rollback_restores_the_source_and_removes_exactly_the_runs_keys(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await fill(source, generic=20)
+    settings = settings_for(tmp_path)
+    before = await dump(source)
+    report = await migrate_redis_to_kv(redis_url, settings=settings)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("written-by-someone-else", b"keep me")
+    await source.flushdb()  # disaster on the Redis side
+    result = await rollback(report.run_id, settings=settings, delete_kv=True, restore_to=redis_url)
+    assert result.redis_restored == len(
+        [k for k in before if k != b"events"]
+    )  # streams are not migrated
+    after = await dump(source)
+    assert {k: v[:2] for k, v in after.items()} == {
+        k: v[:2] for k, v in before.items() if k != b"events"
+    }
+    for key, (_, _, ttl) in after.items():
+        assert abs(ttl - before[key][2]) <= 5_000 or ttl == before[key][2] == -1
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        assert [k.name async for k in iter_keys(kv)] == ["written-by-someone-else"]
+
+
+async def dump(r: aioredis.Redis) -> dict[bytes, tuple[str, Any, int]]:
+    state = {}
+    async for key in r.scan_iter():
+        kind = (await r.type(key)).decode()
+        value: Any = {
+            "string": lambda: r.get(key),
+            "list": lambda: r.lrange(key, 0, -1),
+            "hash": lambda: r.hgetall(key),
+            "set": lambda: r.smembers(key),
+            "zset": lambda: r.zrange(key, 0, -1, withscores=True),
+        }.get(kind, lambda: r.exists(key))
+        state[key] = (kind, await value(), await r.pttl(key))
+    return state
+
+
+@pytest.fixture
+def tls_redis(tmp_path: Path) -> Any:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    ca_file, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    cert.private_key_pem.write_to_path(str(key_file))
+    port = free_port()
+    service = start_service(
+        [
+            "redis-server",
+            "--port",
+            "0",
+            "--tls-port",
+            str(port),
+            "--tls-cert-file",
+            str(cert_file),
+            "--tls-key-file",
+            str(key_file),
+            "--tls-ca-cert-file",
+            str(ca_file),
+            "--tls-auth-clients",
+            "no",
+            "--requirepass",
+            "s3cret-pass",
+            "--save",
+            "",
+            "--bind",
+            "127.0.0.1",
+        ],
+        r"Ready to accept connections",
+    )
+    yield f"rediss://:s3cret-pass@127.0.0.1:{port}/0", str(ca_file)
+    service.stop()
+
+
+def test_rediss_source_with_password_and_test_certificate(tls_redis: Any, tmp_path: Path) -> None:
+    url, ca_file = tls_redis
+
+    async def prepare() -> None:
+        r = aioredis.Redis.from_url(url, ssl_ca_certs=ca_file)
+        await fill(r, conversations=1, generic=5)
+        await r.aclose()
+
+    asyncio.run(prepare())
+    env = {**os.environ, "BRAINBOT_DATA_DIR": str(tmp_path / "data")}
+    done = subprocess.run(
+        [sys.executable, "-m", "brainbot", "migrate", "--source", url, "--tls-ca-file", ca_file],
+        env=env,
+        capture_output=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    assert json.loads(done.stdout)["verify_differences"] == 0
+    assert b"s3cret-pass" not in done.stdout + done.stderr  # the password is redacted
+    assert b"rediss://:***@127.0.0.1" in done.stdout
+    untrusted = subprocess.run(
+        [sys.executable, "-m", "brainbot", "migrate", "--source", url],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert untrusted.returncode != 0  # an unknown certificate is refused
+    assert b"s3cret-pass" not in untrusted.stdout + untrusted.stderr
