@@ -26,7 +26,7 @@ from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore
 from brainbot.storage.sessions import SessionStore
 from tests.contract.conftest import fault_args, rest_client
-from tests.support.processes import Service, free_port, start_kv_server, start_service
+from tests.support.processes import free_port, start_kv_server, start_service
 
 
 @pytest.fixture
@@ -274,14 +274,14 @@ async def dump(r: aioredis.Redis) -> dict[bytes, tuple[str, Any, int]]:
     state = {}
     async for key in r.scan_iter():
         kind = (await r.type(key)).decode()
-        value: Any = {
-            "string": lambda: r.get(key),
-            "list": lambda: r.lrange(key, 0, -1),
-            "hash": lambda: r.hgetall(key),
-            "set": lambda: r.smembers(key),
-            "zset": lambda: r.zrange(key, 0, -1, withscores=True),
-        }.get(kind, lambda: r.exists(key))
-        state[key] = (kind, await value(), await r.pttl(key))
+        reader: Any = {
+            "string": r.get,
+            "list": lambda k: r.lrange(k, 0, -1),
+            "hash": r.hgetall,
+            "set": r.smembers,
+            "zset": lambda k: r.zrange(k, 0, -1, withscores=True),
+        }.get(kind, r.exists)
+        state[key] = (kind, await reader(key), await r.pttl(key))
     return state
 
 
