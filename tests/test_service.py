@@ -59,6 +59,7 @@ def test_chat_sessions_and_history_survive_kill_9(store_env: dict[str, str]) -> 
     try:
         with httpx.Client(base_url=bot.url, timeout=30) as http:
             session = http.post("/sessions", json={"user": "alice"}).json()["session"]
+            auth = {"Authorization": f"Bearer {session}"}
             replies = [
                 http.post(
                     "/chat", json={"session": session, "conversation": "c1", "message": f"hi {i}"}
@@ -66,11 +67,13 @@ def test_chat_sessions_and_history_survive_kill_9(store_env: dict[str, str]) -> 
                 for i in range(3)
             ]
             assert replies == [f"brainbot heard: hi {i} (turn {i + 1})" for i in range(3)]
-            posted = http.post(
-                "/conversations/c1/messages", json={"role": "system", "content": "note"}
+            note = {"role": "system", "content": "note"}
+            assert (
+                http.post("/conversations/c1/messages", json=note, headers=auth).status_code == 201
             )
-            assert posted.status_code == 201
-            before = http.get("/conversations/c1/messages", params={"limit": 50}).json()["messages"]
+            before = http.get(
+                "/conversations/c1/messages", params={"limit": 50}, headers=auth
+            ).json()["messages"]
             assert len(before) == 7
     finally:
         kill_9(bot)  # no shutdown, no flush: what was acknowledged must be on disk already
@@ -78,20 +81,23 @@ def test_chat_sessions_and_history_survive_kill_9(store_env: dict[str, str]) -> 
     bot = start_bot(store_env)
     try:
         with httpx.Client(base_url=bot.url, timeout=30) as http:
-            after = http.get("/conversations/c1/messages", params={"limit": 50}).json()["messages"]
+            after = http.get(
+                "/conversations/c1/messages", params={"limit": 50}, headers=auth
+            ).json()["messages"]
             assert after == before
             reply = http.post(
                 "/chat", json={"session": session, "conversation": "c1", "message": "back"}
             )
             assert reply.status_code == 200  # the session survived too
             assert reply.json()["reply"] == "brainbot heard: back (turn 4)"
+            assert http.delete("/conversations/c1", headers=auth).json() == {"deleted": 9}
+            assert http.get("/conversations/c1/messages", headers=auth).json() == {"messages": []}
             assert http.delete(f"/sessions/{session}").status_code == 204
             refused = http.post(
                 "/chat", json={"session": session, "conversation": "c1", "message": "x"}
             )
             assert refused.status_code == 401
-            assert http.delete("/conversations/c1").json() == {"deleted": 9}
-            assert http.get("/conversations/c1/messages").json() == {"messages": []}
+            assert http.get("/conversations/c1/messages", headers=auth).status_code == 401
     finally:
         bot.stop()
 
@@ -100,22 +106,48 @@ def test_bad_requests_get_clear_errors(store_env: dict[str, str]) -> None:
     bot = start_bot(store_env)
     try:
         with httpx.Client(base_url=bot.url, timeout=30) as http:
+            session = http.post("/sessions", json={"user": "bob"}).json()["session"]
+            auth = {"Authorization": f"Bearer {session}"}
+            url = "/conversations/c/messages"
             assert http.post("/chat", content=b"not json").status_code == 400
+            missing = http.post("/chat", json={"session": "s"}).json()["error"]
+            assert missing == "'conversation' must be a non-empty string."
             assert (
-                http.post("/chat", json={"session": "s"}).json()["error"]
-                == "'conversation' must be a non-empty string."
-            )
-            assert (
-                http.post(
-                    "/conversations/c/messages", json={"role": "wizard", "content": "x"}
-                ).status_code
+                http.post(url, json={"role": "wizard", "content": "x"}, headers=auth).status_code
                 == 400
             )
-            assert (
-                http.get("/conversations/c/messages", params={"limit": "many"}).status_code == 400
-            )
-            assert http.get("/conversations/c/messages", params={"limit": 0}).status_code == 400
+            surrogate = b'{"role": "user", "content": "\\ud800"}'
+            assert http.post(url, content=surrogate, headers=auth).status_code == 400
+            assert http.get(url, params={"limit": "many"}, headers=auth).status_code == 400
+            assert http.get(url, params={"limit": 0}, headers=auth).status_code == 400
+            assert http.get(url, params={"before": "garbage"}, headers=auth).status_code == 400
+            assert http.get(url).status_code == 401
+            assert http.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
+            huge = b"x" * (3 * 1024 * 1024)
+            assert http.post(url, content=huge, headers=auth).status_code == 413
+            assert http.post("/sessions", json={"user": "a/b"}).status_code == 400
             assert http.delete("/sessions/nope").status_code == 404
+            assert http.get(url, headers=auth).json() == {"messages": []}
+    finally:
+        bot.stop()
+
+
+def test_a_failing_responder_leaves_no_half_turn(tmp_path: Path) -> None:
+    env = {
+        "BRAINBOT_DATA_DIR": str(tmp_path / "data"),
+        "BRAINBOT_RESPONDER": "tests.support.responders:Failing",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    bot = start_bot(env)
+    try:
+        with httpx.Client(base_url=bot.url, timeout=30) as http:
+            session = http.post("/sessions", json={}).json()["session"]
+            answer = http.post(
+                "/chat", json={"session": session, "conversation": "c", "message": "hi"}
+            )
+            assert answer.status_code == 502
+            auth = {"Authorization": f"Bearer {session}"}
+            assert http.get("/conversations/c/messages", headers=auth).json() == {"messages": []}
     finally:
         bot.stop()
 

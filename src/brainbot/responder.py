@@ -31,7 +31,7 @@ def load_responder(spec: str | None) -> Responder:
     if not attribute:
         raise ValueError(f"BRAINBOT_RESPONDER must look like 'module:attribute', not {spec!r}.")
     target = getattr(importlib.import_module(module_name), attribute)
-    responder = target() if callable(target) and not isinstance(target, Responder) else target
+    responder = target() if isinstance(target, type) or not hasattr(target, "reply") else target
     if not isinstance(responder, Responder):
         raise ValueError(f"{spec} does not provide an async reply(history, message).")
     return responder

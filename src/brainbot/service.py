@@ -8,6 +8,11 @@
     DELETE /conversations/{id}
     GET    /health
 
+The conversation endpoints need a live session (``Authorization: Bearer <session>``), 401
+without. Sessions do not own conversations yet: any session may read any conversation id
+(ownership checks are future work, noted in docs/storage.md). Bodies over 2 MiB get 413; a
+storage outage 503; a failing responder 502, with nothing stored for that turn.
+
 Every store comes from ``open_store()`` (kv, dual or redis), so the service is what an
 operator restarts when flipping ``BRAINBOT_STORAGE_BACKEND``.
 """
@@ -15,6 +20,7 @@ operator restarts when flipping ``BRAINBOT_STORAGE_BACKEND``.
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -36,8 +42,25 @@ from brainbot.storage.sessions import SessionError, SessionStore
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+MAX_BODY_BYTES = 2 * 1024 * 1024
+
+
 class BadRequest(Exception):
     pass
+
+
+class Unauthorised(Exception):
+    pass
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _storage_failure(exc: Exception) -> bool:
+    return isinstance(exc, StoreError | KVError | OSError | TimeoutError) or type(
+        exc
+    ).__module__.startswith("redis")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -45,8 +68,13 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 async def _body(request: Request) -> dict[str, Any]:
+    raw = b""
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise TooLarge
     try:
-        body = await request.json()
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise BadRequest("The body must be a JSON object.") from None
     if not isinstance(body, dict):
@@ -83,7 +111,13 @@ class ChatService:
                     return await handler(request)
                 except (BadRequest, ConversationError, SessionError, KVValidationError) as exc:
                     return _error(400, str(exc))
-                except (StoreError, KVError) as exc:
+                except Unauthorised:
+                    return _error(401, "unknown or expired session")
+                except TooLarge:
+                    return _error(413, f"the body is over {MAX_BODY_BYTES} bytes")
+                except Exception as exc:
+                    if not _storage_failure(exc):
+                        raise
                     return _error(503, f"storage unavailable: {type(exc).__name__}")
 
             return run
@@ -112,11 +146,25 @@ class ChatService:
     async def health(self, request: Request) -> Response:
         return JSONResponse({"ok": True})
 
+    async def _session(self, request: Request) -> Any:
+        scheme, _, sid = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not sid:
+            raise Unauthorised
+        try:
+            session = await self.sessions.get(sid)
+        except SessionError:
+            session = None
+        if session is None:
+            raise Unauthorised
+        return session
+
     async def create_session(self, request: Request) -> Response:
-        body = await _body(request) if await request.body() else {}
+        body = await _body(request) if request.headers.get("content-length", "0") != "0" else {}
         user = body.get("user")
-        if user is not None and not isinstance(user, str):
-            raise BadRequest("'user' must be a string.")
+        if user is not None and (
+            not isinstance(user, str) or not user or "/" in user or len(user.encode()) > 128
+        ):
+            raise BadRequest("'user' must be 1..128 bytes of text without '/'.")
         session = await self.sessions.create({"user": user} if user else {})
         return JSONResponse({"session": session.id, "expires": session.expires}, status_code=201)
 
@@ -138,9 +186,13 @@ class ChatService:
             return _error(401, "unknown or expired session")
         user = session.data.get("user")
         user_id = user if isinstance(user, str) else None
-        asked = await self.conversations.append(cid, Message("user", text), user_id=user_id)
+        question = Message("user", text)
         history = await self.conversations.history(cid, limit=self.history_window)
-        reply = await self.responder.reply(history, text)
+        try:  # the turn is stored only once there is a reply: a failed turn leaves no trace
+            reply = await self.responder.reply([*history, question], text)
+        except Exception as exc:
+            return _error(502, f"the responder failed: {type(exc).__name__}")
+        asked = await self.conversations.append(cid, question, user_id=user_id)
         answered = await self.conversations.append(
             cid, Message("assistant", reply), user_id=user_id
         )
@@ -149,6 +201,7 @@ class ChatService:
         )
 
     async def messages(self, request: Request) -> Response:
+        await self._session(request)
         cid = request.path_params["cid"]
         if request.method == "POST":
             body = await _body(request)
@@ -168,6 +221,7 @@ class ChatService:
         return JSONResponse({"messages": [m.to_json() for m in history]})
 
     async def delete_conversation(self, request: Request) -> Response:
+        await self._session(request)
         removed = await self.conversations.delete(request.path_params["cid"])
         return JSONResponse({"deleted": removed})
 

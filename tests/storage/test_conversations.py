@@ -204,7 +204,7 @@ async def test_session_lifecycle(backend: Any) -> None:
     with pytest.raises(SessionNotFound):
         await sessions.update(fresh.id, {})
     with pytest.raises(SessionError):
-        await sessions.get("not-a-session-id")
+        await sessions.get("not a session id, with spaces")
 
 
 async def test_sliding_expiry_writes_only_when_the_lifetime_runs_low(tmp_path: Path) -> None:
@@ -239,3 +239,52 @@ def test_session_options_are_checked() -> None:
         SessionStore(object(), lifetime=30)
     with pytest.raises(SessionError):
         SessionStore(object(), lifetime=600, refresh_below=600)
+
+
+async def test_both_layouts_order_and_page_alike_with_skewed_clocks(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """Two processes whose clocks differ by 2 s: on KV and on Redis, history and paging
+    follow the message ids (time, then writer), and paging returns every message once."""
+    redis = aioredis.Redis.from_url(redis_url)
+    await redis.flushdb()
+    for store in (
+        KVStore(EmbeddedKV(tmp_path / f"{uuid.uuid4().hex}.sqlite3"), write_interval=0),
+        redis,
+    ):
+        ahead, behind = Clock(), Clock()
+        ahead.now += 2
+        fast, slow = ConversationStore(store, clock=ahead), ConversationStore(store, clock=behind)
+        for i in range(6):
+            await (fast if i % 2 == 0 else slow).append("skew", Message("user", f"m{i}"))
+        everything = await fast.history("skew", limit=100)
+        assert sorted(m.content for m in everything) == [f"m{i}" for i in range(6)]
+        pages, before = [], None
+        while True:
+            page = await slow.history("skew", limit=2, before=before)
+            if not page:
+                break
+            pages = page + pages
+            before = page[0].id
+        assert pages == everything
+    await redis.flushdb()
+    await redis.aclose()
+
+
+async def test_old_bot_entries_without_ids_read_in_list_order(redis_url: str) -> None:
+    import json as _json
+
+    redis = aioredis.Redis.from_url(redis_url)
+    await redis.flushdb()
+    await redis.rpush(
+        "conversation:old",
+        *[_json.dumps({"role": "user", "content": f"old {i}", "user": "alice"}) for i in range(3)],
+    )
+    conversations = ConversationStore(redis, max_messages=4, trim_every=1)
+    await conversations.append("old", Message("assistant", "new 0"))
+    await conversations.append("old", Message("assistant", "new 1"))
+    history = await conversations.history("old")
+    assert [m.content for m in history] == ["old 1", "old 2", "new 0", "new 1"]  # oldest trimmed
+    assert history[0].metadata == {"user": "alice"}  # unknown fields kept, not fatal
+    await redis.flushdb()
+    await redis.aclose()

@@ -130,7 +130,8 @@ def migrate(
                 resume=resume,
                 tls_ca_file=tls_ca_file,
                 progress=progress,
-                verify_after=verify_after, scan_count=scan_count,
+                verify_after=verify_after,
+                scan_count=scan_count,
             )
         )
     console.print(_report_table(report))

@@ -24,9 +24,7 @@ from brainbot.kv.namespace import PutItem
 from brainbot.migration.source import SUPPORTED, Record
 from brainbot.storage import codec
 from brainbot.storage.codec import Item
-from brainbot.storage.conversations import ROLES, Message, message_id, message_item
-
-LEGACY_WRITER = "legacy00"
+from brainbot.storage.conversations import legacy_messages, message_item
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,33 +92,6 @@ def size_of(record: Record) -> int:
     return sum(len(v) for v in value) if value else 0
 
 
-def _legacy_messages(values: list[bytes]) -> list[Message] | None:
-    """The legacy list as messages, with deterministic ids; None if it is not one."""
-    messages, last_ms = [], 0
-    for raw in values:
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            return None
-        if not isinstance(body, dict) or body.get("role") not in ROLES:
-            return None
-        content = body.get("content")
-        if not isinstance(content, str):
-            return None
-        stamp = body.get("timestamp")
-        timestamp = float(stamp) if isinstance(stamp, int | float) and stamp > 0 else 0.0
-        extra = {k: v for k, v in body.items() if k not in ("role", "content", "timestamp")}
-        metadata = body.get("metadata") if set(extra) <= {"metadata"} else extra
-        if metadata is not None and not isinstance(metadata, dict):
-            metadata = {"metadata": metadata}
-        ms = max(int(timestamp * 1000), last_ms + 1)  # strictly increasing: order kept
-        last_ms = ms
-        messages.append(
-            Message(body["role"], content, timestamp, metadata, message_id(ms, LEGACY_WRITER))
-        )
-    return messages
-
-
 def plan(record: Record, options: Options, now_ms: int) -> Plan:
     result = Plan(record)
     if record.type == "none":
@@ -154,10 +125,10 @@ def plan(record: Record, options: Options, now_ms: int) -> Plan:
 
     conversation = options.pattern("conversation").match(name)
     if conversation and record.type == "list":
-        messages = _legacy_messages(record.value)
-        if messages is not None:
+        decoded = legacy_messages(record.value, strict=True)
+        if decoded is not None:
             result.kind = "conversation"
-            for message in messages:
+            for _, message in decoded:
                 item = message_item(options.prefix, conversation["id"], message, None)
                 result.items.append(
                     PutItem(item.key, item.value, kv_expiration, None, item.metadata)

@@ -27,6 +27,7 @@ bot wrote; ``dual`` writes both layouts and reads KV.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -65,11 +66,34 @@ def _check_id(kind: str, value: str) -> str:
     return value
 
 
+MAX_CONTENT_BYTES = 1024 * 1024
+
+
 def _check_message(message: Message) -> Message:
+    """The same rules on every backend: a known role, UTF-8 text up to 1 MiB, metadata that
+    is a JSON object (KV would refuse what Redis would silently change)."""
     if message.role not in ROLES:
         raise ConversationError(f"Unknown role {message.role!r}; use one of {sorted(ROLES)}.")
     if not isinstance(message.content, str):
         raise ConversationError("Message content must be text.")
+    try:
+        size = len(message.content.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConversationError("Message content must be valid UTF-8 text.") from None
+    if size > MAX_CONTENT_BYTES:
+        raise ConversationError(
+            f"Message content is {size} bytes; the limit is {MAX_CONTENT_BYTES}."
+        )
+    if message.metadata is not None:
+        try:
+            ok = (
+                isinstance(message.metadata, dict)
+                and json.loads(json.dumps(message.metadata, allow_nan=False)) == message.metadata
+            )
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ConversationError("Message metadata must be a JSON object with text keys.")
     return message
 
 
@@ -152,6 +176,8 @@ class KVLayout:
         notes[mid] = (now, message)
         for old in [m for m, (at, _) in notes.items() if now - at >= self._recent_window]:
             del notes[old]
+        for quiet in [c for c, n in self._recent.items() if c != cid and not n]:
+            del self._recent[quiet]
 
     async def append(self, cid: str, message: Message, user_id: str | None) -> Message:
         stored = Message(
@@ -232,23 +258,83 @@ class KVLayout:
 
     async def conversations(self, user_id: str) -> list[str]:
         prefix = f"{self.prefix}user/{user_id}/"
-        return [info.name[len(prefix) :] async for info in iter_keys(self.namespace, prefix=prefix)]
+        listed = {
+            info.name[len(prefix) :] async for info in iter_keys(self.namespace, prefix=prefix)
+        }
+        listed |= {cid for user, cid in self._indexed if user == user_id}  # even if list lags
+        return sorted(listed, key=lambda c: c.encode())
+
+
+LEGACY_WRITER = "legacy00"
+_ID_FORMAT = re.compile(r"\A\d{13}\.[0-9a-z]{8}\Z")
+
+
+def legacy_messages(
+    raws: Sequence[bytes | str], *, strict: bool
+) -> list[tuple[bytes | str, Message]] | None:
+    """Decode the list elements of a Redis conversation, old bot's or ours, with their raw
+    form. An element without an id (the old bot's) gets one from its time and position,
+    the same every time, so paging, trimming and the migration agree. Unknown fields go
+    into metadata. Elements that are not messages: ``strict`` gives None, else skipped."""
+    decoded: list[tuple[bytes | str, Message]] = []
+    last_ms = 0
+    for raw in raws:
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        ok = (
+            isinstance(body, dict)
+            and body.get("role") in ROLES
+            and isinstance(body.get("content"), str)
+        )
+        if not ok:
+            if strict:
+                return None
+            continue
+        stamp = body.get("timestamp")
+        timestamp = float(stamp) if isinstance(stamp, int | float) and stamp > 0 else 0.0
+        given = body.get("id")
+        if isinstance(given, str) and _ID_FORMAT.match(given):
+            mid = given
+            last_ms = max(last_ms, _INVERT - int(given[:13]))
+        else:
+            last_ms = max(int(timestamp * 1000), last_ms + 1)  # keeps the list's order
+            mid = message_id(last_ms, LEGACY_WRITER)
+        extra = {
+            k: v
+            for k, v in body.items()
+            if k not in ("role", "content", "timestamp", "id", "metadata")
+        }
+        metadata = body.get("metadata")
+        if metadata is not None and not isinstance(metadata, dict):
+            metadata = {"metadata": metadata}
+        if extra:
+            metadata = {**(metadata or {}), **extra}
+        decoded.append((raw, Message(body["role"], body["content"], timestamp, metadata, mid)))
+    return decoded
 
 
 class RedisLayout:
-    """The legacy layout: a Redis list of JSON messages per conversation."""
+    """The legacy layout: a Redis list of JSON messages per conversation. Messages are
+    ordered by id everywhere (as on KV), not by list position, so every backend pages and
+    trims the same way."""
+
+    _SLACK = 100  # extra tail elements read so that id order can differ from list order
 
     def __init__(self, redis: Any, clock: Callable[[], float]) -> None:
         self.redis = redis
         self._ids = _Ids(clock)
 
-    async def append(self, cid: str, message: Message, user_id: str | None) -> Message:
+    async def append(
+        self, cid: str, message: Message, user_id: str | None, *, keep_id: bool = False
+    ) -> Message:
         stored = Message(
             message.role,
             message.content,
             message.timestamp,
             message.metadata,
-            message.id or self._ids.next(),
+            message.id if keep_id and message.id else self._ids.next(),
         )
         await self.redis.rpush(
             f"conversation:{cid}", json.dumps(stored.to_json(), ensure_ascii=False)
@@ -257,28 +343,27 @@ class RedisLayout:
             await self.redis.sadd(f"user:{user_id}:conversations", cid)
         return stored
 
-    async def _all(self, cid: str) -> list[Message]:
+    async def _all(self, cid: str) -> list[tuple[bytes | str, Message]]:
         raw = await self.redis.lrange(f"conversation:{cid}", 0, -1)
-        return [Message(**json.loads(r)) for r in raw]
+        return legacy_messages(raw, strict=False) or []
 
     async def newest(self, cid: str, limit: int, before: str | None) -> list[Message]:
-        """Newest first, like the KV layout (the list holds them oldest first)."""
+        """Newest first, like the KV layout."""
         if before is None:
-            raw = await self.redis.lrange(f"conversation:{cid}", -limit, -1)
-            return [Message(**json.loads(r)) for r in reversed(raw)]
-        older = sorted((m for m in await self._all(cid) if m.id > before), key=lambda m: m.id)
+            raw = await self.redis.lrange(f"conversation:{cid}", -(limit + self._SLACK), -1)
+            tail = [m for _, m in legacy_messages(raw, strict=False) or []]
+            return sorted(tail, key=lambda m: m.id)[:limit]
+        older = sorted((m for _, m in await self._all(cid) if m.id > before), key=lambda m: m.id)
         return older[:limit]
 
     async def index(self, cid: str) -> list[tuple[str, float]]:
-        return sorted((m.id, m.timestamp) for m in await self._all(cid))
+        return sorted((m.id, m.timestamp) for _, m in await self._all(cid))
 
     async def remove(self, cid: str, ids: Sequence[str]) -> None:
         gone = set(ids)
-        for message in await self._all(cid):
+        for raw, message in await self._all(cid):
             if message.id in gone:
-                await self.redis.lrem(
-                    f"conversation:{cid}", 1, json.dumps(message.to_json(), ensure_ascii=False)
-                )
+                await self.redis.lrem(f"conversation:{cid}", 1, raw)
 
     async def delete(self, cid: str) -> int:
         count = int(await self.redis.llen(f"conversation:{cid}"))
@@ -341,9 +426,9 @@ class ConversationStore:
         if user_id is not None:
             _check_id("user", user_id)
         stored = await self._primary.append(cid, _check_message(message), user_id)
-        if self._shadow is not None:
-            await self._shadow.append(cid, stored, user_id)
-        if self.max_messages is not None:
+        if isinstance(self._shadow, RedisLayout):  # the rollback copy keeps the KV id
+            await self._shadow.append(cid, stored, user_id, keep_id=True)
+        if self.max_messages is not None or self.max_age is not None:
             self._appends[cid] = self._appends.get(cid, 0) + 1
             if self._appends[cid] % self._trim_every == 0:  # amortised: one listing per N
                 await self.trim(cid)
@@ -358,6 +443,8 @@ class ConversationStore:
         cid = _check_id("conversation", conversation_id)
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
             raise ConversationError("limit must be an integer from 1 to 1000.")
+        if before is not None and not _ID_FORMAT.match(before):
+            raise ConversationError(f"'before' must be a message id, not {before[:40]!r}.")
         if self.max_messages is not None and before is None:
             limit = min(limit, self.max_messages)
         messages = self._fresh(await self._primary.newest(cid, limit, before))

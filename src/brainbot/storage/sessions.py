@@ -21,7 +21,8 @@ from typing import Any
 from brainbot.kv.limits import JSON, MIN_EXPIRATION_TTL
 
 # New ids are token_urlsafe(32) (256 bits, 43 characters); migrated legacy ids may differ.
-_ID = re.compile(r"^[A-Za-z0-9_.:-]{16,128}$")
+# (a format check only: ids are issued by create(), never chosen by clients)
+_ID = re.compile(r"\A[A-Za-z0-9_.:-]{16,128}\Z")
 
 
 class SessionError(ValueError):
@@ -83,23 +84,27 @@ class SessionStore:
             raise SessionError(f"Session data must be JSON: {exc}") from None
         return await self._write(secrets.token_urlsafe(32), dict(data or {}), self._clock())
 
-    async def get(self, session_id: str) -> Session | None:
-        """The live session, or None. Refreshes the lifetime only when it runs low."""
+    async def _read(self, session_id: str) -> Session | None:
         raw = await self.store.get(self._key(session_id))
         if raw is None:
             return None
         body = json.loads(raw)
-        now = self._clock()
-        if body["expires"] <= now:
+        if body["expires"] <= self._clock():
             return None
-        session = Session(session_id, body["data"], body["created"], body["expires"])
-        if session.expires - now < self.refresh_below:
+        return Session(session_id, body["data"], body["created"], body["expires"])
+
+    async def get(self, session_id: str) -> Session | None:
+        """The live session, or None. Refreshes the lifetime only when it runs low."""
+        session = await self._read(session_id)
+        if session is None:
+            return None
+        if session.expires - self._clock() < self.refresh_below:
             session = await self._write(session_id, session.data, session.created)
         return session
 
     async def update(self, session_id: str, data: dict[str, JSON]) -> Session:
         """Replace the session's data (and renew its lifetime); last writer wins."""
-        current = await self.get(session_id)
+        current = await self._read(session_id)  # no refresh: the write below renews it
         if current is None:
             raise SessionNotFound(session_id[:6] + "…")
         return await self._write(session_id, dict(data), current.created)
@@ -108,8 +113,9 @@ class SessionStore:
         return bool(await self.store.delete(self._key(session_id)))
 
     async def regenerate(self, session_id: str) -> Session:
-        """A new id for the same data; the old id stops working at once."""
-        current = await self.get(session_id)
+        """A new id for the same data; the old id is deleted (on Cloudflare, other
+        locations may still see it for up to a minute: KV is eventually consistent)."""
+        current = await self._read(session_id)
         if current is None:
             raise SessionNotFound(session_id[:6] + "…")
         fresh = await self._write(secrets.token_urlsafe(32), current.data, current.created)

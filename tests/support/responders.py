@@ -1,0 +1,12 @@
+"""Responders for tests (loaded through BRAINBOT_RESPONDER)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from brainbot.storage.conversations import Message
+
+
+class Failing:
+    async def reply(self, history: Sequence[Message], message: str) -> str:
+        raise RuntimeError("the model is down")
