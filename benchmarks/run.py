@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.processes import ROOT, start_kv_server, start_redis
 
-from benchmarks import conversations, kv_store_ops
+from benchmarks import conversations, kv_store_ops, migration
 from brainbot.kv import CloudflareKV, EmbeddedKV, KVNamespace, PutItem, RequestBudget
 
 VALUE = b"x" * 100
@@ -146,6 +146,7 @@ async def run(quick: bool) -> tuple[list[Result], list[tuple[Table, str]]]:
             sections = [
                 await kv_store_ops.run(Path(tmp), port, kv_service.url, token, quick),
                 await conversations.run(Path(tmp), port, kv_service.url, token, quick),
+                await migration.run(Path(tmp), port, kv_service.url, token, quick),
             ]
         finally:
             kv_service.stop()
