@@ -68,6 +68,31 @@ def miniflare(api_token: str) -> Iterator[Service]:
     service.stop()
 
 
+GATEWAY_DIR = ROOT / "workers" / "kv-gateway"
+
+
+@pytest.fixture(scope="session")
+def gateway_secret() -> str:
+    return "gateway-secret-" + secrets.token_hex(16)
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_secret: str) -> Iterator[Service]:
+    """Our gateway Worker inside Miniflare (Cloudflare's workerd and KV simulator)."""
+    if not (GATEWAY_DIR / "node_modules" / "miniflare").is_dir():
+        pytest.fail(
+            "Miniflare is not installed: run ./scripts/setup (npm ci in workers/kv-gateway)"
+        )
+    service = start_service(
+        ["node", "serve.mjs", "--port", "0", "--test-clock"],
+        r"^READY (\S+)$",
+        env={"KV_GATEWAY_SECRET": gateway_secret},
+        cwd=GATEWAY_DIR,
+    )
+    yield service
+    service.stop()
+
+
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"

@@ -42,6 +42,13 @@ class Settings(BaseSettings):
         default=300.0, gt=0, alias="CLOUDFLARE_API_BUDGET_WINDOW"
     )
 
+    kv_gateway_url: str | None = Field(default=None, alias="BRAINBOT_KV_GATEWAY_URL")
+    """The gateway Worker (workers/kv-gateway) for live traffic; the REST API stays for bulk."""
+    kv_gateway_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BRAINBOT_KV_GATEWAY_SECRET", "kv_gateway_secret"),
+    )
+
     storage_backend: Literal["kv", "redis", "dual"] = Field(
         default="kv", alias="BRAINBOT_STORAGE_BACKEND"
     )

@@ -3,7 +3,9 @@
 * ``embedded``: :class:`EmbeddedKV` on a temporary SQLite file, with a fake clock;
 * ``rest-local``: :class:`CloudflareKV` over HTTP to ``brainbot kv serve``;
 * ``rest-miniflare``: :class:`CloudflareKV` over HTTP to our REST Worker inside Miniflare,
-  Cloudflare's own KV simulator running the real workerd runtime.
+  Cloudflare's own KV simulator running the real workerd runtime;
+* ``gateway-miniflare``: :class:`GatewayKV`, batches signed for our gateway Worker inside
+  Miniflare (the live-traffic path).
 
 A target also says what it can show: moving its clock forward (expiry), injecting faults.
 Tests that need a capability a target lacks skip with the reason, by name.
@@ -21,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from brainbot.kv import CloudflareKV, EmbeddedKV, KVNamespace, RequestBudget, iter_keys
+from brainbot.kv import CloudflareKV, EmbeddedKV, GatewayKV, KVNamespace, RequestBudget, iter_keys
 from brainbot.kv.faults import Faults
 from tests.support.processes import Service, start_kv_server
 
@@ -91,13 +93,44 @@ def _http_clock(
     return now, advance
 
 
+def _signed_clock(
+    url: str, secret: str
+) -> tuple[Callable[[], float], Callable[[float], Awaitable[None]]]:
+    """The gateway's test clock, behind the same HMAC signature as its batches."""
+    import hashlib
+    import hmac
+    import json
+
+    _server_offsets.setdefault(url, 0.0)
+
+    def now() -> float:
+        return time.time() + _server_offsets[url]
+
+    async def advance(seconds: float) -> None:
+        body = json.dumps({"advance": seconds}).encode()
+        stamp = str(int(time.time()))
+        signature = hmac.new(
+            secret.encode(), stamp.encode() + b"\n" + body, hashlib.sha256
+        ).hexdigest()
+        async with httpx.AsyncClient() as http:
+            response = await http.post(
+                url + "/__sim/clock",
+                content=body,
+                headers={"X-Brainbot-Timestamp": stamp, "X-Brainbot-Signature": signature},
+            )
+            response.raise_for_status()
+        _server_offsets[url] += seconds
+
+    return now, advance
+
+
 async def _empty(kv: KVNamespace) -> None:
     keys = [info.name async for info in iter_keys(kv)]
     if keys:
         await kv.delete_many(keys)
 
 
-TARGETS = ["embedded", "rest-local", "rest-miniflare"]
+TARGETS = ["embedded", "rest-local", "rest-miniflare", "gateway-miniflare"]
 
 
 @pytest.fixture(params=TARGETS)
@@ -132,6 +165,15 @@ async def target(
 
         async with rest_client(server.url, api_token, uuid.uuid4().hex, clock=now) as kv:
             yield Target(name, kv, now, advance, with_faults)
+        return
+
+    if name == "gateway-miniflare":
+        gateway: Service = request.getfixturevalue("gateway")
+        secret: str = request.getfixturevalue("gateway_secret")
+        now, advance = _signed_clock(gateway.url, secret)
+        async with GatewayKV(gateway.url, secret, clock=now) as kv:
+            await _empty(kv)  # one namespace for the session: start each test empty
+            yield Target(name, kv, now, advance)
         return
 
     sim: Service = request.getfixturevalue("miniflare")

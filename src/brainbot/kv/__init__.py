@@ -29,6 +29,7 @@ from brainbot.kv.errors import (
     ValueTooLarge,
 )
 from brainbot.kv.factory import open_namespace
+from brainbot.kv.gateway import GatewayKV
 from brainbot.kv.namespace import (
     BulkResult,
     Entry,
@@ -47,6 +48,7 @@ __all__ = [
     "CloudflareKV",
     "EmbeddedKV",
     "Entry",
+    "GatewayKV",
     "InvalidCursor",
     "InvalidExpiration",
     "InvalidExpirationTTL",

@@ -103,7 +103,7 @@ async def rollback(
             for line in manifest.read_text().splitlines():
                 keys += json.loads(line)["kv_keys"]
         keys = list(dict.fromkeys(keys))
-        kv = namespace if namespace is not None else open_namespace(settings)
+        kv = namespace if namespace is not None else open_namespace(settings, purpose="bulk")
         try:
             result = await kv.delete_many(keys)
         finally:

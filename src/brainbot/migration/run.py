@@ -200,7 +200,7 @@ async def migrate_redis_to_kv(
 
     redis = connect(source, tls_ca_file=tls_ca_file)
     own_namespace = namespace is None
-    kv = namespace if namespace is not None else open_namespace(settings)
+    kv = namespace if namespace is not None else open_namespace(settings, purpose="bulk")
     budget_before, earlier_requests = _requests(kv), report.api_requests
     try:
         total = None if match or type_ else int(await redis.dbsize())

@@ -87,7 +87,7 @@ async def verify(
     options = options or Options(prefix=settings.kv_prefix)
     report = VerifyReport()
     redis = connect(source, tls_ca_file=tls_ca_file)
-    kv = namespace if namespace is not None else open_namespace(settings)
+    kv = namespace if namespace is not None else open_namespace(settings, purpose="bulk")
     missing: list[tuple[Plan, PutItem]] = []
     try:
         async for _, keys in scan_batches(redis, match=match, type_=type_):
