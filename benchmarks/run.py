@@ -24,9 +24,9 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.table import Table
-from tests.support.processes import ROOT, start_kv_server, start_redis
+from tests.support.processes import ROOT, start_kv_server, start_redis, start_service
 
-from benchmarks import conversations, kv_store_ops, migration
+from benchmarks import conversations, gateway, kv_store_ops, migration
 from brainbot.kv import CloudflareKV, EmbeddedKV, KVNamespace, PutItem, RequestBudget
 
 VALUE = b"x" * 100
@@ -114,6 +114,12 @@ async def run(quick: bool) -> tuple[list[Result], list[tuple[Table, str]]]:
         redis_service, port = start_redis(Path(tmp))
         token = "bench-" + os.urandom(8).hex()
         kv_service = start_kv_server(Path(tmp) / "serve", token)
+        gateway_service = start_service(
+            ["node", "serve.mjs", "--port", "0"],
+            r"^READY (\S+)$",
+            env={"KV_GATEWAY_SECRET": token},
+            cwd=ROOT / "workers" / "kv-gateway",
+        )
         try:
             r = aioredis.Redis(host="127.0.0.1", port=port)
             await redis_prepare(r)
@@ -146,10 +152,14 @@ async def run(quick: bool) -> tuple[list[Result], list[tuple[Table, str]]]:
             sections = [
                 await kv_store_ops.run(Path(tmp), port, kv_service.url, token, quick),
                 await conversations.run(Path(tmp), port, kv_service.url, token, quick),
+                await gateway.run(
+                    Path(tmp), kv_service.url, token, gateway_service.url, token, quick
+                ),
                 await migration.run(Path(tmp), port, kv_service.url, token, quick),
             ]
         finally:
             kv_service.stop()
+            gateway_service.stop()
             redis_service.stop()
     return results, sections
 
