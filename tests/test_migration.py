@@ -200,7 +200,17 @@ async def test_zero_differences_through_429s_5xx_partial_bulks_and_slow_answers(
         service.stop()
 
 
-MIGRATE = [sys.executable, "-m", "brainbot", "migrate", "--scan-count", "50", "--no-verify"]
+MIGRATE = [
+    sys.executable,
+    "-m",
+    "brainbot",
+    "migrate",
+    "--scan-count",
+    "50",
+    "--batch-entries",
+    "300",
+    "--no-verify",
+]
 
 
 def test_kill_9_at_random_moments_then_resume(redis_url: str, tmp_path: Path) -> None:

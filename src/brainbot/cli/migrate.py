@@ -100,6 +100,9 @@ def migrate(
     tls_ca_file: TLSCA = None,
     verify_after: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
     scan_count: Annotated[int, typer.Option(help="SCAN COUNT per batch.", min=10)] = 1000,
+    batch_entries: Annotated[
+        int, typer.Option(help="KV entries per write and checkpoint.", min=1, max=10_000)
+    ] = 10_000,
 ) -> None:
     """Migrate Redis/Upstash into the configured KV namespace (embedded by default)."""
     settings = Settings()
@@ -132,6 +135,7 @@ def migrate(
                 progress=progress,
                 verify_after=verify_after,
                 scan_count=scan_count,
+                batch_entries=batch_entries,
             )
         )
     console.print(_report_table(report))

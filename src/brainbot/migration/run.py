@@ -1,6 +1,7 @@
 """``migrate_redis_to_kv()``: Redis/Upstash into KV, resumable, verified, documented.
 
-Each SCAN step is one batch, handled in an order that survives kill -9 at any moment:
+Keys are read SCAN step by SCAN step and written in batches of about 10,000 KV entries (one
+full bulk request; sooner when values are big), in an order that survives kill -9:
 
 1. read the keys (type, TTL, value) and plan their KV writes (pre-flight checks included);
 2. append the source records to the run's **backup** (gzip, mode 0600) and fsync it;
@@ -10,7 +11,7 @@ Each SCAN step is one batch, handled in an order that survives kill -9 at any mo
 5. replace the **checkpoint** (the SCAN cursor and the counts) atomically.
 
 A run killed anywhere resumes from its last checkpoint (``resume=True``); the batch in
-flight is done again, which is harmless: the same keys get the same values, and legacy
+flight is read and written again, which is harmless: the same keys get the same values, and legacy
 messages get the same ids. Files live in ``$BRAINBOT_DATA_DIR/migrations/<run id>/``.
 """
 
@@ -37,6 +38,8 @@ from brainbot.migration.source import SUPPORTED, Record, connect, read, redacted
 from brainbot.migration.transform import Options, Plan, checksum, plan, size_of
 
 BACKUP_RETENTION_DAYS = 30
+WRITE_ENTRIES = 10_000  # one full bulk request
+WRITE_BYTES = 64 * 1024 * 1024  # or sooner, so memory stays bounded with big values
 
 
 class MigrationError(RuntimeError):
@@ -162,6 +165,7 @@ async def migrate_redis_to_kv(
     dry_run: bool = False,
     resume: bool = False,
     scan_count: int = 1000,
+    batch_entries: int = WRITE_ENTRIES,
     tls_ca_file: str | None = None,
     progress: ProgressHook | None = None,
     verify_after: bool = True,
@@ -204,15 +208,21 @@ async def migrate_redis_to_kv(
     budget_before, earlier_requests = _requests(kv), report.api_requests
     try:
         total = None if match or type_ else int(await redis.dbsize())
+        pending: list[tuple[Plan, int]] = []  # planned, not yet written: (plan, read time)
         async for cursor, keys in scan_batches(
             redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
         ):
             now_ms = int(time.time() * 1000)
-            records = await read(redis, keys)
-            plans = [plan(r, options, now_ms) for r in records]
+            plans = [plan(r, options, now_ms) for r in await read(redis, keys)]
             _tally(report, plans)
-            if not dry_run:
-                await _write_batch(kv, run_dir, state["run_id"], plans, now_ms)
+            pending += [(p, now_ms) for p in plans]
+            entries = sum(len(p.items) for p, _ in pending)
+            volume = sum(size_of(p.record) for p, _ in pending if not p.skipped)
+            # write in full bulk requests (10,000 entries), or sooner for big values or at
+            # the end; the checkpoint moves only past what KV has acknowledged
+            if not dry_run and (entries >= batch_entries or volume >= WRITE_BYTES or cursor == 0):
+                await _write_batch(kv, run_dir, state["run_id"], pending)
+                pending = []
                 state["cursor"] = cursor
                 report.api_requests = earlier_requests + _requests(kv) - budget_before
                 state["report"] = report.to_json()
@@ -265,12 +275,11 @@ def _tally(report: Report, plans: list[Plan]) -> None:
 
 
 async def _write_batch(
-    kv: KVNamespace, run_dir: Path, run_id: str, plans: list[Plan], now_ms: int
+    kv: KVNamespace, run_dir: Path, run_id: str, read: list[tuple[Plan, int]]
 ) -> None:
-    live = [p for p in plans if p.record.type in SUPPORTED]  # what the run may overwrite
-    _append(
-        run_dir / "backup.jsonl.gz", [backup_line(p.record, now_ms) for p in live], compressed=True
-    )
+    plans = [p for p, _ in read]
+    lines = [backup_line(p.record, at) for p, at in read if p.record.type in SUPPORTED]
+    _append(run_dir / "backup.jsonl.gz", lines, compressed=True)
     items = [item for p in plans for item in p.items]
     result = await kv.put_many(items)
     if result.unsuccessful_keys:
