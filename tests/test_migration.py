@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from brainbot.config import Settings
-from brainbot.kv import EmbeddedKV, iter_keys
+from brainbot.kv import BulkResult, EmbeddedKV, PutItem, iter_keys
 from brainbot.kv.faults import Faults
 from brainbot.migration import migrate_redis_to_kv, rollback, verify
 from brainbot.storage import KVStore
@@ -141,6 +141,36 @@ async def test_running_twice_is_harmless(
     again = await migrate_redis_to_kv(redis_url, settings=settings)
     assert again.verify_differences == 0
     assert [k.name async for k in iter_keys(EmbeddedKV(settings.embedded_kv_path))] == first
+
+
+class RecordingKV(EmbeddedKV):
+    """The embedded KV, remembering the size of each bulk write (an observer, not a mock)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.bulk_writes: list[int] = []
+
+    async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
+        self.bulk_writes.append(len(items))
+        return await super().put_many(items)
+
+
+async def test_bulk_writes_are_full_and_never_split(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    await fill(source, generic=2000)
+    settings = settings_for(tmp_path)
+    kv = RecordingKV(settings.embedded_kv_path)
+    report = await migrate_redis_to_kv(
+        redis_url, settings=settings, namespace=kv, batch_entries=500, scan_count=50
+    )
+    assert report.verify_differences == 0
+    assert sum(kv.bulk_writes) == report.kv_entries
+    # one bulk request each (a step never pushes a batch past it), and nearly full: steps
+    # of about 50 keys leave at most a step's worth of room
+    assert max(kv.bulk_writes) <= 500
+    assert len(kv.bulk_writes) <= -(-report.kv_entries // 250)
+    await kv.aclose()
 
 
 async def test_dry_run_plans_and_writes_nothing(

@@ -1,7 +1,9 @@
 """``migrate_redis_to_kv()``: Redis/Upstash into KV, resumable, verified, documented.
 
-Keys are read SCAN step by SCAN step and written in batches of about 10,000 KV entries (one
-full bulk request; sooner when values are big), in an order that survives kill -9:
+Keys are read SCAN step by SCAN step and written in batches of up to 10,000 KV entries (one
+full bulk request; less when values are big) that end on a SCAN step, so that the checkpoint,
+a SCAN cursor, never moves past a key KV has not acknowledged. For each batch, in an order
+that survives kill -9:
 
 1. read the keys (type, TTL, value) and plan their KV writes (pre-flight checks included);
 2. append the source records to the run's **backup** (gzip, mode 0600) and fsync it;
@@ -11,8 +13,8 @@ full bulk request; sooner when values are big), in an order that survives kill -
 5. replace the **checkpoint** (the SCAN cursor and the counts) atomically.
 
 A run killed anywhere resumes from its last checkpoint (``resume=True``); the batch in
-flight is read and written again, which is harmless: the same keys get the same values, and legacy
-messages get the same ids. Files live in ``$BRAINBOT_DATA_DIR/migrations/<run id>/``.
+flight is read and written again, which is harmless: the same keys get the same values, and
+legacy messages get the same ids. Files live in ``$BRAINBOT_DATA_DIR/migrations/<run id>/``.
 """
 
 from __future__ import annotations
@@ -206,27 +208,35 @@ async def migrate_redis_to_kv(
     own_namespace = namespace is None
     kv = namespace if namespace is not None else open_namespace(settings, purpose="bulk")
     budget_before, earlier_requests = _requests(kv), report.api_requests
+
+    async def checkpoint(batch: _Pending) -> None:
+        await _write_batch(kv, run_dir, state["run_id"], batch.plans)
+        state["cursor"] = batch.cursor
+        report.api_requests = earlier_requests + _requests(kv) - budget_before
+        state["report"] = report.to_json()
+        _fsync_write(run_dir / "state.json", json.dumps(state).encode())
+        batch.clear()
+
     try:
         total = None if match or type_ else int(await redis.dbsize())
-        pending: list[tuple[Plan, int]] = []  # planned, not yet written: (plan, read time)
+        pending = _Pending()  # planned, not yet written
         async for cursor, keys in scan_batches(
             redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
         ):
             now_ms = int(time.time() * 1000)
             plans = [plan(r, options, now_ms) for r in await read(redis, keys)]
+            entries = sum(len(p.items) for p in plans)
+            volume = sum(size_of(p.record) for p in plans if not p.skipped)
+            # Bulk requests hold 10,000 entries and end on a SCAN step, so the checkpoint
+            # (a cursor) moves only past what KV has acknowledged: close the batch before a
+            # step would overflow it, write it once full, big, or at the end.
+            if not dry_run and pending.plans and pending.overflows(entries, volume, batch_entries):
+                await checkpoint(pending)
             _tally(report, plans)
-            pending += [(p, now_ms) for p in plans]
-            entries = sum(len(p.items) for p, _ in pending)
-            volume = sum(size_of(p.record) for p, _ in pending if not p.skipped)
-            # write in full bulk requests (10,000 entries), or sooner for big values or at
-            # the end; the checkpoint moves only past what KV has acknowledged
-            if not dry_run and (entries >= batch_entries or volume >= WRITE_BYTES or cursor == 0):
-                await _write_batch(kv, run_dir, state["run_id"], pending)
-                pending = []
-                state["cursor"] = cursor
-                report.api_requests = earlier_requests + _requests(kv) - budget_before
-                state["report"] = report.to_json()
-                _fsync_write(run_dir / "state.json", json.dumps(state).encode())
+            if not dry_run:
+                pending.add(plans, now_ms, entries, volume, cursor)
+                if pending.full(batch_entries) or cursor == 0:
+                    await checkpoint(pending)
             if progress is not None:
                 progress(report.keys_seen, total)
         report.api_requests = earlier_requests + _requests(kv) - budget_before
@@ -255,6 +265,31 @@ async def migrate_redis_to_kv(
         report.verify_differences = len(differences.differences)
         (run_dir / "verify.json").write_text(json.dumps(differences.to_json(), indent=2))
     return report
+
+
+@dataclass
+class _Pending:
+    """Planned records not yet written, and the SCAN cursor just past them."""
+
+    plans: list[tuple[Plan, int]] = field(default_factory=list)  # (plan, read time)
+    entries: int = 0
+    volume: int = 0
+    cursor: int = 0
+
+    def add(self, plans: list[Plan], read_ms: int, entries: int, volume: int, cursor: int) -> None:
+        self.plans += [(p, read_ms) for p in plans]
+        self.entries += entries
+        self.volume += volume
+        self.cursor = cursor
+
+    def overflows(self, entries: int, volume: int, batch_entries: int) -> bool:
+        return self.entries + entries > batch_entries or self.volume + volume > WRITE_BYTES
+
+    def full(self, batch_entries: int) -> bool:
+        return self.entries >= batch_entries or self.volume >= WRITE_BYTES
+
+    def clear(self) -> None:
+        self.plans, self.entries, self.volume = [], 0, 0
 
 
 def _requests(kv: KVNamespace) -> int:
