@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,6 +13,14 @@ import stamina
 from tests.support.processes import ROOT, Service, start_kv_server, start_redis, start_service
 
 MINIFLARE_DIR = ROOT / "workers" / "kv-rest-sim"
+
+
+def _require_miniflare() -> None:
+    """Skip without Node.js; fail when Node is there but the Workers' npm install is not."""
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed: run ./scripts/setup")
+    if not (ROOT / "workers" / "node_modules" / "miniflare").is_dir():
+        pytest.fail("Miniflare is not installed: run ./scripts/setup (npm ci in workers/)")
 
 
 @pytest.fixture(autouse=True)
@@ -54,10 +63,7 @@ def kv_server_realtime(
 @pytest.fixture(scope="session")
 def miniflare(api_token: str) -> Iterator[Service]:
     """Cloudflare's own simulator (Miniflare/workerd) running our REST-paths Worker."""
-    if not (MINIFLARE_DIR / "node_modules" / "miniflare").is_dir():
-        pytest.fail(
-            "Miniflare is not installed: run ./scripts/setup (npm ci in workers/kv-rest-sim)"
-        )
+    _require_miniflare()
     service = start_service(
         ["node", "serve.mjs", "--port", "0", "--test-clock"],
         r"^READY (\S+)$",
@@ -79,10 +85,7 @@ def gateway_secret() -> str:
 @pytest.fixture(scope="session")
 def gateway(gateway_secret: str) -> Iterator[Service]:
     """Our gateway Worker inside Miniflare (Cloudflare's workerd and KV simulator)."""
-    if not (GATEWAY_DIR / "node_modules" / "miniflare").is_dir():
-        pytest.fail(
-            "Miniflare is not installed: run ./scripts/setup (npm ci in workers/kv-gateway)"
-        )
+    _require_miniflare()
     service = start_service(
         ["node", "serve.mjs", "--port", "0", "--test-clock"],
         r"^READY (\S+)$",

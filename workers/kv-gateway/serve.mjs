@@ -70,7 +70,7 @@ if (secret === "") {
 // The Worker reaches this through the service binding SIM_CLOCK: POST /now
 // answers the simulated time (real time + offset), POST /advance moves the
 // offset forward. The Worker applies the offset to expiry (see
-// src/gateway.mjs, "clock"). Miniflare's internal fake timers are not used
+// ../shared/kv-rules.mjs, "clock"). Miniflare's internal fake timers are not used
 // (they cap values at 1 KiB once switched on; see kv-rest-sim's README).
 
 let offsetMs = 0;
@@ -98,7 +98,7 @@ async function clockService(request) {
 
 const bindings = {
   // Miniflare's cursors have a known form; the Worker checks it (see
-  // checkCursor in src/gateway.mjs). A deployed Worker does not get this.
+  // validateCursor in ../shared/kv-rules.mjs). A deployed Worker does not get this.
   SIM_CURSOR_FORMAT: "miniflare",
 };
 if (secret !== "") bindings.GATEWAY_SECRET = secret;
@@ -107,7 +107,14 @@ if (previousSecret !== "") bindings.GATEWAY_SECRET_PREVIOUS = previousSecret;
 let mf;
 
 const options = {
+  // The Worker imports ../../shared/kv-rules.mjs: with modules: true Miniflare
+  // follows the import and loads each file as an ES module named by its path
+  // relative to modulesRoot. The root is workers/ so that both files (and the
+  // import between them) stay inside it: "kv-gateway/src/gateway.mjs" imports
+  // "shared/kv-rules.mjs". (Relative to this directory the shared file would be
+  // "../shared/...", a name workerd cannot resolve.)
   modules: true,
+  modulesRoot: path.join(here, ".."),
   scriptPath: path.join(here, "src", "gateway.mjs"),
   compatibilityDate: "2026-04-01", // as in wrangler.toml
   kvNamespaces: [KV_BINDING],

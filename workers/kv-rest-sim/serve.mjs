@@ -57,7 +57,7 @@ const testClock = args["test-clock"];
 // The Worker reaches this through the service binding SIM_CLOCK: POST /now
 // answers the simulated time (real time + offset), POST /advance moves the
 // offset forward. The Worker applies the offset to expiry (see
-// src/rest-api.mjs, "clock"). Miniflare's internal fake timers are not used
+// ../shared/kv-rules.mjs, "clock"). Miniflare's internal fake timers are not used
 // (they cap values at 1 KiB once switched on, see README.md).
 
 let offsetMs = 0;
@@ -86,7 +86,14 @@ async function clockService(request) {
 let mf;
 
 const options = {
+  // The Worker imports ../../shared/kv-rules.mjs: with modules: true Miniflare
+  // follows the import and loads each file as an ES module named by its path
+  // relative to modulesRoot. The root is workers/ so that both files (and the
+  // import between them) stay inside it: "kv-rest-sim/src/rest-api.mjs" imports
+  // "shared/kv-rules.mjs". (Relative to this directory the shared file would be
+  // "../shared/...", a name workerd cannot resolve.)
   modules: true,
+  modulesRoot: path.join(here, ".."),
   scriptPath: path.join(here, "src", "rest-api.mjs"),
   compatibilityDate: "2025-09-01",
   kvNamespaces: [KV_BINDING],

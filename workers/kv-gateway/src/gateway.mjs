@@ -12,21 +12,43 @@
 //
 // A failing op does not fail the batch: its result is
 //   {"ok": false, "status", "code", "message"}
-// with the status, Cloudflare KV error code and message the REST API gives
-// (the same mapping as workers/kv-rest-sim, which this file copies from; the
-// two packages are kept independent on purpose).
+// with the status, Cloudflare KV error code and message the REST API gives.
+// Those rules (limits, error codes and the binding-error mapping, key / expiry
+// / metadata / list checks, the test clock, the expiration lookup, body
+// reading, base64) live in ../../shared/kv-rules.mjs, shared with the REST
+// Worker (../../kv-rest-sim) so both answer the same input the same; wrangler
+// inlines that module into the one script it deploys.
 //
 // Bindings: KV (the namespace), GATEWAY_SECRET, GATEWAY_SECRET_PREVIOUS
 // (optional). Only under serve.mjs: SIM_CLOCK (--test-clock) and
 // SIM_CURSOR_FORMAT = "miniflare" (checks cursors the way Miniflare forms them).
 
+import {
+  CODE,
+  KVError,
+  LIMITS as KV_LIMITS,
+  advanceClock as advanceSimClock,
+  bindingExpiry,
+  decodeBase64,
+  encodeBase64,
+  fromBindingError,
+  isExpired,
+  kv,
+  lookupExpiration,
+  parseExpiry,
+  parseListLimit,
+  readBody,
+  syncClock,
+  validateCursor,
+  validateKey,
+  validateMetadata,
+  validatePrefix,
+  validateValueLength,
+} from "../../shared/kv-rules.mjs";
+
+// KV's own limits, plus the gateway's.
 const LIMITS = {
-  keyBytes: 512,
-  valueBytes: 25 * 1024 * 1024,
-  metadataBytes: 1024,
-  minTtl: 60,
-  listMin: 10,
-  listMax: 1000,
+  ...KV_LIMITS,
   // Cloudflare allows 1,000 KV operations per Worker invocation.
   kvOpsPerBatch: 1000,
   // Cloudflare's edge refuses request bodies above 100 MB (Free/Pro plans).
@@ -38,26 +60,6 @@ const LIMITS = {
 // a missing key uses one).
 const KV_OPS = { get: 2, put: 1, delete: 1, list: 1 };
 
-// Cloudflare KV error codes (10001 where Cloudflare documents none for a case).
-const CODE = {
-  generic: 10001,
-  badExpiration: 10033,
-  badExpirationTtl: 10034,
-  badCursor: 10041,
-  badKey: 10042,
-  badMetadata: 10047,
-  badListLimit: 10026,
-};
-
-// An op's failure: becomes {"ok": false, status, code, message}.
-class OpError extends Error {
-  constructor(status, code, message) {
-    super(message);
-    this.status = status;
-    this.code = code;
-  }
-}
-
 // A whole-request failure: becomes {"error": message} with this status.
 class RequestError extends Error {
   constructor(status, message) {
@@ -67,7 +69,6 @@ class RequestError extends Error {
 }
 
 const encoder = new TextEncoder();
-const byteLength = (s) => encoder.encode(s).byteLength;
 
 function json(status, body) {
   return new Response(JSON.stringify(body), {
@@ -142,199 +143,6 @@ async function verify(env, auth, body) {
   return ok;
 }
 
-// --- keys -----------------------------------------------------------------
-
-function validateKey(key) {
-  if (key === "") {
-    throw new OpError(400, CODE.badKey, "Key names must not be empty");
-  }
-  if (key === "." || key === "..") {
-    throw new OpError(400, CODE.badKey, `Illegal key name "${key}". Please use a different name.`);
-  }
-  const n = byteLength(key);
-  if (n > LIMITS.keyBytes) {
-    throw new OpError(
-      414,
-      CODE.badKey,
-      `UTF-8 encoded length of ${n} exceeds key length limit of ${LIMITS.keyBytes}.`,
-    );
-  }
-}
-
-// --- mapping what the binding throws ----------------------------------------
-
-function codeForMessage(status, message) {
-  if (/key length limit/.test(message)) return CODE.badKey;
-  if (/^Invalid expiration_ttl /.test(message)) return CODE.badExpirationTtl;
-  if (/^Invalid expiration /.test(message)) return CODE.badExpiration;
-  if (/^Metadata length /.test(message)) return CODE.badMetadata;
-  if (/^Invalid key_count_limit /.test(message)) return CODE.badListLimit;
-  if (/cursor/i.test(message)) return CODE.badCursor;
-  if (/key name|Key name/.test(message)) return CODE.badKey;
-  return CODE.generic;
-}
-
-function fromBindingError(e) {
-  if (e instanceof OpError) return e;
-  const message = String(e?.message ?? e);
-  // "KV PUT failed: 413 Value length of 26214401 exceeds limit of 26214400."
-  const m = /^KV [A-Z_]+ failed: (\d{3}) ([\s\S]*)$/.exec(message);
-  if (m) {
-    const status = Number(m[1]);
-    return new OpError(status, codeForMessage(status, m[2]), m[2]);
-  }
-  if (e instanceof TypeError) {
-    // Key checks the binding does itself (empty, "." and "..").
-    if (/cannot be empty/.test(message)) {
-      return new OpError(400, CODE.badKey, "Key names must not be empty");
-    }
-    const dots = /^"(\.\.?)" is not allowed as a key name\.$/.exec(message);
-    if (dots) {
-      return new OpError(
-        400,
-        CODE.badKey,
-        `Illegal key name "${dots[1]}". Please use a different name.`,
-      );
-    }
-    return new OpError(400, CODE.generic, message);
-  }
-  return new OpError(500, CODE.generic, `Internal error: ${message}`);
-}
-
-async function kv(promise) {
-  try {
-    return await promise;
-  } catch (e) {
-    throw fromBindingError(e);
-  }
-}
-
-// --- expiry -----------------------------------------------------------------
-
-// The service's own checks, with its messages. expiration_ttl wins when both
-// are given (as in Cloudflare's REST API).
-function parseExpiry(op) {
-  const has = (v) => v !== undefined && v !== null;
-  if (has(op.expiration_ttl)) {
-    const ttl = op.expiration_ttl;
-    if (ttl <= 0) {
-      throw new OpError(
-        400,
-        CODE.badExpirationTtl,
-        `Invalid expiration_ttl of ${ttl}. Please specify integer greater than 0.`,
-      );
-    }
-    return { expirationTtl: ttl };
-  }
-  if (has(op.expiration)) {
-    const exp = op.expiration;
-    if (exp <= 0) {
-      throw new OpError(
-        400,
-        CODE.badExpiration,
-        `Invalid expiration of ${exp}. Please specify integer greater than the current number of seconds since the UNIX epoch.`,
-      );
-    }
-    return { expiration: exp };
-  }
-  return {};
-}
-
-function checkExpiry(opts, nowSeconds) {
-  if (opts.expirationTtl !== undefined) {
-    if (opts.expirationTtl < LIMITS.minTtl) {
-      throw new OpError(
-        400,
-        CODE.badExpirationTtl,
-        `Invalid expiration_ttl of ${opts.expirationTtl}. Expiration TTL must be at least ${LIMITS.minTtl}.`,
-      );
-    }
-  } else if (opts.expiration !== undefined) {
-    if (opts.expiration <= nowSeconds) {
-      throw new OpError(
-        400,
-        CODE.badExpiration,
-        `Invalid expiration of ${opts.expiration}. Please specify integer greater than the current number of seconds since the UNIX epoch.`,
-      );
-    }
-    if (opts.expiration < nowSeconds + LIMITS.minTtl) {
-      throw new OpError(
-        400,
-        CODE.badExpiration,
-        `Invalid expiration of ${opts.expiration}. Expiration times must be at least ${LIMITS.minTtl} seconds in the future.`,
-      );
-    }
-  }
-}
-
-// --- clock ------------------------------------------------------------------
-
-// Without --test-clock the binding's clock (real time) rules alone. With
-// `serve.mjs --test-clock` the service binding SIM_CLOCK reaches the launcher,
-// which keeps an offset that tests advance (POST /__sim/clock). Simulated time
-// is real time + offset, and while the offset is non-zero this layer applies it
-// (as kv-rest-sim does):
-//   - expiration / expiration_ttl are checked against simulated time, and the
-//     entry is stored with an absolute expiration in simulated time;
-//   - an entry whose expiration <= simulated now is treated as gone: get
-//     answers null, list leaves it out (the simulator itself drops it later,
-//     when real time gets there).
-// Miniflare's own fake timers are not used: switching them on lowers the KV
-// simulator's value limit to 1 KiB (see kv-rest-sim's README).
-async function syncClock(env) {
-  if (!env.SIM_CLOCK) return { emulate: false, nowMs: Date.now(), offsetMs: 0 };
-  const res = await env.SIM_CLOCK.fetch("http://sim-clock/now", { method: "POST" });
-  if (!res.ok) throw new Error(`clock sync failed: ${await res.text()}`);
-  const state = await res.json();
-  return { emulate: state.offset_ms > 0, nowMs: state.now_ms, offsetMs: state.offset_ms };
-}
-
-function isExpired(clock, expiration) {
-  return (
-    clock.emulate &&
-    expiration !== undefined &&
-    expiration !== null &&
-    expiration * 1000 <= clock.nowMs
-  );
-}
-
-// With a simulated clock ahead of real time (options already checked against
-// simulated time): store an absolute expiration in simulated time. The binding
-// checks that against real time, which is behind, so it passes; for an offset
-// under 2 s the TTL is lengthened by the rounded offset instead.
-function bindingExpiry(options, clock) {
-  if (!clock.emulate) return options;
-  const nowSeconds = Math.floor(clock.nowMs / 1000);
-  if (options.expirationTtl === undefined) return options;
-  const { expirationTtl, ...rest } = options;
-  if (clock.offsetMs >= 2000) return { ...rest, expiration: nowSeconds + expirationTtl };
-  return { ...rest, expirationTtl: expirationTtl + Math.round(clock.offsetMs / 1000) };
-}
-
-// --- base64 -----------------------------------------------------------------
-
-function decodeBase64(text) {
-  let binary;
-  try {
-    binary = atob(text);
-  } catch {
-    return null;
-  }
-  const bytes = new Uint8Array(binary.length);
-  for (let i = 0; i < binary.length; i++) bytes[i] = binary.charCodeAt(i);
-  return bytes;
-}
-
-function encodeBase64(buffer) {
-  const bytes = new Uint8Array(buffer);
-  let binary = "";
-  const CHUNK = 0x8000;
-  for (let i = 0; i < bytes.length; i += CHUNK) {
-    binary += String.fromCharCode.apply(null, bytes.subarray(i, i + CHUNK));
-  }
-  return btoa(binary);
-}
-
 // --- request parsing ----------------------------------------------------------
 
 function isPlainObject(v) {
@@ -394,30 +202,6 @@ function parseOps(body) {
   return ops;
 }
 
-// Reads the whole body, keeping at most maxBytes (the rest is read and dropped,
-// so the client can finish sending and read the answer).
-async function readBody(request, maxBytes) {
-  if (request.body === null) return { bytes: new Uint8Array(0), length: 0, tooLarge: false };
-  const chunks = [];
-  let length = 0;
-  const reader = request.body.getReader();
-  for (;;) {
-    const { done, value } = await reader.read();
-    if (done) break;
-    length += value.byteLength;
-    if (length <= maxBytes) chunks.push(value);
-    else chunks.length = 0;
-  }
-  if (length > maxBytes) return { bytes: null, length, tooLarge: true };
-  const bytes = new Uint8Array(length);
-  let offset = 0;
-  for (const c of chunks) {
-    bytes.set(c, offset);
-    offset += c.byteLength;
-  }
-  return { bytes, length, tooLarge: false };
-}
-
 function parseJson(bytes) {
   let text;
   try {
@@ -434,18 +218,6 @@ function parseJson(bytes) {
 
 // --- ops --------------------------------------------------------------------
 
-// getWithMetadata() does not report the expiration; list() does. The key is
-// the smallest name having itself as prefix (list is sorted by UTF-8 bytes), so
-// when it exists it comes first on the first page: one list call finds it.
-// limit 10 (not 1000): enough for that, without pulling up to 1,000 names and
-// their metadata for a key that prefixes many others; 10 is also the REST API's
-// minimum page, in case the production binding enforces one.
-async function lookupExpiration(env, key) {
-  const res = await kv(env.KV.list({ prefix: key, limit: 10 }));
-  const entry = res.keys.find((k) => k.name === key);
-  return entry?.expiration ?? null;
-}
-
 async function opGet(env, op, clock) {
   validateKey(op.key);
   const { value, metadata } = await kv(env.KV.getWithMetadata(op.key, { type: "arrayBuffer" }));
@@ -459,30 +231,16 @@ async function opGet(env, op, clock) {
 async function opPut(env, op, clock) {
   validateKey(op.key);
   const bytes = decodeBase64(op.value);
-  if (bytes === null) throw new OpError(400, CODE.generic, "value is not valid base64");
-  if (bytes.byteLength > LIMITS.valueBytes) {
-    throw new OpError(
-      413,
-      CODE.generic,
-      `Value length of ${bytes.byteLength} exceeds limit of ${LIMITS.valueBytes}.`,
-    );
-  }
-  const options = parseExpiry(op);
-  // Checked here too (not only by the binding) so the messages are always the
+  if (bytes === null) throw new KVError(400, CODE.generic, "value is not valid base64");
+  validateValueLength(bytes.byteLength);
+  // Checked here (not only by the binding) so the messages are always the
   // REST API's, whatever text the production binding throws.
-  checkExpiry(options, Math.floor((clock.emulate ? clock.nowMs : Date.now()) / 1000));
+  const options = bindingExpiry(parseExpiry(op.expiration, op.expiration_ttl), clock);
   if (!optional(op.metadata)) {
-    const n = byteLength(JSON.stringify(op.metadata));
-    if (n > LIMITS.metadataBytes) {
-      throw new OpError(
-        413,
-        CODE.badMetadata,
-        `Metadata length of ${n} exceeds limit of ${LIMITS.metadataBytes}.`,
-      );
-    }
+    validateMetadata(op.metadata);
     options.metadata = op.metadata;
   }
-  await kv(env.KV.put(op.key, bytes, bindingExpiry(options, clock)));
+  await kv(env.KV.put(op.key, bytes, options));
   return { ok: true };
 }
 
@@ -492,58 +250,18 @@ async function opDelete(env, op) {
   return { ok: true };
 }
 
-function checkCursor(env, cursor) {
-  const invalid = () => new OpError(400, CODE.badCursor, "Invalid cursor");
-  // Cloudflare's cursors are opaque printable ASCII; the binding judges them.
-  if (!/^[\x21-\x7e]+$/.test(cursor)) throw invalid();
-  if (env.SIM_CURSOR_FORMAT !== "miniflare") return;
-  // Miniflare's cursors are base64 of the last listed name, and Miniflare
-  // accepts any text as one: check the form here, as kv-rest-sim does.
-  if (!/^[A-Za-z0-9+/]*={0,2}$/.test(cursor) || cursor.length % 4 !== 0) throw invalid();
-  const bytes = decodeBase64(cursor);
-  if (bytes === null) throw invalid();
-  try {
-    new TextDecoder("utf-8", { fatal: true }).decode(bytes);
-  } catch {
-    throw invalid();
-  }
-}
-
 async function opList(env, op, clock) {
-  let limit = LIMITS.listMax;
-  if (!optional(op.limit)) {
-    limit = op.limit;
-    if (!Number.isInteger(limit) || limit < LIMITS.listMin) {
-      throw new OpError(
-        400,
-        CODE.badListLimit,
-        `Invalid key_count_limit of ${op.limit}. Please specify an integer greater than ${LIMITS.listMin}.`,
-      );
-    }
-    if (limit > LIMITS.listMax) {
-      throw new OpError(
-        400,
-        CODE.badListLimit,
-        `Invalid key_count_limit of ${op.limit}. Please specify an integer less than ${LIMITS.listMax}.`,
-      );
-    }
-  }
-  const options = { limit };
+  const options = { limit: parseListLimit(op.limit) };
   const prefix = op.prefix ?? "";
   if (prefix !== "") {
-    const n = byteLength(prefix);
-    if (n > LIMITS.keyBytes) {
-      throw new OpError(
-        414,
-        CODE.badKey,
-        `UTF-8 encoded length of ${n} exceeds key length limit of ${LIMITS.keyBytes}.`,
-      );
-    }
+    validatePrefix(prefix);
     options.prefix = prefix;
   }
   const cursor = op.cursor ?? "";
   if (cursor !== "") {
-    checkCursor(env, cursor);
+    // Miniflare's cursors have a known form, which serve.mjs tells us
+    // (SIM_CURSOR_FORMAT); a deployed Worker leaves cursors to the binding.
+    validateCursor(cursor, { miniflareFormat: env.SIM_CURSOR_FORMAT === "miniflare" });
     options.cursor = cursor;
   }
   const res = await kv(env.KV.list(options));
@@ -585,13 +303,7 @@ async function advanceClock(env, body) {
   if (typeof advance !== "number" || !Number.isFinite(advance) || advance < 0) {
     throw new RequestError(400, '"advance" must be a number of seconds >= 0');
   }
-  const res = await env.SIM_CLOCK.fetch("http://sim-clock/advance", {
-    method: "POST",
-    body: JSON.stringify({ advance }),
-  });
-  if (!res.ok) throw new Error(`clock advance failed: ${await res.text()}`);
-  const state = await res.json();
-  return { now: Math.floor(state.now_ms / 1000), offset: state.offset_ms / 1000 };
+  return advanceSimClock(env, advance);
 }
 
 // --- routing --------------------------------------------------------------------
