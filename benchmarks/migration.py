@@ -89,7 +89,7 @@ async def run(
             )
         start = time.perf_counter()
         report = await migrate_redis_to_kv(
-            url, settings=settings, namespace=namespace, verify_after=False
+            url, namespace=namespace, runs=settings.data_dir / "migrations", verify_after=False
         )
         seconds = time.perf_counter() - start
         await namespace.aclose()

@@ -10,10 +10,10 @@ import traceback
 
 import pytest
 
+from brainbot.composition import cloudflare_credentials, open_namespace
 from brainbot.config import Settings
 from brainbot.kv import KVError, PutItem, RetryPolicy
-from brainbot.kv.factory import open_namespace
-from tests.contract.conftest import rest_client
+from tests.support.kv import rest_client
 from tests.support.processes import Service, free_port
 
 SECRET = "s3cr3t-token-" + "x" * 24
@@ -58,7 +58,7 @@ def test_settings_do_not_print_the_token(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("CLOUDFLARE_KV_NAMESPACE_ID", "ns")
     monkeypatch.setenv("CLOUDFLARE_KV_API_TOKEN", SECRET)
     settings = Settings()
-    assert settings.uses_cloudflare
+    assert cloudflare_credentials(settings) is not None
     assert SECRET not in repr(settings) + str(settings) + str(settings.model_dump())
     assert SECRET not in repr(open_namespace(settings))
 
@@ -84,7 +84,7 @@ def test_cli_errors_do_not_print_the_token(kv_server: Service, tmp_path: object)
 
 
 def test_partial_cloudflare_settings_name_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
-    from brainbot.config import ConfigError
+    from brainbot.errors import ConfigError
 
     monkeypatch.setenv("CLOUDFLARE_KV_API_TOKEN", SECRET)
     monkeypatch.delenv("CLOUDFLARE_ACCOUNT_ID", raising=False)

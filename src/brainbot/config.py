@@ -1,22 +1,19 @@
 """brainbot's settings, read from the environment and an optional ``.env`` file.
 
+The bottom of the layers: it imports nothing of brainbot and decides nothing. The
+composition root (``brainbot.composition``) turns settings into objects, and each entry
+point (a CLI command, ``brainbot serve``, the demo) builds ``Settings`` once.
+
 Secrets are ``SecretStr``: printing the settings shows ``**********``, never the token.
 """
 
 from __future__ import annotations
 
-from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from brainbot.kv.rest import DEFAULT_BASE_URL
-
-
-class ConfigError(ValueError):
-    """The configuration is incomplete or contradictory (names the settings, never values)."""
 
 
 class Settings(BaseSettings):
@@ -35,7 +32,8 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("CLOUDFLARE_KV_API_TOKEN", "cloudflare_kv_api_token"),
     )
-    cloudflare_api_base_url: str = Field(default=DEFAULT_BASE_URL, alias="CLOUDFLARE_API_BASE_URL")
+    cloudflare_api_base_url: str | None = Field(default=None, alias="CLOUDFLARE_API_BASE_URL")
+    """Where the REST client sends requests (unset: Cloudflare's API)."""
     cloudflare_api_budget: int = Field(default=1200, ge=1, alias="CLOUDFLARE_API_BUDGET")
     """Requests this process may send per budget window (Cloudflare: 1,200 per 5 minutes)."""
     cloudflare_api_budget_window: float = Field(
@@ -65,30 +63,23 @@ class Settings(BaseSettings):
     kv_key_write_interval: float | None = Field(
         default=None, ge=0, alias="BRAINBOT_KV_KEY_WRITE_INTERVAL"
     )
-    """Seconds between writes to one key: default 1.0 on Cloudflare, 0 on the embedded KV."""
+    """Seconds between writes to one key; unset: what the namespace opened asks for (1 s on
+    Cloudflare, through REST or the gateway; 0 on the embedded KV)."""
     kv_read_own_writes_window: float | None = Field(
         default=None, ge=0, alias="BRAINBOT_KV_READ_OWN_WRITES_WINDOW"
     )
-    """How long this process answers its own writes from memory: default 60 s on Cloudflare
-    (which takes up to 60 s to show a write everywhere), 0 on the strongly consistent
-    embedded KV."""
+    """How long this process answers its own writes from memory; unset: 60 s on an eventually
+    consistent namespace (Cloudflare, which takes up to 60 s to show a write everywhere), 0
+    on the strongly consistent embedded KV."""
 
-    @cached_property
-    def uses_cloudflare(self) -> bool:
-        """True when Cloudflare credentials are configured; raises if only some are."""
-        given = {
+    @property
+    def cloudflare_settings(self) -> dict[str, object]:
+        """The three Cloudflare credentials by environment name (all set: use Cloudflare)."""
+        return {
             "CLOUDFLARE_ACCOUNT_ID": self.cloudflare_account_id,
             "CLOUDFLARE_KV_NAMESPACE_ID": self.cloudflare_kv_namespace_id,
             "CLOUDFLARE_KV_API_TOKEN": self.cloudflare_kv_api_token,
         }
-        missing = [name for name, value in given.items() if not value]
-        if len(missing) == len(given):
-            return False
-        if missing:
-            raise ConfigError(
-                "Cloudflare KV is partly configured; also set: " + ", ".join(missing) + "."
-            )
-        return True
 
     @property
     def embedded_kv_path(self) -> Path:

@@ -27,10 +27,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from brainbot.composition import chat_service, load_settings, migration_runs, open_namespace
 from brainbot.config import Settings
-from brainbot.migration import migrate_redis_to_kv, verify
-from brainbot.service import ChatService
-from brainbot.storage import open_store
+from brainbot.migration import Options, migrate_redis_to_kv, verify
 
 LEGACY_SESSION = "demo-session-alice-000000000001"
 
@@ -127,7 +126,7 @@ async def fill_legacy(url: str, conversations: int = 200) -> int:
 
 
 async def serve_and_show(console: Console, settings: Settings) -> None:
-    service = ChatService(open_store(settings))
+    service = chat_service(settings)
     port = _free_port()
     server = uvicorn.Server(
         uvicorn.Config(service.app(), host="127.0.0.1", port=port, log_level="warning")
@@ -163,8 +162,8 @@ async def serve_and_show(console: Console, settings: Settings) -> None:
     await task
 
 
-async def tour(console: Console) -> int:
-    settings = Settings()
+async def tour(console: Console, settings: Settings) -> int:
+    options = Options(prefix=settings.kv_prefix)
     with tempfile.TemporaryDirectory(prefix="brainbot-demo-redis-") as workdir:
         redis_process, url = start_redis(Path(workdir))
         try:
@@ -186,7 +185,14 @@ async def tour(console: Console) -> int:
                     speed = bar.tasks[0].speed
                     bar.update(task, completed=done, rate=f"{speed:,.0f}" if speed else "-")
 
-                report = await migrate_redis_to_kv(url, settings=settings, progress=progress)
+                async with open_namespace(settings, purpose="bulk") as kv:
+                    report = await migrate_redis_to_kv(
+                        url,
+                        namespace=kv,
+                        runs=migration_runs(settings),
+                        options=options,
+                        progress=progress,
+                    )
             summary = Table("what", "count", title=f"migration {report.run_id}")
             for kind, n in sorted(report.migrated.items()):
                 summary.add_row(f"migrated {kind}", str(n))
@@ -195,7 +201,8 @@ async def tour(console: Console) -> int:
                 summary.add_row(f"skipped: {reason}", str(n))
             summary.add_row("verify: differences", str(report.verify_differences))
             console.print(summary)
-            again = await verify(url, settings=settings)
+            async with open_namespace(settings, purpose="bulk") as kv:
+                again = await verify(url, namespace=kv, options=options)
             found = len(again.differences)
             console.print(f"brainbot verify: {again.checked} keys checked, {found} differences")
             await serve_and_show(console, settings)
@@ -207,7 +214,7 @@ async def tour(console: Console) -> int:
 
 
 def main() -> None:
-    raise SystemExit(asyncio.run(tour(Console())))
+    raise SystemExit(asyncio.run(tour(Console(), load_settings())))
 
 
 if __name__ == "__main__":

@@ -13,14 +13,17 @@ without. Sessions do not own conversations yet: any session may read any convers
 (ownership checks are future work, noted in docs/storage.md). Bodies over 2 MiB get 413; a
 storage outage 503; a failing responder 502, with nothing stored for that turn.
 
-Every store comes from ``open_store()`` (kv, dual or redis), so the service is what an
-operator restarts when flipping ``BRAINBOT_STORAGE_BACKEND``.
+The store comes from the composition root (``open_store()``: kv, dual or redis), so the
+service is what an operator restarts when flipping ``BRAINBOT_STORAGE_BACKEND``. Errors
+are answered by branch of ``brainbot.errors``: invalid input 400, unauthenticated 401, not
+found 404, body too large 413, unavailable 503 (storage down, locked, rate limited).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,35 +35,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from brainbot.config import Settings
-from brainbot.kv.errors import KVError, KVValidationError
+from brainbot.errors import (
+    BadRequest,
+    BrainbotError,
+    InvalidInput,
+    NotFound,
+    SessionError,
+    TooLarge,
+    Unauthenticated,
+    Unavailable,
+)
 from brainbot.responder import Responder, load_responder
-from brainbot.storage import StoreError, open_store
-from brainbot.storage.conversations import ConversationError, ConversationStore, Message
-from brainbot.storage.sessions import SessionError, SessionStore
+from brainbot.storage.conversations import ConversationStore, Message
+from brainbot.storage.protocol import Store
+from brainbot.storage.sessions import SessionStore
 
 Handler = Callable[[Request], Awaitable[Response]]
+log = logging.getLogger("brainbot.service")
 
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
-
-
-class BadRequest(Exception):
-    pass
-
-
-class Unauthorised(Exception):
-    pass
-
-
-class TooLarge(Exception):
-    pass
-
-
-def _storage_failure(exc: Exception) -> bool:
-    return isinstance(exc, StoreError | KVError | OSError | TimeoutError) or type(
-        exc
-    ).__module__.startswith("redis")
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -92,7 +86,7 @@ def _text(body: dict[str, Any], name: str) -> str:
 class ChatService:
     def __init__(
         self,
-        store: Any,
+        store: Store,
         *,
         responder: Responder | None = None,
         session_lifetime: int = 3600,
@@ -107,18 +101,21 @@ class ChatService:
     def app(self) -> Starlette:
         def guarded(handler: Handler) -> Handler:
             async def run(request: Request) -> Response:
-                try:
+                try:  # errors are mapped by branch (brainbot.errors draws the tree)
                     return await handler(request)
-                except (BadRequest, ConversationError, SessionError, KVValidationError) as exc:
-                    return _error(400, str(exc))
-                except Unauthorised:
-                    return _error(401, "unknown or expired session")
                 except TooLarge:
                     return _error(413, f"the body is over {MAX_BODY_BYTES} bytes")
-                except Exception as exc:
-                    if not _storage_failure(exc):
-                        raise
+                except InvalidInput as exc:
+                    return _error(400, str(exc))
+                except Unauthenticated:
+                    return _error(401, "unknown or expired session")
+                except NotFound as exc:
+                    return _error(404, str(exc))
+                except Unavailable as exc:
                     return _error(503, f"storage unavailable: {type(exc).__name__}")
+                except BrainbotError as exc:
+                    log.error("request failed: %s", type(exc).__name__)
+                    return _error(500, "internal error")
 
             return run
 
@@ -149,13 +146,13 @@ class ChatService:
     async def _session(self, request: Request) -> Any:
         scheme, _, sid = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not sid:
-            raise Unauthorised
+            raise Unauthenticated
         try:
             session = await self.sessions.get(sid)
         except SessionError:
             session = None
         if session is None:
-            raise Unauthorised
+            raise Unauthenticated
         return session
 
     async def create_session(self, request: Request) -> Response:
@@ -226,9 +223,8 @@ class ChatService:
         return JSONResponse({"deleted": removed})
 
 
-async def serve(settings: Settings, host: str, port: int, responder: str | None) -> None:
+async def serve(service: ChatService, host: str, port: int) -> None:
     """Run the chat service; print ``READY http://host:port`` once it accepts requests."""
-    service = ChatService(open_store(settings), responder=load_responder(responder))
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

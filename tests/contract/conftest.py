@@ -17,28 +17,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import httpx
 import pytest
 
-from brainbot.kv import CloudflareKV, EmbeddedKV, GatewayKV, KVNamespace, RequestBudget, iter_keys
+from brainbot.kv import EmbeddedKV, GatewayKV, KVNamespace, ListLag, iter_keys
 from brainbot.kv.faults import Faults
+from tests.support.kv import fault_args, rest_client
 from tests.support.processes import Service, start_kv_server
-
-UNLIMITED = 10**9
-
-
-def rest_client(url: str, token: str, namespace_id: str, **kwargs: object) -> CloudflareKV:
-    kwargs.setdefault("budget", RequestBudget(UNLIMITED, 1.0))
-    return CloudflareKV(
-        account_id="test-account",
-        namespace_id=namespace_id,
-        api_token=token,
-        base_url=url,
-        **kwargs,  # type: ignore[arg-type]
-    )
 
 
 class FakeClock:
@@ -58,6 +46,8 @@ class Target:
     """Moves the target's clock forward; None where the target cannot."""
     with_faults: Callable[[Faults], AbstractAsyncContextManager[KVNamespace]] | None = None
     """A namespace of this target whose server injects faults; None where it cannot."""
+    fault_kinds: frozenset[str] = frozenset()
+    """The faults ``with_faults`` can inject (names of ``Faults`` fields); empty: all."""
 
     async def advance(self, seconds: float) -> None:
         if self.advance_clock is None:
@@ -65,7 +55,13 @@ class Target:
         await self.advance_clock(seconds)
 
     def faulty(self, faults: Faults, why: str) -> AbstractAsyncContextManager[KVNamespace]:
-        if self.with_faults is None:
+        default = Faults()
+        asked = {
+            f.name
+            for f in fields(faults)
+            if f.name != "seed" and getattr(faults, f.name) != getattr(default, f.name)
+        }
+        if self.with_faults is None or (self.fault_kinds and not asked <= self.fault_kinds):
             pytest.skip(f"{self.name}: {why}")
         return self.with_faults(faults)
 
@@ -144,8 +140,15 @@ async def target(
         async def advance(seconds: float) -> None:
             clock.now += seconds
 
+        @asynccontextmanager
+        async def lagging(faults: Faults) -> AsyncIterator[KVNamespace]:
+            # the one fault an embedded namespace can show: lists trailing writes (ListLag)
+            inner = EmbeddedKV(tmp_path / f"lag-{uuid.uuid4().hex}.sqlite3")
+            async with ListLag(inner, faults.list_lag) as kv:
+                yield kv
+
         async with EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock) as kv:
-            yield Target(name, kv, clock, advance)
+            yield Target(name, kv, clock, advance, lagging, frozenset({"list_lag"}))
         return
 
     if name == "rest-local":
@@ -181,24 +184,3 @@ async def target(
     async with rest_client(sim.url, api_token, "miniflare", clock=now) as kv:
         await _empty(kv)  # one namespace for the session: start each test empty
         yield Target(name, kv, now, advance)
-
-
-def fault_args(faults: Faults) -> list[str]:
-    args = []
-    for option, value in (
-        ("--error-rate", faults.error_rate),
-        ("--error-429-share", faults.error_429_share),
-        ("--retry-after", faults.retry_after),
-        ("--slow-rate", faults.slow_rate),
-        ("--slow-seconds", faults.slow_seconds),
-        ("--bulk-failure-rate", faults.bulk_failure_rate),
-        ("--budget", faults.budget),
-        ("--budget-window", faults.budget_window),
-        ("--list-lag", faults.list_lag),
-        ("--seed", faults.seed),
-    ):
-        if value is not None:
-            args += [option, str(value)]
-    if faults.key_write_limit:
-        args.append("--key-write-limit")
-    return args

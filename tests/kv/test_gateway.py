@@ -9,6 +9,7 @@ import logging
 import httpx
 import pytest
 
+from brainbot.composition import open_namespace
 from brainbot.config import Settings
 from brainbot.kv import (
     CloudflareKV,
@@ -19,7 +20,6 @@ from brainbot.kv import (
     PutItem,
     RetryPolicy,
 )
-from brainbot.kv.factory import open_namespace
 from tests.support.processes import Service
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from brainbot.kv import RateLimited, RequestBudget, RetryPolicy
 from brainbot.kv.faults import Faults
-from tests.contract.conftest import fault_args, rest_client
+from tests.support.kv import fault_args, rest_client
 from tests.support.processes import start_kv_server
 
 

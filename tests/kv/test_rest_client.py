@@ -24,7 +24,7 @@ from brainbot.kv import (
     iter_keys,
 )
 from brainbot.kv.faults import Faults
-from tests.contract.conftest import fault_args, rest_client
+from tests.support.kv import fault_args, rest_client
 from tests.support.processes import Service, start_kv_server
 
 

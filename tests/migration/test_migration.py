@@ -21,11 +21,11 @@ import redis.asyncio as aioredis
 from brainbot.config import Settings
 from brainbot.kv import BulkResult, EmbeddedKV, PutItem, iter_keys
 from brainbot.kv.faults import Faults
-from brainbot.migration import migrate_redis_to_kv, rollback, verify
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore
 from brainbot.storage.sessions import SessionStore
-from tests.contract.conftest import fault_args, rest_client
+from tests.support.kv import fault_args, rest_client
+from tests.support.migration import migrate, roll_back, verify_kv
 from tests.support.processes import free_port, start_kv_server, start_service
 
 
@@ -86,7 +86,7 @@ async def test_every_type_and_edge_arrives_as_the_new_code_reads_it(
 ) -> None:
     await fill(source)
     settings = settings_for(tmp_path)
-    report = await migrate_redis_to_kv(redis_url, settings=settings)
+    report = await migrate(redis_url, settings)
     assert report.verify_differences == 0
     assert report.skipped == {
         "key refused by KV: UTF-8 encoded length of 513 exceeds key length limit of 512.": 1,
@@ -136,9 +136,9 @@ async def test_running_twice_is_harmless(
 ) -> None:
     await fill(source, generic=5)
     settings = settings_for(tmp_path)
-    await migrate_redis_to_kv(redis_url, settings=settings)
+    await migrate(redis_url, settings)
     first = [k.name async for k in iter_keys(EmbeddedKV(settings.embedded_kv_path))]
-    again = await migrate_redis_to_kv(redis_url, settings=settings)
+    again = await migrate(redis_url, settings)
     assert again.verify_differences == 0
     assert [k.name async for k in iter_keys(EmbeddedKV(settings.embedded_kv_path))] == first
 
@@ -161,9 +161,7 @@ async def test_bulk_writes_are_full_and_never_split(
     await fill(source, generic=2000)
     settings = settings_for(tmp_path)
     kv = RecordingKV(settings.embedded_kv_path)
-    report = await migrate_redis_to_kv(
-        redis_url, settings=settings, namespace=kv, batch_entries=500, scan_count=50
-    )
+    report = await migrate(redis_url, settings, namespace=kv, batch_entries=500, scan_count=50)
     assert report.verify_differences == 0
     assert sum(kv.bulk_writes) == report.kv_entries
     # one bulk request each (a step never pushes a batch past it), and nearly full: steps
@@ -178,7 +176,7 @@ async def test_dry_run_plans_and_writes_nothing(
 ) -> None:
     await fill(source, generic=10)
     settings = settings_for(tmp_path)
-    report = await migrate_redis_to_kv(redis_url, settings=settings, dry_run=True)
+    report = await migrate(redis_url, settings, dry_run=True)
     assert report.keys_seen == await source.dbsize()
     assert report.kv_entries > 0
     assert (
@@ -195,9 +193,7 @@ async def test_skip_policy_for_short_ttls(
 
     await source.set("brief", "x", px=10_000)
     await source.set("long", "y", ex=600)
-    report = await migrate_redis_to_kv(
-        redis_url, settings=settings_for(tmp_path), options=Options(short_ttl="skip")
-    )
+    report = await migrate(redis_url, settings_for(tmp_path), options=Options(short_ttl="skip"))
     assert report.skipped == {"under 60 s left (policy: skip)": 1}
     assert report.migrated == {"string/generic": 1}
 
@@ -217,12 +213,10 @@ async def test_zero_differences_through_429s_5xx_partial_bulks_and_slow_answers(
     service = start_kv_server(tmp_path / "srv", api_token, *fault_args(faults))
     try:
         async with rest_client(service.url, api_token, "migration", bulk_max_items=500) as kv:
-            report = await migrate_redis_to_kv(
-                redis_url, settings=settings_for(tmp_path), namespace=kv, scan_count=200
-            )
+            report = await migrate(redis_url, settings_for(tmp_path), namespace=kv, scan_count=200)
             assert report.verify_differences == 0
             assert report.api_requests > 0
-            clean = await verify(redis_url, settings=settings_for(tmp_path), namespace=kv)
+            clean = await verify_kv(redis_url, settings_for(tmp_path), namespace=kv)
             assert clean.differences == []
             # SCAN may return a key twice (while Redis rehashes): at least every key once
             assert clean.checked >= await source.dbsize() - sum(report.skipped.values())
@@ -276,7 +270,7 @@ def test_kill_9_at_random_moments_then_resume(redis_url: str, tmp_path: Path) ->
 
     async def check() -> None:
         settings = Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
-        report = await verify(redis_url, settings=settings)
+        report = await verify_kv(redis_url, settings)
         assert report.differences == []
         async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as kv:
             for c in range(60):  # every message once, in order: no duplicates from re-done batches
@@ -292,11 +286,11 @@ async def test_rollback_restores_the_source_and_removes_exactly_the_runs_keys(
     await fill(source, generic=20)
     settings = settings_for(tmp_path)
     before = await dump(source)
-    report = await migrate_redis_to_kv(redis_url, settings=settings)
+    report = await migrate(redis_url, settings)
     async with EmbeddedKV(settings.embedded_kv_path) as kv:
         await kv.put("written-by-someone-else", b"keep me")
     await source.flushdb()  # disaster on the Redis side
-    result = await rollback(report.run_id, settings=settings, delete_kv=True, restore_to=redis_url)
+    result = await roll_back(report.run_id, settings, delete_kv=True, restore_to=redis_url)
     assert result.redis_restored == len(
         [k for k in before if k != b"events"]
     )  # streams are not migrated

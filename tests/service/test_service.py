@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from brainbot.composition import open_store
 from brainbot.config import Settings
-from brainbot.storage import open_store
 from brainbot.storage.conversations import ConversationStore
 from tests.support.processes import Service, start_kv_server, start_service
 
@@ -155,7 +155,7 @@ def test_a_failing_responder_leaves_no_half_turn(tmp_path: Path) -> None:
 APPENDER = textwrap.dedent(
     """
     import asyncio, sys
-    from brainbot.storage import open_store
+    from brainbot.composition import open_store
     from brainbot.storage.conversations import ConversationStore, Message
 
     async def main(writer, n):

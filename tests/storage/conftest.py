@@ -12,7 +12,7 @@ import redis.asyncio as aioredis
 
 from brainbot.kv import EmbeddedKV
 from brainbot.storage import KVStore
-from tests.contract.conftest import rest_client
+from tests.support.kv import rest_client
 from tests.support.processes import Service
 
 

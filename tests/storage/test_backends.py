@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from brainbot.config import ConfigError, Settings
+from brainbot.composition import open_store
+from brainbot.config import Settings
+from brainbot.errors import ConfigError
 from brainbot.kv import EmbeddedKV
-from brainbot.storage import DualStore, KVStore, open_store
+from brainbot.storage import DualStore, KVStore, RedisBackend
 from tests.support.processes import ROOT
 
 
@@ -48,7 +50,8 @@ async def test_redis_backend_is_redis(tmp_path: Path, redis_url: str) -> None:
     store = open_store(
         settings(tmp_path, BRAINBOT_STORAGE_BACKEND="redis", BRAINBOT_REDIS_URL=redis_url)
     )
-    assert isinstance(store, aioredis.Redis)
+    assert isinstance(store, RedisBackend)
+    assert isinstance(store.client, aioredis.Redis)  # redis-py's own client underneath
     await store.set("rollback", "ok")
     assert await store.get("rollback") == b"ok"
     await store.flushdb()

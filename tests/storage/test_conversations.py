@@ -17,7 +17,7 @@ from brainbot.kv.faults import Faults
 from brainbot.storage import DualStore, KVStore
 from brainbot.storage.conversations import ConversationError, ConversationStore, Message
 from brainbot.storage.sessions import SessionError, SessionNotFound, SessionStore
-from tests.contract.conftest import fault_args, rest_client
+from tests.support.kv import fault_args, rest_client
 from tests.support.processes import Service, start_kv_server
 
 

@@ -16,7 +16,7 @@ import pytest
 from brainbot.kv import EmbeddedKV
 from brainbot.kv.faults import Faults
 from brainbot.storage import KVStore, TTLTooShort, WriteRateExceeded, WrongTypeError
-from tests.contract.conftest import fault_args, rest_client
+from tests.support.kv import fault_args, rest_client
 from tests.support.processes import start_kv_server
 
 
@@ -73,7 +73,10 @@ async def test_short_ttl_can_be_refused_instead(tmp_path: Path) -> None:
 async def test_writes_to_one_key_are_spaced_a_second_apart(tmp_path: Path) -> None:
     clock = VirtualClock()
     async with KVStore(
-        EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock), clock=clock, sleep=clock.sleep
+        EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock),
+        clock=clock,
+        sleep=clock.sleep,
+        write_interval=1.0,  # Cloudflare's rule, on a namespace that does not need it
     ) as store:
         for _ in range(4):
             await store.incr("hits")
@@ -85,7 +88,10 @@ async def test_writes_to_one_key_are_spaced_a_second_apart(tmp_path: Path) -> No
 async def test_or_refused_with_a_clear_error(tmp_path: Path) -> None:
     clock = VirtualClock()
     async with KVStore(
-        EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock), clock=clock, write_rate="error"
+        EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock),
+        clock=clock,
+        write_rate="error",
+        write_interval=1.0,
     ) as store:
         await store.set("k", "first")
         with pytest.raises(WriteRateExceeded, match="one write per second per key"):
@@ -210,7 +216,9 @@ async def test_decode_responses_and_wrongtype(tmp_path: Path) -> None:
 async def test_a_refused_write_changes_nothing_even_in_memory(tmp_path: Path) -> None:
     clock = VirtualClock()
     namespace = EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock)
-    async with KVStore(namespace, clock=clock, write_rate="error", recent_window=60) as store:
+    async with KVStore(
+        namespace, clock=clock, write_rate="error", write_interval=1.0, recent_window=60
+    ) as store:
         await store.rpush("l", "a")
         with pytest.raises(WriteRateExceeded):
             await store.rpush("l", "b")
@@ -251,3 +259,15 @@ async def test_flushdb_waits_for_writes_under_way(tmp_path: Path) -> None:
         await store.flushdb()
         assert await pending == 2
         assert await store.keys() == []  # FLUSHDB came after the INCR, as in Redis
+
+
+async def test_the_stores_rules_follow_the_namespace_it_runs_on(tmp_path: Path) -> None:
+    from brainbot.kv import ReadYourWrites
+
+    async with KVStore(EmbeddedKV(tmp_path / "kv.sqlite3")) as local:
+        assert (local.write_interval, local.recent_window) == (0.0, 0.0)  # strongly consistent
+    remote = rest_client("http://127.0.0.1:9/client/v4", "token", "ns")
+    async with KVStore(remote) as store:
+        assert (store.write_interval, store.recent_window) == (1.0, 60.0)  # Cloudflare's rules
+        assert isinstance(store.namespace, ReadYourWrites)
+        assert store.namespace.inner is remote

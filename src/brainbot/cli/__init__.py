@@ -33,13 +33,15 @@ def serve_command(
     ] = None,
 ) -> None:
     """Run the chat service on the configured store; prints 'READY <url>'."""
-    import asyncio
-
-    from brainbot.config import Settings
+    from brainbot.cli.common import handled, run, settings
+    from brainbot.composition import chat_service
     from brainbot.service import serve
 
+    config = settings()
+    with handled():
+        service = chat_service(config, responder)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(Settings(), host, port, responder))
+        run(serve(service, host, port))
 
 
 @app.command()

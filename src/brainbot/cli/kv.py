@@ -12,50 +12,29 @@ import json
 import os
 import secrets
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
-from rich.console import Console
 
-from brainbot.config import ConfigError, Settings
-from brainbot.kv.errors import KVError, KVValidationError
-from brainbot.kv.factory import open_namespace
+from brainbot.cli.common import err, fail, handled, run, settings
+from brainbot.composition import kv_serve_dir, open_namespace
 from brainbot.kv.faults import Faults
 from brainbot.kv.namespace import KVNamespace, iter_keys
 
 T = TypeVar("T")
 kv_app = typer.Typer(help="Read and write the configured KV namespace (embedded by default).")
-err = Console(stderr=True, highlight=False)
-
-
-def fail(message: str, code: int) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
-    raise typer.Exit(code)
-
-
-@contextmanager
-def _clear_errors() -> Iterator[None]:
-    try:
-        yield
-    except KVValidationError as exc:
-        fail(exc.message, 2)
-    except KVError as exc:
-        fail(str(exc), 1)
-    except (ConfigError, ValidationError) as exc:
-        fail(f"configuration: {exc}", 2)
 
 
 def _run(work: Callable[[KVNamespace], Awaitable[T]]) -> T:
+    config = settings()
+
     async def go() -> T:
-        async with open_namespace(Settings()) as kv:
+        async with open_namespace(config) as kv:
             return await work(kv)
 
-    with _clear_errors():
-        return asyncio.run(go())
+    return run(go())
 
 
 @kv_app.command()
@@ -195,8 +174,7 @@ def serve_command(
     ] = False,
 ) -> None:
     """Serve Cloudflare's KV REST API on the embedded KV; prints 'READY <base-url>'."""
-    with _clear_errors():
-        data_dir = data if data is not None else Settings().data_dir / "kv-serve"
+    data_dir = data if data is not None else kv_serve_dir(settings())
     data_dir.mkdir(parents=True, exist_ok=True)
     if not token:
         token = secrets.token_urlsafe(32)
@@ -225,7 +203,8 @@ def serve_command(
 
     server = LocalKVServer(data_dir=data_dir, token=token, faults=faults, test_clock=test_clock)
     try:
-        asyncio.run(serve(server, host=host, port=port))
+        with handled():
+            asyncio.run(serve(server, host=host, port=port))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}", 2)
     except KeyboardInterrupt:

@@ -6,10 +6,8 @@ The source URL may hold a password: it is shown redacted everywhere. Exit codes:
 
 from __future__ import annotations
 
-import asyncio
 import json
-from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -23,14 +21,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from brainbot.cli.kv import fail
-from brainbot.config import ConfigError, Settings
-from brainbot.kv.errors import KVError
-from brainbot.migration import MigrationError, Options, migrate_redis_to_kv, rollback, verify
-from brainbot.migration.rollback import RollbackError
+from brainbot.cli.common import fail, run, settings
+from brainbot.composition import migration_runs, open_namespace
+from brainbot.config import Settings
+from brainbot.migration import Options, migrate_redis_to_kv, rollback, verify
 from brainbot.migration.source import redacted
 
-T = TypeVar("T")
 console = Console(stderr=True, highlight=False)
 
 Source = Annotated[
@@ -43,19 +39,6 @@ TLSCA = Annotated[
 ]
 ConversationPattern = Annotated[str, typer.Option(help="Legacy conversation lists.")]
 SessionPattern = Annotated[str, typer.Option(help="Legacy session strings.")]
-
-
-def _run(work: Awaitable[T]) -> T:
-    try:
-        return asyncio.run(work)  # type: ignore[arg-type]
-    except (ValueError, ConfigError, RollbackError) as exc:
-        fail(str(exc), 2)
-    except (MigrationError, KVError, OSError) as exc:
-        fail(str(exc), 1)
-    except Exception as exc:  # redis-py connection errors and the like: no traceback
-        if type(exc).__module__.startswith("redis"):
-            fail(f"Redis: {type(exc).__name__}: {exc}", 1)
-        raise
 
 
 def _options(settings: Settings, conversation: str, session: str, short_ttl: str) -> Options:
@@ -105,8 +88,8 @@ def migrate(
     ] = 10_000,
 ) -> None:
     """Migrate Redis/Upstash into the configured KV namespace (embedded by default)."""
-    settings = Settings()
-    options = _options(settings, conversation_pattern, session_pattern, short_ttl)
+    config = settings()
+    options = _options(config, conversation_pattern, session_pattern, short_ttl)
     with Progress(
         TextColumn("[bold]migrating[/]"),
         BarColumn(),
@@ -122,22 +105,25 @@ def migrate(
             speed = bar.tasks[0].speed
             bar.update(task, completed=done, total=total, rate=f"{speed:,.0f}" if speed else "-")
 
-        report = _run(
-            migrate_redis_to_kv(
-                source,
-                settings=settings,
-                options=options,
-                match=match,
-                type_=type_,
-                dry_run=dry_run,
-                resume=resume,
-                tls_ca_file=tls_ca_file,
-                progress=progress,
-                verify_after=verify_after,
-                scan_count=scan_count,
-                batch_entries=batch_entries,
-            )
-        )
+        async def work() -> Any:
+            async with open_namespace(config, purpose="bulk") as kv:  # verify uses it too
+                return await migrate_redis_to_kv(
+                    source,
+                    namespace=kv,
+                    runs=migration_runs(config),
+                    options=options,
+                    match=match,
+                    type_=type_,
+                    dry_run=dry_run,
+                    resume=resume,
+                    tls_ca_file=tls_ca_file,
+                    progress=progress,
+                    verify_after=verify_after,
+                    scan_count=scan_count,
+                    batch_entries=batch_entries,
+                )
+
+        report = run(work())
     console.print(_report_table(report))
     if dry_run:
         console.print("[yellow]dry run: nothing was written[/]")
@@ -157,18 +143,21 @@ def verify_command(
     tls_ca_file: TLSCA = None,
 ) -> None:
     """Compare every key of the source with KV (type, value, TTL) and list differences."""
-    settings = Settings()
-    options = _options(settings, conversation_pattern, session_pattern, "clamp")
-    report = _run(
-        verify(
-            source,
-            settings=settings,
-            options=options,
-            match=match,
-            type_=type_,
-            tls_ca_file=tls_ca_file,
-        )
-    )
+    config = settings()
+    options = _options(config, conversation_pattern, session_pattern, "clamp")
+
+    async def work() -> Any:
+        async with open_namespace(config, purpose="bulk") as kv:
+            return await verify(
+                source,
+                namespace=kv,
+                options=options,
+                match=match,
+                type_=type_,
+                tls_ca_file=tls_ca_file,
+            )
+
+    report = run(work())
     for difference in report.differences:
         console.print(f"[red]DIFF[/] {difference.key}: {difference.problem}")
     console.print(
@@ -191,15 +180,24 @@ def rollback_command(
     tls_ca_file: TLSCA = None,
 ) -> None:
     """Undo a migration run: delete its KV writes and/or restore Redis from its backup."""
-    report = _run(
-        rollback(
-            run_id,
-            settings=Settings(),
-            delete_kv=delete_kv,
-            restore_to=restore_to,
-            tls_ca_file=tls_ca_file,
-        )
-    )
+    config = settings()
+
+    async def work() -> Any:
+        kv = open_namespace(config, purpose="bulk") if delete_kv else None
+        try:
+            return await rollback(
+                run_id,
+                runs=migration_runs(config),
+                namespace=kv,
+                delete_kv=delete_kv,
+                restore_to=restore_to,
+                tls_ca_file=tls_ca_file,
+            )
+        finally:
+            if kv is not None:
+                await kv.aclose()
+
+    report = run(work())
     console.print(
         f"run {run_id}: deleted {report.kv_deleted} KV entries, restored {report.redis_restored} "
         f"Redis keys ({report.redis_expired} had expired since the backup)"

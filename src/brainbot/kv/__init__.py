@@ -2,7 +2,10 @@
 
 * :class:`EmbeddedKV` - SQLite on this machine, the default with no Cloudflare account;
 * :class:`CloudflareKV` - Cloudflare's REST API (or ``brainbot kv serve``, or Miniflare);
-* :func:`open_namespace` - picks one from the settings.
+* :class:`GatewayKV` - our gateway Worker, for live traffic;
+* :class:`ReadYourWrites` - any of them with this process's recent writes laid over.
+
+Which one a deployment uses is decided by ``brainbot.composition.open_namespace``.
 """
 
 from brainbot.kv.budget import RequestBudget
@@ -20,6 +23,7 @@ from brainbot.kv.errors import (
     KeyTooLong,
     KVError,
     KVRemoteError,
+    KVStorageError,
     KVTransportError,
     KVValidationError,
     MetadataTooLarge,
@@ -28,10 +32,12 @@ from brainbot.kv.errors import (
     ServerError,
     ValueTooLarge,
 )
-from brainbot.kv.factory import open_namespace
 from brainbot.kv.gateway import GatewayKV
 from brainbot.kv.namespace import (
+    CLOUDFLARE,
+    STRONG,
     BulkResult,
+    Consistency,
     Entry,
     KeyInfo,
     KVNamespace,
@@ -39,13 +45,17 @@ from brainbot.kv.namespace import (
     PutItem,
     iter_keys,
 )
+from brainbot.kv.overlay import ListLag, ReadYourWrites
 from brainbot.kv.rest import CloudflareKV, RetryPolicy
 
 __all__ = [
+    "CLOUDFLARE",
+    "STRONG",
     "AuthenticationError",
     "BulkResult",
     "BulkTooLarge",
     "CloudflareKV",
+    "Consistency",
     "EmbeddedKV",
     "Entry",
     "GatewayKV",
@@ -59,19 +69,21 @@ __all__ = [
     "KVError",
     "KVNamespace",
     "KVRemoteError",
+    "KVStorageError",
     "KVTransportError",
     "KVValidationError",
     "KeyInfo",
     "KeyTooLong",
+    "ListLag",
     "ListPage",
     "MetadataTooLarge",
     "NamespaceNotFound",
     "PutItem",
     "RateLimited",
+    "ReadYourWrites",
     "RequestBudget",
     "RetryPolicy",
     "ServerError",
     "ValueTooLarge",
     "iter_keys",
-    "open_namespace",
 ]

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Self, TypeVar
 
-from brainbot.kv.errors import InvalidCursor, KVError
+from brainbot.kv.errors import InvalidCursor, KVError, KVStorageError
 from brainbot.kv.limits import (
     JSON,
     check_cursor,
@@ -33,7 +33,7 @@ from brainbot.kv.limits import (
     list_limit,
     validate_put,
 )
-from brainbot.kv.namespace import BulkResult, Entry, KeyInfo, ListPage, PutItem
+from brainbot.kv.namespace import STRONG, BulkResult, Consistency, Entry, KeyInfo, ListPage, PutItem
 
 T = TypeVar("T")
 
@@ -83,26 +83,32 @@ def prefix_upper_bound(prefix: bytes) -> bytes | None:
 class EmbeddedKV:
     """A KV namespace stored in one SQLite file; safe to share between processes."""
 
+    consistency: Consistency = STRONG
+
     def __init__(
         self,
         path: str | Path,
         *,
         clock: Callable[[], float] = time.time,
         durable: bool = True,
+        busy_timeout: float = 30.0,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._clock = clock
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainbot-kv")
         self._writes = 0
         self._closed = False
-        self._conn = sqlite3.connect(
-            self.path, timeout=30.0, isolation_level=None, check_same_thread=False
-        )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
-        self._conn.execute("PRAGMA busy_timeout=30000")
-        self._conn.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
+            self._conn.executescript(_SCHEMA)
+        except (sqlite3.Error, OSError) as exc:
+            raise _storage_error(exc) from None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainbot-kv")
 
     def __repr__(self) -> str:
         return f"EmbeddedKV(path={str(self.path)!r})"
@@ -121,9 +127,14 @@ class EmbeddedKV:
         self._executor.shutdown(wait=True)
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        """Run one whole transaction on the connection's thread; SQLite's own errors
+        (locked past the busy timeout, I/O, disk full) leave as ``KVStorageError``."""
         if self._closed:
             raise KVError("This EmbeddedKV is closed.")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+        except sqlite3.Error as exc:
+            raise _storage_error(exc) from None
 
     # -- reads -------------------------------------------------------------------------
 
@@ -275,6 +286,11 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _storage_error(exc: sqlite3.Error | OSError) -> KVStorageError:
+    detail = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+    return KVStorageError(f"embedded KV: {type(exc).__name__}: {detail}")
 
 
 def _entry(row: tuple[bytes, int | None, str | None]) -> Entry:

@@ -43,7 +43,15 @@ from brainbot.kv.limits import (
     list_limit,
     validate_put,
 )
-from brainbot.kv.namespace import BulkResult, Entry, KeyInfo, ListPage, PutItem
+from brainbot.kv.namespace import (
+    CLOUDFLARE,
+    BulkResult,
+    Consistency,
+    Entry,
+    KeyInfo,
+    ListPage,
+    PutItem,
+)
 from brainbot.kv.rest import RetryPolicy, _parse_retry_after, _retry_hook
 
 MAX_KV_OPS = 1000  # per Worker invocation
@@ -73,6 +81,8 @@ class _Secret(httpx.Auth):
 
 class GatewayKV:
     """The KV namespace behind the gateway Worker at ``url``."""
+
+    consistency: Consistency = CLOUDFLARE
 
     def __init__(
         self,

@@ -5,9 +5,11 @@ codes as ``api.cloudflare.com/client/v4``, so the REST client is tested over rea
 without an account. Every namespace id maps to its own SQLite file under the data
 directory (created on first use, unlike Cloudflare, which answers 10013 for unknown ids).
 
-For resilience tests it injects :class:`~brainbot.kv.faults.Faults`; with ``test_clock``
-it also accepts ``POST /__brainbot/clock {"advance": seconds}`` so expiry can be shown
-without waiting.
+For resilience tests it injects :class:`~brainbot.kv.faults.Faults` (list lag through
+:class:`~brainbot.kv.overlay.ListLag`, the inverse of read-your-writes); with
+``test_clock`` it also accepts ``POST /__brainbot/clock {"advance": seconds}`` so expiry
+can be shown without waiting. ``GET /__brainbot/stats`` (same token) counts the requests
+it has answered, by route, so tests count API requests at the server.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import builtins
 import email.policy
 import hmac
 import json
@@ -24,6 +25,7 @@ import re
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -38,7 +40,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from brainbot.kv.embedded import EmbeddedKV, decode_cursor
+from brainbot.kv.embedded import EmbeddedKV
 from brainbot.kv.errors import (
     BulkTooLarge,
     InvalidExpiration,
@@ -61,7 +63,8 @@ from brainbot.kv.limits import (
     key_bytes,
     validate_put,
 )
-from brainbot.kv.namespace import Entry, KeyInfo, ListPage, PutItem
+from brainbot.kv.namespace import Entry, KeyInfo, KVNamespace, PutItem
+from brainbot.kv.overlay import ListLag
 
 log = logging.getLogger("brainbot.kv.local_server")
 _NS = "/client/v4/accounts/{account}/storage/kv/namespaces/{namespace}"
@@ -105,25 +108,18 @@ def error_response(exc: KVError) -> JSONResponse:
 
 
 @dataclass
-class _Mutation:
-    at: float
-    before: KeyInfo | None
-
-
-@dataclass
 class LocalKVServer:
-    """The ASGI application's state: namespaces, token, faults and the list-lag log."""
+    """The ASGI application's state: namespaces, token, faults and request counts."""
 
     data_dir: Path
     token: str
     faults: Faults = field(default_factory=Faults)
     test_clock: bool = False
     _clock: Callable[[], float] = field(init=False)
-    _namespaces: dict[str, EmbeddedKV] = field(init=False, default_factory=dict)
-    _recent: dict[str, dict[str, _Mutation]] = field(init=False, default_factory=dict)
+    _namespaces: dict[str, KVNamespace] = field(init=False, default_factory=dict)
     _injector: FaultInjector = field(init=False)
-    _write_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
     requests: int = field(init=False, default=0)
+    by_route: Counter[str] = field(init=False, default_factory=Counter)
 
     def __post_init__(self) -> None:
         if not self.token:
@@ -143,6 +139,7 @@ class LocalKVServer:
             Route(_NS + "/bulk/delete", self._bulk_delete, methods=["POST"]),
             Route(_NS + "/bulk/get", self._bulk_get, methods=["POST"]),
         ]
+        routes.append(Route("/__brainbot/stats", self._stats, methods=["GET"]))
         if self.test_clock:
             routes.append(Route("/__brainbot/clock", self._advance_clock, methods=["POST"]))
 
@@ -183,6 +180,7 @@ class LocalKVServer:
     async def _guard(self, request: Request) -> Response | None:
         """Authentication first, then the injected faults, as Cloudflare's edge would."""
         self.requests += 1
+        self.by_route[_route_name(request)] += 1
         if not self._authorised(request):
             return envelope(errors=[(10000, "Authentication error")], status=401)
         lockout = self._injector.over_budget()
@@ -205,7 +203,7 @@ class LocalKVServer:
             return envelope(errors=[(10001, "Internal error (injected)")], status=status)
         return None
 
-    def _namespace(self, request: Request) -> EmbeddedKV:
+    def _namespace(self, request: Request) -> KVNamespace:
         namespace_id = request.path_params["namespace"]
         if not _NAMESPACE_ID.match(namespace_id):
             raise _NotFound(10013, "namespace not found")
@@ -214,6 +212,8 @@ class LocalKVServer:
             kv = EmbeddedKV(
                 self.data_dir / f"{namespace_id}.sqlite3", clock=self._clock, durable=False
             )
+            if self.faults.list_lag:
+                kv = ListLag(kv, self.faults.list_lag)
             self._namespaces[namespace_id] = kv
         return kv
 
@@ -251,58 +251,6 @@ class LocalKVServer:
             log.exception("local KV server: unexpected error")
             return envelope(errors=[(10001, "Internal error")], status=500)
 
-    # -- list lag (eventual consistency) -------------------------------------------------
-
-    @asynccontextmanager
-    async def _writing(
-        self, request: Request, kv: EmbeddedKV, keys: builtins.list[str]
-    ) -> AsyncIterator[None]:
-        """Around a write: note what list should keep showing for ``list_lag`` seconds.
-        One lock per server, so two writes to one key cannot both record the same past."""
-        if not self.faults.list_lag:
-            yield
-            return
-        async with self._write_lock:
-            recent = self._recent.setdefault(request.path_params["namespace"], {})
-            now = time.monotonic()
-            lag = self.faults.list_lag
-            stale = [k for k in keys if k not in recent or recent[k].at <= now - lag]
-            if stale:
-                current = await kv.get_many(stale)
-                for key in stale:
-                    entry = current[key]
-                    before = (
-                        None if entry is None else KeyInfo(key, entry.expiration, entry.metadata)
-                    )
-                    recent[key] = _Mutation(now, before)
-            yield
-            for key in keys:
-                recent[key].at = time.monotonic()
-
-    def _lagging(
-        self, request: Request, page: ListPage, prefix: str, after: str | None
-    ) -> ListPage:
-        recent = self._recent.get(request.path_params["namespace"], {})
-        now = time.monotonic()
-        fresh = {k: m for k, m in recent.items() if m.at > now - self.faults.list_lag}
-        for key in [k for k, m in recent.items() if m.at <= now - self.faults.list_lag]:
-            del recent[key]
-        if not fresh:
-            return page
-        last = page.keys[-1].name.encode() if page.keys and page.cursor else None
-        shown = {k.name: k for k in page.keys if k.name not in fresh}
-        for key, mutation in fresh.items():
-            raw = key.encode()
-            in_range = (
-                key.startswith(prefix)
-                and (after is None or raw > after.encode())
-                and (last is None or raw <= last)
-            )
-            if in_range and mutation.before is not None:
-                shown[key] = mutation.before
-        keys = sorted(shown.values(), key=lambda k: k.name.encode())
-        return ListPage(keys=keys, cursor=page.cursor)
-
     # -- routes ------------------------------------------------------------------------
 
     async def _values(self, request: Request) -> Response:
@@ -317,17 +265,13 @@ class LocalKVServer:
             if request.method == "DELETE":
                 if self._injector.too_soon(f"{request.path_params['namespace']}/{key}"):
                     raise _TooSoon
-                async with self._writing(request, kv, [key]):
-                    await kv.delete(key)
+                await kv.delete(key)
                 return envelope()
             value, metadata = await _read_put_body(request)
             expiration, ttl = _expiry_params(request.query_params)
             if self._injector.too_soon(f"{request.path_params['namespace']}/{key}"):
                 raise _TooSoon
-            async with self._writing(request, kv, [key]):
-                await kv.put(
-                    key, value, expiration=expiration, expiration_ttl=ttl, metadata=metadata
-                )
+            await kv.put(key, value, expiration=expiration, expiration_ttl=ttl, metadata=metadata)
             return envelope()
 
         return await self._serve(request, handle)
@@ -354,9 +298,6 @@ class LocalKVServer:
                 ) from None
             prefix, cursor = params.get("prefix", ""), params.get("cursor") or None
             page = await kv.list(prefix=prefix, cursor=cursor, limit=limit)
-            if self.faults.list_lag:
-                after = _cursor_key(cursor)
-                page = self._lagging(request, page, prefix, after)
             return envelope(
                 [_key_json(k) for k in page.keys],
                 result_info={"count": len(page.keys), "cursor": page.cursor or ""},
@@ -383,8 +324,7 @@ class LocalKVServer:
             kv_items = list({item.key: item for item in items}.values())
             failed = self._injector.failed_bulk_keys([item.key for item in kv_items])
             to_write = [item for item in kv_items if item.key not in failed]
-            async with self._writing(request, kv, [item.key for item in to_write]):
-                await kv.put_many(to_write)
+            await kv.put_many(to_write)
             written = sum(1 for item in items if item.key not in failed)
             return envelope({"successful_key_count": written, "unsuccessful_keys": sorted(failed)})
 
@@ -404,8 +344,7 @@ class LocalKVServer:
                 key_bytes(key)
             failed = self._injector.failed_bulk_keys(body)
             to_delete = [k for k in body if k not in failed]
-            async with self._writing(request, kv, to_delete):
-                await kv.delete_many(to_delete)
+            await kv.delete_many(to_delete)
             return envelope(
                 {"successful_key_count": len(to_delete), "unsuccessful_keys": sorted(failed)}
             )
@@ -438,6 +377,17 @@ class LocalKVServer:
 
         return await self._serve(request, handle)
 
+    async def _stats(self, request: Request) -> Response:
+        if not self._authorised(request):
+            return envelope(errors=[(10000, "Authentication error")], status=401)
+        return envelope(
+            {
+                "requests": self.requests,
+                "by_route": dict(self.by_route),
+                "budget_rejections": self._injector.budget_rejections,
+            }
+        )
+
     async def _advance_clock(self, request: Request) -> Response:
         if not self._authorised(request):
             return envelope(errors=[(10000, "Authentication error")], status=401)
@@ -456,8 +406,16 @@ class _NotFound(Exception):
         self.code, self.message = code, message
 
 
-def _cursor_key(cursor: str | None) -> str | None:
-    return None if cursor is None else decode_cursor(cursor).decode("utf-8", "replace")
+def _route_name(request: Request) -> str:
+    """``METHOD kind`` of an API request (``PUT values``, ``POST bulk/get``, ``GET keys``)."""
+    path = request.url.path
+    marker = "/storage/kv/namespaces/"
+    if marker not in path:
+        return f"{request.method} {path}"
+    rest = path.split(marker, 1)[1].split("/", 1)
+    tail = rest[1] if len(rest) > 1 else ""
+    kind = tail.split("/", 1)[0] if tail.startswith(("values/", "metadata/")) else tail
+    return f"{request.method} {kind}"
 
 
 def _key_json(info: KeyInfo) -> dict[str, Any]:

@@ -16,6 +16,23 @@ from brainbot.kv.limits import JSON
 
 
 @dataclass(frozen=True, slots=True)
+class Consistency:
+    """What a namespace promises about its writes; the stores above size their own rules
+    (write spacing, read-your-writes memory) from it, never from configuration flags."""
+
+    eventual: bool
+    """Other readers (and lists) may see a write late: 60 s or more on Cloudflare."""
+    key_write_interval: float
+    """Seconds the service wants between two writes to one key (Cloudflare: 1 s, else 429)."""
+
+
+STRONG = Consistency(eventual=False, key_write_interval=0.0)
+"""The embedded KV: one SQLite file, every reader sees every committed write at once."""
+CLOUDFLARE = Consistency(eventual=True, key_write_interval=1.0)
+"""Workers KV, through the REST API or a Worker's binding."""
+
+
+@dataclass(frozen=True, slots=True)
 class Entry:
     """A stored value with its absolute expiry (epoch seconds) and metadata."""
 
@@ -79,6 +96,11 @@ class BulkResult:
 @runtime_checkable
 class KVNamespace(Protocol):
     """A Cloudflare Workers KV namespace: embedded (SQLite), REST, or gateway Worker."""
+
+    @property
+    def consistency(self) -> Consistency:
+        """How this namespace's writes show to other readers (see :class:`Consistency`)."""
+        ...
 
     async def get(self, key: str) -> Entry | None:
         """The live entry under ``key``, or None if missing or expired."""

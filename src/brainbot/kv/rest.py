@@ -62,7 +62,15 @@ from brainbot.kv.limits import (
     validate_put,
     value_bytes,
 )
-from brainbot.kv.namespace import BulkResult, Entry, KeyInfo, ListPage, PutItem
+from brainbot.kv.namespace import (
+    CLOUDFLARE,
+    BulkResult,
+    Consistency,
+    Entry,
+    KeyInfo,
+    ListPage,
+    PutItem,
+)
 
 DEFAULT_BASE_URL = "https://api.cloudflare.com/client/v4"
 _NOT_FOUND = 10009
@@ -211,6 +219,8 @@ def _batches(sizes: Sequence[int], max_items: int, max_bytes: int) -> builtins.l
 
 class CloudflareKV:
     """One Workers KV namespace through Cloudflare's REST API (or a server speaking it)."""
+
+    consistency: Consistency = CLOUDFLARE
 
     def __init__(
         self,

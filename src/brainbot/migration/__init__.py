@@ -3,8 +3,9 @@
 See docs/migration.md for the runbook and docs/rollback.md for the way back.
 """
 
+from brainbot.errors import MigrationError, RollbackError
 from brainbot.migration.rollback import RollbackReport, rollback
-from brainbot.migration.run import MigrationError, Report, migrate_redis_to_kv
+from brainbot.migration.run import Report, migrate_redis_to_kv
 from brainbot.migration.transform import Options
 from brainbot.migration.verify import Difference, VerifyReport, verify
 
@@ -13,6 +14,7 @@ __all__ = [
     "MigrationError",
     "Options",
     "Report",
+    "RollbackError",
     "RollbackReport",
     "VerifyReport",
     "migrate_redis_to_kv",

@@ -17,15 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brainbot.config import Settings
-from brainbot.kv.factory import open_namespace
+from brainbot.errors import RollbackError
 from brainbot.kv.namespace import KVNamespace
-from brainbot.migration.run import runs_dir
-from brainbot.migration.source import connect
-
-
-class RollbackError(RuntimeError):
-    pass
+from brainbot.migration.source import connect, translated
 
 
 @dataclass
@@ -37,10 +31,10 @@ class RollbackReport:
     redis_expired: int = 0
 
 
-def _run_dir(settings: Settings, run_id: str) -> Path:
-    path = runs_dir(settings) / run_id
+def _run_dir(runs: Path, run_id: str) -> Path:
+    path = runs / run_id
     if not (path / "state.json").exists():
-        raise RollbackError(f"No migration run {run_id!r} under {runs_dir(settings)}.")
+        raise RollbackError(f"No migration run {run_id!r} under {runs}.")
     return path
 
 
@@ -85,16 +79,19 @@ async def _restore(redis: Any, key: bytes, record: dict[str, Any]) -> bool:
 async def rollback(
     run_id: str,
     *,
-    settings: Settings | None = None,
+    runs: Path,
     namespace: KVNamespace | None = None,
     delete_kv: bool = False,
     restore_to: str | None = None,
     tls_ca_file: str | None = None,
 ) -> RollbackReport:
-    settings = settings or Settings()
+    """Undo run ``run_id`` (its files under ``runs``): ``delete_kv`` deletes from
+    ``namespace`` what the run wrote; ``restore_to`` writes its backup into that Redis."""
     if not delete_kv and restore_to is None:
         raise RollbackError("Nothing to do: choose delete_kv and/or restore_to.")
-    run_dir = _run_dir(settings, run_id)
+    if delete_kv and namespace is None:
+        raise RollbackError("Deleting a run's KV entries needs the namespace it wrote to.")
+    run_dir = _run_dir(runs, run_id)
     report = RollbackReport(run_id)
     if delete_kv:
         keys: list[str] = []
@@ -103,22 +100,19 @@ async def rollback(
             for line in manifest.read_text().splitlines():
                 keys += json.loads(line)["kv_keys"]
         keys = list(dict.fromkeys(keys))
-        kv = namespace if namespace is not None else open_namespace(settings, purpose="bulk")
-        try:
-            result = await kv.delete_many(keys)
-        finally:
-            if namespace is None:
-                await kv.aclose()
+        assert namespace is not None
+        result = await namespace.delete_many(keys)
         report.kv_deleted = result.successful_key_count
         report.kv_unsuccessful = list(result.unsuccessful_keys)
     if restore_to is not None:
         redis = connect(restore_to, tls_ca_file=tls_ca_file)
         try:
-            for key, record in backup_records(run_dir / "backup.jsonl.gz").items():
-                if await _restore(redis, key, record):
-                    report.redis_restored += 1
-                else:
-                    report.redis_expired += 1
+            with translated():
+                for key, record in backup_records(run_dir / "backup.jsonl.gz").items():
+                    if await _restore(redis, key, record):
+                        report.redis_restored += 1
+                    else:
+                        report.redis_expired += 1
         finally:
             await redis.aclose()
     return report

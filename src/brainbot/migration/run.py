@@ -14,7 +14,8 @@ that survives kill -9:
 
 A run killed anywhere resumes from its last checkpoint (``resume=True``); the batch in
 flight is read and written again, which is harmless: the same keys get the same values, and
-legacy messages get the same ids. Files live in ``$BRAINBOT_DATA_DIR/migrations/<run id>/``.
+legacy messages get the same ids. Files live in ``<runs>/<run id>/`` (the CLI passes
+``$BRAINBOT_DATA_DIR/migrations``).
 """
 
 from __future__ import annotations
@@ -32,20 +33,24 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from brainbot.config import Settings
-from brainbot.kv.factory import open_namespace
+from brainbot.errors import MigrationError
 from brainbot.kv.namespace import KVNamespace
+from brainbot.kv.overlay import ReadYourWrites
 from brainbot.kv.rest import CloudflareKV
-from brainbot.migration.source import SUPPORTED, Record, connect, read, redacted, scan_batches
+from brainbot.migration.source import (
+    SUPPORTED,
+    Record,
+    connect,
+    read,
+    redacted,
+    scan_batches,
+    translated,
+)
 from brainbot.migration.transform import Options, Plan, checksum, plan, size_of
 
 BACKUP_RETENTION_DAYS = 30
 WRITE_ENTRIES = 10_000  # one full bulk request
 WRITE_BYTES = 64 * 1024 * 1024  # or sooner, so memory stays bounded with big values
-
-
-class MigrationError(RuntimeError):
-    """The run stopped; its checkpoint lets ``resume=True`` continue where it was."""
 
 
 @dataclass
@@ -122,15 +127,11 @@ def backup_line(record: Record, now_ms: int) -> str:
     )
 
 
-def runs_dir(settings: Settings) -> Path:
-    return settings.data_dir / "migrations"
-
-
-def prune_backups(settings: Settings, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
+def prune_backups(runs: Path, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
     """Delete the backups of finished runs older than ``days``; returns their run ids."""
     pruned = []
     cutoff = time.time() - days * 86400
-    for state_file in runs_dir(settings).glob("*/state.json"):
+    for state_file in runs.glob("*/state.json"):
         state = json.loads(state_file.read_text())
         backup = state_file.parent / "backup.jsonl.gz"
         if state.get("done") and state.get("finished_at", time.time()) < cutoff and backup.exists():
@@ -143,9 +144,9 @@ def _fingerprint(source: str, match: str | None, type_: str | None, options: Opt
     return json.dumps([redacted(source), match, type_, asdict(options)], sort_keys=True)
 
 
-def _find_resumable(settings: Settings, fingerprint: str) -> dict[str, Any] | None:
+def _find_resumable(runs: Path, fingerprint: str) -> dict[str, Any] | None:
     candidates = []
-    for state_file in runs_dir(settings).glob("*/state.json"):
+    for state_file in runs.glob("*/state.json"):
         state = json.loads(state_file.read_text())
         if state.get("fingerprint") == fingerprint and not state.get("done"):
             candidates.append(state)
@@ -159,8 +160,8 @@ ProgressHook = Callable[[int, int | None], None]
 async def migrate_redis_to_kv(
     source: str,
     *,
-    settings: Settings | None = None,
-    namespace: KVNamespace | None = None,
+    namespace: KVNamespace,
+    runs: Path,
     options: Options | None = None,
     match: str | None = None,
     type_: str | None = None,
@@ -172,12 +173,12 @@ async def migrate_redis_to_kv(
     progress: ProgressHook | None = None,
     verify_after: bool = True,
 ) -> Report:
-    """Migrate every key of ``source`` (matching ``match``/``type_``) into the namespace."""
-    settings = settings or Settings()
-    options = options or Options(prefix=settings.kv_prefix)
+    """Migrate every key of ``source`` (matching ``match``/``type_``) into ``namespace``
+    (the caller opens and closes it), keeping the run's files under ``runs``."""
+    options = options or Options()
     started = time.monotonic()
     fingerprint = _fingerprint(source, match, type_, options)
-    state = _find_resumable(settings, fingerprint) if resume and not dry_run else None
+    state = _find_resumable(runs, fingerprint) if resume and not dry_run else None
     if resume and not dry_run and state is None:
         raise MigrationError("Nothing to resume: no unfinished run with these options.")
     if state is None:
@@ -199,14 +200,13 @@ async def migrate_redis_to_kv(
         report.skipped.update(saved["skipped"])
         report.notes.update(saved["notes"])
         report.api_requests = saved["api_requests"]
-    run_dir = runs_dir(settings) / state["run_id"]
+    run_dir = runs / state["run_id"]
     if not dry_run:
         run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        prune_backups(settings)
+        prune_backups(runs)
 
     redis = connect(source, tls_ca_file=tls_ca_file)
-    own_namespace = namespace is None
-    kv = namespace if namespace is not None else open_namespace(settings, purpose="bulk")
+    kv = namespace
     budget_before, earlier_requests = _requests(kv), report.api_requests
 
     async def checkpoint(batch: _Pending) -> None:
@@ -218,7 +218,8 @@ async def migrate_redis_to_kv(
         batch.clear()
 
     try:
-        total = None if match or type_ else int(await redis.dbsize())
+        with translated():
+            total = None if match or type_ else int(await redis.dbsize())
         pending = _Pending()  # planned, not yet written
         async for cursor, keys in scan_batches(
             redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
@@ -248,14 +249,11 @@ async def migrate_redis_to_kv(
             (run_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     finally:
         await redis.aclose()
-        if own_namespace:
-            await kv.aclose()
     if verify_after and not dry_run:
         from brainbot.migration.verify import verify
 
         differences = await verify(
             source,
-            settings=settings,
             namespace=namespace,
             options=options,
             match=match,
@@ -294,6 +292,8 @@ class _Pending:
 
 def _requests(kv: KVNamespace) -> int:
     """API requests the namespace has sent so far (0 for the embedded KV)."""
+    while isinstance(kv, ReadYourWrites):
+        kv = kv.inner
     return kv.budget.requests if isinstance(kv, CloudflareKV) else 0
 
 
@@ -345,5 +345,5 @@ async def _write_batch(
     )
 
 
-def remove_run(settings: Settings, run_id: str) -> None:
-    shutil.rmtree(runs_dir(settings) / run_id, ignore_errors=True)
+def remove_run(runs: Path, run_id: str) -> None:
+    shutil.rmtree(runs / run_id, ignore_errors=True)

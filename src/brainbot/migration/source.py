@@ -2,16 +2,21 @@
 
 A batch of keys is read with two pipelined round trips: TYPE and PTTL of each key, then
 the value by its type. A key that expires or changes type between the two is reported,
-never guessed at.
+never guessed at. redis-py's errors are translated here, where Redis's data enters: a
+refused or dropped connection is ``RedisUnavailable``, any other error reply a
+``MigrationError``.
 """
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
+
+from brainbot.errors import ConfigError, InvalidInput, MigrationError, RedisUnavailable
 
 SUPPORTED = ("string", "list", "hash", "set", "zset")
 
@@ -37,17 +42,33 @@ def redacted(url: str) -> str:
     return urlunsplit((parts.scheme, f"{user}{host}{port}", parts.path, parts.query, ""))
 
 
+@contextmanager
+def translated() -> Iterator[None]:
+    """redis-py's errors as brainbot's: connection trouble is ``RedisUnavailable``, an
+    error reply ``MigrationError`` (neither carries the URL, so no password)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import RedisError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        raise RedisUnavailable(f"Redis: {type(exc).__name__}: {exc}") from None
+    except RedisError as exc:
+        raise MigrationError(f"Redis: {type(exc).__name__}: {exc}") from None
+
+
 def connect(url: str, *, tls_ca_file: str | None = None) -> Any:
     """A redis-py client for ``redis://`` or ``rediss://`` (TLS, as Upstash uses)."""
     scheme = urlsplit(url).scheme
     if scheme not in ("redis", "rediss"):
-        raise ValueError(
+        raise InvalidInput(
             f"The source must be a redis:// or rediss:// URL, not {scheme or 'none'}://."
         )
     try:
         import redis.asyncio as aioredis
     except ImportError:
-        raise RuntimeError("The migration needs redis-py: pip install 'brainbot[redis]'.") from None
+        raise ConfigError("The migration needs redis-py: pip install 'brainbot[redis]'.") from None
     options: dict[str, Any] = {}
     if scheme == "rediss" and tls_ca_file:
         options["ssl_ca_certs"] = tls_ca_file
@@ -65,7 +86,8 @@ async def scan_batches(
 ) -> AsyncIterator[tuple[int, list[bytes]]]:
     """(next cursor, keys) for each SCAN step, starting at ``cursor``; ends at cursor 0."""
     while True:
-        cursor, keys = await redis.scan(cursor=cursor, match=match, count=count, _type=type_)
+        with translated():
+            cursor, keys = await redis.scan(cursor=cursor, match=match, count=count, _type=type_)
         yield int(cursor), list(keys)
         if int(cursor) == 0:
             return
@@ -75,6 +97,11 @@ async def read(redis: Any, keys: list[bytes]) -> list[Record]:
     """Type, TTL and value of each key (type ``none`` if it vanished)."""
     if not keys:
         return []
+    with translated():
+        return await _read(redis, keys)
+
+
+async def _read(redis: Any, keys: list[bytes]) -> list[Record]:
     pipe = redis.pipeline(transaction=False)
     for key in keys:
         pipe.type(key)

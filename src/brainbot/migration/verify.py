@@ -16,8 +16,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from brainbot.config import Settings
-from brainbot.kv.factory import open_namespace
 from brainbot.kv.namespace import Entry, KVNamespace, PutItem, iter_keys
 from brainbot.migration.source import connect, read, scan_batches
 from brainbot.migration.transform import Options, Plan, plan
@@ -74,8 +72,7 @@ def _compare(p: Plan, item: PutItem, actual: Entry, tolerance_ms: int) -> str | 
 async def verify(
     source: str,
     *,
-    settings: Settings | None = None,
-    namespace: KVNamespace | None = None,
+    namespace: KVNamespace,
     options: Options | None = None,
     match: str | None = None,
     type_: str | None = None,
@@ -83,11 +80,11 @@ async def verify(
     ttl_tolerance_ms: int = 5_000,
     recheck_after: float = 2.0,
 ) -> VerifyReport:
-    settings = settings or Settings()
-    options = options or Options(prefix=settings.kv_prefix)
+    """Compare every key of ``source`` with ``namespace`` (the caller opens and closes it)."""
+    options = options or Options()
     report = VerifyReport()
     redis = connect(source, tls_ca_file=tls_ca_file)
-    kv = namespace if namespace is not None else open_namespace(settings, purpose="bulk")
+    kv = namespace
     missing: list[tuple[Plan, PutItem]] = []
     try:
         async for _, keys in scan_batches(redis, match=match, type_=type_):
@@ -111,8 +108,6 @@ async def verify(
                     report.differences.append(Difference(p.name, problem))
     finally:
         await redis.aclose()
-        if namespace is None:
-            await kv.aclose()
     return report
 
 

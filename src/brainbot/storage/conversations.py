@@ -16,8 +16,9 @@ key, so concurrent appends never touch the same key::
   millisecond); across processes, messages order by time, ties by writer id.
 * The cap (messages or age) and the TTL are enforced on every read, so every backend
   answers the same; on KV each message also carries its own expiry.
-* Read-your-writes: this process remembers what it appended for 60 s and merges it into
-  listings that have not caught up yet (KV's list is eventually consistent).
+* Read-your-writes: on an eventually consistent namespace the store's namespace is wrapped
+  in :class:`~brainbot.kv.overlay.ReadYourWrites` (shared with ``KVStore``), which merges
+  this process's appends and deletes into listings that have not caught up yet.
 
 On Redis (``BRAINBOT_STORAGE_BACKEND=redis``) a conversation is the legacy layout, a list
 ``conversation:{id}`` of JSON messages (RPUSH is atomic there), so a rollback reads what the
@@ -34,17 +35,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from brainbot.errors import ConversationError
 from brainbot.kv.limits import JSON, MAX_METADATA_BYTES, MIN_EXPIRATION_TTL
 from brainbot.kv.namespace import KVNamespace, PutItem, iter_keys
 from brainbot.storage.dual import DualStore
 from brainbot.storage.kv_store import KVStore
+from brainbot.storage.protocol import Store
 
 _INVERT = 10**13  # ms timestamps below this (until the year 2286) invert to 13 digits
 ROLES = frozenset({"system", "user", "assistant", "tool"})
-
-
-class ConversationError(ValueError):
-    """Bad input to the conversation store (unknown role, empty id, bad limit...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,30 +153,16 @@ class KVLayout:
         prefix: str,
         clock: Callable[[], float],
         ttl: int | None,
-        recent_window: float,
     ) -> None:
         self.namespace = namespace
         self.prefix = prefix
         self._clock = clock
         self._ids = _Ids(clock)
         self._ttl = ttl
-        self._recent_window = recent_window
-        self._recent: dict[str, dict[str, tuple[float, Message | None]]] = {}
-        self._indexed: set[tuple[str, str]] = set()
+        self._indexed: set[tuple[str, str]] = set()  # index entries written: no second write
 
     def _key(self, cid: str, mid: str = "") -> str:
         return f"{self.prefix}conv/{cid}/{mid}"
-
-    def _note(self, cid: str, mid: str, message: Message | None) -> None:
-        if self._recent_window <= 0:
-            return
-        now = self._clock()
-        notes = self._recent.setdefault(cid, {})
-        notes[mid] = (now, message)
-        for old in [m for m, (at, _) in notes.items() if now - at >= self._recent_window]:
-            del notes[old]
-        for quiet in [c for c, n in self._recent.items() if c != cid and not n]:
-            del self._recent[quiet]
 
     async def append(self, cid: str, message: Message, user_id: str | None) -> Message:
         stored = Message(
@@ -187,7 +172,6 @@ class KVLayout:
         await self.namespace.put(
             item.key, item.value, expiration_ttl=item.expiration_ttl, metadata=item.metadata
         )
-        self._note(cid, stored.id, stored)
         if user_id is not None and (user_id, cid) not in self._indexed:
             await self.namespace.put(
                 f"{self.prefix}user/{user_id}/{cid}", "", metadata={"since": stored.timestamp}
@@ -195,21 +179,12 @@ class KVLayout:
             self._indexed.add((user_id, cid))
         return stored
 
-    def _merge(self, cid: str, listed: dict[str, Message | None]) -> dict[str, Message | None]:
-        now = self._clock()
-        for mid, (at, message) in self._recent.get(cid, {}).items():
-            if now - at < self._recent_window:
-                listed[mid] = message  # our own append or delete, even if list lags
-        return listed
-
     async def newest(self, cid: str, limit: int, before: str | None) -> list[Message]:
         prefix = self._key(cid)
         found: dict[str, Message | None] = {}
         big: list[str] = []
-        deleted = sum(1 for _, m in self._recent.get(cid, {}).values() if m is None)
-        wanted = limit + deleted  # room for messages this process deleted but list still shows
         async for info in iter_keys(
-            self.namespace, prefix=prefix, page_size=min(max(wanted, 10), 1000)
+            self.namespace, prefix=prefix, page_size=min(max(limit, 10), 1000)
         ):
             mid = info.name[len(prefix) :]
             if before is not None and mid <= before:
@@ -220,36 +195,28 @@ class KVLayout:
                 found[mid] = None
             else:
                 found[mid] = Message(meta["r"], meta["c"], meta["t"], meta.get("m"), mid)
-            if len(found) >= wanted:
+            if len(found) >= limit:
                 break
         if big:
             entries = await self.namespace.get_many([self._key(cid, m) for m in big])
             for mid in big:
                 entry = entries[self._key(cid, mid)]
                 found[mid] = None if entry is None else Message(**json.loads(entry.value))
-        merged = self._merge(cid, found)
-        ordered = sorted(
-            (m for mid, m in merged.items() if m is not None and (before is None or mid > before)),
-            key=lambda m: m.id,
-        )
+        ordered = sorted((m for m in found.values() if m is not None), key=lambda m: m.id)
         return ordered[:limit]
 
     async def index(self, cid: str) -> list[tuple[str, float]]:
         """Every message id with its timestamp, newest first, from names and metadata only."""
         prefix = self._key(cid)
-        listed: dict[str, Message | None] = {}
+        listed: list[tuple[str, float]] = []
         async for info in iter_keys(self.namespace, prefix=prefix):
             meta = info.metadata if isinstance(info.metadata, dict) else {}
-            mid = info.name[len(prefix) :]
-            listed[mid] = Message("user", "", float(meta.get("t", 0.0)), None, mid)
-        merged = self._merge(cid, listed)
-        return sorted((mid, m.timestamp) for mid, m in merged.items() if m is not None)
+            listed.append((info.name[len(prefix) :], float(meta.get("t", 0.0))))
+        return sorted(listed)
 
     async def remove(self, cid: str, ids: Sequence[str]) -> None:
         if ids:
             await self.namespace.delete_many([self._key(cid, m) for m in ids])
-            for mid in ids:
-                self._note(cid, mid, None)
 
     async def delete(self, cid: str) -> int:
         ids = [mid for mid, _ in await self.index(cid)]
@@ -261,7 +228,6 @@ class KVLayout:
         listed = {
             info.name[len(prefix) :] async for info in iter_keys(self.namespace, prefix=prefix)
         }
-        listed |= {cid for user, cid in self._indexed if user == user_id}  # even if list lags
         return sorted(listed, key=lambda c: c.encode())
 
 
@@ -380,7 +346,7 @@ class ConversationStore:
 
     def __init__(
         self,
-        store: Any,
+        store: Store,
         *,
         max_messages: int | None = None,
         max_age: float | None = None,
@@ -403,9 +369,7 @@ class ConversationStore:
         self._primary: _Layout
         self._shadow: _Layout | None = None
         if isinstance(kv, KVStore):
-            self._primary = KVLayout(
-                kv.namespace, kv.prefix, clock, ttl, max(kv.recent_window, 60.0)
-            )
+            self._primary = KVLayout(kv.namespace, kv.prefix, clock, ttl)
             if isinstance(store, DualStore):
                 self._shadow = RedisLayout(store.redis, clock)
         else:

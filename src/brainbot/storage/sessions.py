@@ -16,21 +16,14 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
+from brainbot.errors import SessionError, SessionNotFound
 from brainbot.kv.limits import JSON, MIN_EXPIRATION_TTL
+from brainbot.storage.protocol import Store
 
 # New ids are token_urlsafe(32) (256 bits, 43 characters); migrated legacy ids may differ.
 # (a format check only: ids are issued by create(), never chosen by clients)
 _ID = re.compile(r"\A[A-Za-z0-9_.:-]{16,128}\Z")
-
-
-class SessionError(ValueError):
-    """A malformed session id or option; never says whether a session exists."""
-
-
-class SessionNotFound(KeyError):
-    """No live session under that id (never existed, expired or deleted)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,7 +40,7 @@ class Session:
 class SessionStore:
     def __init__(
         self,
-        store: Any,
+        store: Store,
         *,
         lifetime: int = 3600,
         refresh_below: int | None = None,

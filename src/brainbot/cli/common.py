@@ -1,0 +1,61 @@
+"""What every ``brainbot`` command shares: settings built once, errors mapped by branch.
+
+Exit codes: 0 done, 1 the service or the run failed (after retries), 2 bad input or
+configuration, 3 not found. Messages name the problem, never a credential.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+
+from brainbot.composition import load_settings
+from brainbot.config import Settings
+from brainbot.errors import BrainbotError, ConfigError, InvalidInput, KVError, NotFound
+
+T = TypeVar("T")
+err = Console(stderr=True, highlight=False)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def describe(exc: BrainbotError) -> str:
+    if isinstance(exc, ConfigError):
+        return f"configuration: {exc}"
+    if isinstance(exc, KVError) and isinstance(exc, InvalidInput):
+        return exc.message
+    return str(exc)
+
+
+@contextmanager
+def handled() -> Iterator[None]:
+    """brainbot's errors become a message and an exit code, by branch."""
+    try:
+        yield
+    except InvalidInput as exc:
+        fail(describe(exc), 2)
+    except NotFound as exc:
+        fail(describe(exc), 3)
+    except BrainbotError as exc:
+        fail(describe(exc), 1)
+
+
+def settings() -> Settings:
+    """The command's one ``Settings`` (invalid settings: exit 2)."""
+    with handled():
+        return load_settings()
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run(work: Coroutine[Any, Any, T]) -> T:
+    with handled():
+        return asyncio.run(work)
+    raise AssertionError("unreachable")  # pragma: no cover

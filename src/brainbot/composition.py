@@ -1,0 +1,167 @@
+"""The composition root: the one place that turns ``Settings`` into brainbot's objects.
+
+Each entry point (a CLI command, ``brainbot serve``, the demo) builds ``Settings`` once
+(:func:`load_settings`) and asks this module for what it needs; everything below takes
+explicit arguments and reads no environment. The decisions made here:
+
+* **which namespace** (:func:`open_namespace`): live traffic goes through the gateway Worker
+  when one is configured, bulk work through Cloudflare's REST API, and with no Cloudflare
+  settings everything uses the embedded KV;
+* **one API budget per token per process** (:func:`request_budget`): Cloudflare counts
+  requests per user/token, so every REST namespace opened in this process with one token
+  draws on the same 1,200-per-5-minutes allowance (the migration and the verify it runs
+  included);
+* **the store's KV rules follow the namespace actually opened**: write spacing and the
+  read-your-writes window come from the namespace's own ``consistency`` (a gateway-only
+  deployment gets Cloudflare's rules), unless set explicitly;
+* **which store** (:func:`open_store`): ``BRAINBOT_STORAGE_BACKEND`` = kv | dual | redis.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import ValidationError
+
+from brainbot.config import Settings
+from brainbot.errors import ConfigError
+from brainbot.kv.budget import RequestBudget
+from brainbot.kv.embedded import EmbeddedKV
+from brainbot.kv.gateway import GatewayKV
+from brainbot.kv.namespace import KVNamespace
+from brainbot.kv.rest import DEFAULT_BASE_URL, CloudflareKV
+from brainbot.responder import load_responder
+from brainbot.service import ChatService
+from brainbot.storage import DualStore, KVStore, RedisBackend, Store
+
+Purpose = Literal["live", "bulk"]
+
+
+def load_settings(**values: Any) -> Settings:
+    """``Settings`` from the environment (and ``values``); invalid ones raise ConfigError
+    naming the settings, never their values."""
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        names = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
+        raise ConfigError("Invalid settings: " + ", ".join(names) + ".") from None
+
+
+def cloudflare_credentials(settings: Settings) -> tuple[str, str, str] | None:
+    """(account id, namespace id, API token) when Cloudflare is configured, None when none
+    of the three is set; some but not all is a ConfigError naming the missing ones."""
+    given = settings.cloudflare_settings
+    missing = [name for name, value in given.items() if not value]
+    if len(missing) == len(given):
+        return None
+    if missing:
+        raise ConfigError(
+            "Cloudflare KV is partly configured; also set: " + ", ".join(missing) + "."
+        )
+    token = settings.cloudflare_kv_api_token
+    return (
+        str(settings.cloudflare_account_id),
+        str(settings.cloudflare_kv_namespace_id),
+        token.get_secret_value() if token is not None else "",
+    )
+
+
+_budgets: dict[tuple[str, str], RequestBudget] = {}
+
+
+def request_budget(settings: Settings, token: str) -> RequestBudget:
+    """The process's one budget for ``token`` at the configured API (created on first use
+    with ``CLOUDFLARE_API_BUDGET`` per ``CLOUDFLARE_API_BUDGET_WINDOW``)."""
+    base_url = settings.cloudflare_api_base_url or DEFAULT_BASE_URL
+    key = (base_url.rstrip("/"), hashlib.sha256(token.encode()).hexdigest())
+    budget = _budgets.get(key)
+    if budget is None:
+        budget = RequestBudget(
+            settings.cloudflare_api_budget, settings.cloudflare_api_budget_window
+        )
+        _budgets[key] = budget
+    return budget
+
+
+def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamespace:
+    """The namespace for ``purpose``: live traffic goes through the gateway Worker when one
+    is configured (``BRAINBOT_KV_GATEWAY_URL``), since REST calls spend the account's API
+    budget; bulk loads use the REST API (10,000 keys per request), else the embedded KV."""
+    if purpose == "live" and settings.kv_gateway_url:
+        if settings.kv_gateway_secret is None:
+            raise ConfigError("BRAINBOT_KV_GATEWAY_URL needs BRAINBOT_KV_GATEWAY_SECRET.")
+        return GatewayKV(settings.kv_gateway_url, settings.kv_gateway_secret.get_secret_value())
+    credentials = cloudflare_credentials(settings)
+    if credentials is None:
+        return EmbeddedKV(settings.embedded_kv_path)
+    account_id, namespace_id, token = credentials
+    return CloudflareKV(
+        account_id=account_id,
+        namespace_id=namespace_id,
+        api_token=token,
+        base_url=settings.cloudflare_api_base_url or DEFAULT_BASE_URL,
+        budget=request_budget(settings, token),
+    )
+
+
+def open_kv_store(settings: Settings, *, decode_responses: bool = False) -> KVStore:
+    """``KVStore`` on the live namespace; its KV rules follow that namespace's consistency
+    unless ``BRAINBOT_KV_KEY_WRITE_INTERVAL`` / ``BRAINBOT_KV_READ_OWN_WRITES_WINDOW`` say."""
+    return KVStore(
+        open_namespace(settings),
+        prefix=settings.kv_prefix,
+        decode_responses=decode_responses,
+        short_ttl=settings.kv_short_ttl,
+        write_rate=settings.kv_write_rate,
+        write_interval=settings.kv_key_write_interval,
+        recent_window=settings.kv_read_own_writes_window,
+    )
+
+
+def open_redis(settings: Settings, *, decode_responses: bool = False) -> RedisBackend:
+    """redis-py's client for ``BRAINBOT_REDIS_URL``, its connection errors translated."""
+    if settings.redis_url is None:
+        raise ConfigError(
+            f"BRAINBOT_STORAGE_BACKEND={settings.storage_backend} needs BRAINBOT_REDIS_URL."
+        )
+    try:
+        import redis.asyncio as aioredis
+    except ImportError:
+        raise ConfigError(
+            "The Redis backend needs the optional extra: pip install 'brainbot[redis]'."
+        ) from None
+    client: Store = aioredis.Redis.from_url(
+        settings.redis_url.get_secret_value(), decode_responses=decode_responses
+    )  # redis-py's own client satisfies Store; the wrapper only translates its errors
+    return RedisBackend(client)
+
+
+def open_store(settings: Settings | None = None, *, decode_responses: bool = False) -> Store:
+    """The store every caller uses, chosen by ``BRAINBOT_STORAGE_BACKEND`` (``settings``
+    defaults to the environment: the composition root is the one place that reads it)."""
+    settings = settings if settings is not None else load_settings()
+    backend = settings.storage_backend
+    if backend == "redis":
+        return open_redis(settings, decode_responses=decode_responses)
+    kv = open_kv_store(settings, decode_responses=decode_responses)
+    if backend == "dual":
+        return DualStore(kv, open_redis(settings, decode_responses=decode_responses))
+    return kv
+
+
+def migration_runs(settings: Settings) -> Path:
+    """Where migration runs keep their checkpoints, manifests, backups and reports."""
+    return settings.data_dir / "migrations"
+
+
+def kv_serve_dir(settings: Settings) -> Path:
+    """The default data directory of ``brainbot kv serve``."""
+    return settings.data_dir / "kv-serve"
+
+
+def chat_service(settings: Settings, responder: str | None = None) -> ChatService:
+    """``brainbot serve``'s service on the configured store, replies from ``responder``
+    (``"module:attribute"``; the deterministic echo responder when None)."""
+    return ChatService(open_store(settings), responder=load_responder(responder))
