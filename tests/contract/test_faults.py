@@ -51,3 +51,35 @@ async def test_paced_client_never_trips_the_api_budget_lockout(target: Target) -
         kv.retry = RetryPolicy(attempts=1)  # a single 429 would fail the test
         await asyncio.gather(*(kv.put(f"k{i}", b"v") for i in range(30)))
         assert kv.budget.requests == 30
+
+
+async def test_own_writes_are_read_back_while_list_lags(target: Target) -> None:
+    """ReadYourWrites' contract: over a namespace whose lists trail its writes, this
+    process's lists and gets show its own puts and deletes at once, page by page."""
+    from brainbot.kv import ReadYourWrites
+
+    async with target.faulty(
+        Faults(list_lag=2.0), "does not simulate eventual consistency of list"
+    ) as lagging:
+        await lagging.put_many([PutItem(f"k{i:02d}", b"old") for i in range(0, 30, 2)])
+        await asyncio.sleep(2.2)  # those are listed by now
+        own = ReadYourWrites(lagging, 60.0)
+        await own.put_many([PutItem(f"k{i:02d}", b"new") for i in range(1, 30, 2)])
+        await own.delete_many([f"k{i:02d}" for i in range(0, 10, 2)])
+        await own.put("k04", b"again", metadata={"n": 1})
+        expected = sorted({f"k{i:02d}" for i in range(30)} - {"k00", "k02", "k06", "k08"})
+        pages = []
+        cursor = None
+        while True:
+            page = await own.list(limit=10, cursor=cursor)
+            pages.append([k.name for k in page.keys])
+            if page.cursor is None:
+                break
+            cursor = page.cursor
+        assert all(len(p) <= 10 for p in pages)
+        assert [name for p in pages for name in p] == expected  # each once, in order
+        assert [k.metadata for k in (await own.list(prefix="k04")).keys] == [{"n": 1}]
+        assert await own.get("k03") == Entry(b"new")
+        assert await own.get("k00") is None
+        # without this process's memory the list still shows the past
+        assert [k.name async for k in iter_keys(lagging)] == [f"k{i:02d}" for i in range(0, 30, 2)]
