@@ -39,16 +39,25 @@ def module_name(path: Path) -> str:
 
 
 def brainbot_imports(path: Path) -> list[str]:
+    """Every brainbot module ``path`` imports: absolute or relative, and ``from brainbot
+    import x`` as ``brainbot.x`` when ``x`` is a module."""
+    here = module_name(path).split(".")
+    package = here if path.name == "__init__.py" else here[:-1]
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             found += [a.name for a in node.names if a.name.startswith("brainbot")]
-        elif (
-            isinstance(node, ast.ImportFrom)
-            and node.level == 0
-            and (node.module or "").startswith("brainbot")
-        ):
-            found.append(str(node.module))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parent = package[: len(package) - node.level + 1]
+                base = ".".join([*parent, *([base] if base else [])])
+            if not base.startswith("brainbot"):
+                continue
+            for alias in node.names:
+                sub = SRC.parent / Path(*f"{base}.{alias.name}".split("."))
+                is_module = sub.with_suffix(".py").exists() or (sub / "__init__.py").exists()
+                found.append(f"{base}.{alias.name}" if is_module else base)
     return found
 
 
@@ -67,15 +76,25 @@ def test_config_and_errors_import_nothing_of_brainbot() -> None:
     assert brainbot_imports(SRC / "errors.py") == []
 
 
-def test_only_the_composition_root_and_entry_points_build_settings() -> None:
-    builders = []
-    for path in sorted(SRC.rglob("*.py")):
-        tree = ast.parse(path.read_text())
-        for node in ast.walk(tree):
-            if (
-                isinstance(node, ast.Call)
-                and isinstance(node.func, ast.Name)
-                and node.func.id == "Settings"
-            ):
-                builders.append(module_name(path))
+def builds_settings(node: ast.AST) -> bool:
+    """``Settings(...)``, ``config.Settings(...)``, ``Settings.model_validate(...)``..."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    if isinstance(func, ast.Name):
+        return func.id == "Settings"
+    if isinstance(func, ast.Attribute):
+        owner = func.value
+        named = isinstance(owner, ast.Name) and owner.id == "Settings"
+        return func.attr == "Settings" or (named and func.attr.startswith("model_"))
+    return False
+
+
+def test_only_the_composition_root_builds_settings() -> None:
+    builders = [
+        module_name(path)
+        for path in sorted(SRC.rglob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text()))
+        if builds_settings(node)
+    ]
     assert builders == ["brainbot.composition"]

@@ -271,3 +271,16 @@ async def test_the_stores_rules_follow_the_namespace_it_runs_on(tmp_path: Path) 
         assert (store.write_interval, store.recent_window) == (1.0, 60.0)  # Cloudflare's rules
         assert isinstance(store.namespace, ReadYourWrites)
         assert store.namespace.inner is remote
+
+
+async def test_flushdb_deletes_a_key_another_process_wrote_after_this_one_deleted_it(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "kv.sqlite3"
+    async with KVStore(EmbeddedKV(path), recent_window=60) as mine:
+        await mine.set("k", "v")
+        await mine.delete("k")  # remembered as gone for 60 s
+        async with KVStore(EmbeddedKV(path)) as theirs:
+            await theirs.set("k", "theirs")  # written since, by another process
+            await mine.flushdb()
+            assert await theirs.get("k") is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 from pathlib import Path
 
+import pytest
 import redis.asyncio as aioredis
 
 from brainbot.kv import EmbeddedKV
@@ -61,3 +62,14 @@ def test_declared_keys_are_found_in_every_argument_shape() -> None:
     assert SPECS["keys"].keys_of({"pattern": "*"}) == []
     assert SPECS["hkeys"].unordered
     assert SPECS["ttl"].tolerance == 1
+
+
+async def test_dual_mode_refuses_a_bad_key_as_kvstore_does(tmp_path: Path, redis_url: str) -> None:
+    from brainbot.storage import DataError
+
+    kv = KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"))
+    dual = DualStore(kv, RedisBackend(aioredis.Redis.from_url(redis_url)))
+    for store in (kv, dual):
+        with pytest.raises(DataError):
+            await store.get(5)  # type: ignore[arg-type]
+    await dual.aclose()

@@ -1,7 +1,8 @@
 """What every ``brainbot`` command shares: settings built once, errors mapped by branch.
 
-Exit codes: 0 done, 1 the service or the run failed (after retries), 2 bad input or
-configuration, 3 not found. Messages name the problem, never a credential.
+Exit codes: 0 done, 1 the service or the run failed (after retries; also a local file that
+cannot be written), 2 bad input or configuration, 3 not found. Messages name the problem,
+never a credential.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ def handled() -> Iterator[None]:
         fail(describe(exc), 3)
     except BrainbotError as exc:
         fail(describe(exc), 1)
+    except OSError as exc:  # a run directory, a backup file: name the file, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(f"{exc.strerror or type(exc).__name__}{where}", 1)
 
 
 def settings() -> Settings:

@@ -99,10 +99,12 @@ class _Journal(Generic[S]):
         self._prune()
 
     def touch(self, key: str) -> None:
-        """Keep a note's state, restarting its window (moves it to the newest end)."""
-        note = self._notes.pop(key)
-        note.at = self._clock()
-        self._notes[key] = note
+        """Keep a note's state, restarting its window (moves it to the newest end); a note
+        already dropped (its window ran out meanwhile) stays dropped."""
+        note = self._notes.pop(key, None)
+        if note is not None:
+            note.at = self._clock()
+            self._notes[key] = note
 
     def in_range(
         self, prefix: str, after: str | None, upto: str | None
@@ -201,6 +203,8 @@ async def _overlaid_page(
         return ListPage(ordered, _wrap_cursor(inner_cursor, ordered[-1].name))
     if page.cursor is None:
         return ListPage(ordered, None)
+    if after is not None and upto is not None and upto.encode("utf-8") < after.encode("utf-8"):
+        upto = after  # a page re-read after a concurrent delete: never step back
     return ListPage(ordered, _wrap_cursor(page.cursor, upto or None))
 
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from brainbot.errors import ConfigError, InvalidInput, MigrationError, RedisUnavailable
+from brainbot.errors import (
+    BrainbotError,
+    ConfigError,
+    InvalidInput,
+    MigrationError,
+    RedisUnavailable,
+)
 
 SUPPORTED = ("string", "list", "hash", "set", "zset")
 
@@ -46,12 +52,17 @@ def redacted(url: str) -> str:
 def translated() -> Iterator[None]:
     """redis-py's errors as brainbot's: connection trouble is ``RedisUnavailable``, an
     error reply ``MigrationError`` (neither carries the URL, so no password)."""
+    from redis.exceptions import AuthenticationError as RedisAuthenticationError
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import RedisError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     try:
         yield
+    except BrainbotError:
+        raise
+    except RedisAuthenticationError as exc:  # not "retry later": the credentials are wrong
+        raise ConfigError(f"Redis refused the credentials: {exc}") from None
     except (RedisConnectionError, RedisTimeoutError) as exc:
         raise RedisUnavailable(f"Redis: {type(exc).__name__}: {exc}") from None
     except RedisError as exc:
@@ -73,7 +84,10 @@ def connect(url: str, *, tls_ca_file: str | None = None) -> Any:
     if scheme == "rediss" and tls_ca_file:
         options["ssl_ca_certs"] = tls_ca_file
         options["ssl_cert_reqs"] = ssl.CERT_REQUIRED
-    return aioredis.Redis.from_url(url, decode_responses=False, **options)
+    try:
+        return aioredis.Redis.from_url(url, decode_responses=False, **options)
+    except ValueError as exc:  # e.g. a port that is not a number; the URL is not repeated
+        raise InvalidInput(f"The source URL is not usable: {type(exc).__name__}.") from None
 
 
 async def scan_batches(

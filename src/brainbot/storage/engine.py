@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import functools
 import inspect
 import math
 import time
@@ -40,6 +41,7 @@ from brainbot.errors import (
 )
 from brainbot.kv.limits import key_bytes
 from brainbot.kv.namespace import KeyInfo, KVNamespace, PutItem, iter_keys
+from brainbot.kv.overlay import ReadYourWrites
 from brainbot.storage import codec
 from brainbot.storage.codec import Item, RedisType
 
@@ -81,12 +83,10 @@ class CommandSpec:
             value = arguments.get(name)
             if value is None:
                 continue
-            if isinstance(value, str | bytes | memoryview):
-                found.append(value)
-            elif isinstance(value, Mapping):
-                found.extend(value)
+            if isinstance(value, str | bytes | memoryview) or not isinstance(value, Iterable):
+                found.append(value)  # one key (a bad one is the command's to refuse)
             else:
-                found.extend(value)
+                found.extend(value)  # several keys, or a mapping keyed by them
         return found
 
 
@@ -120,10 +120,14 @@ def commands(cls: type) -> dict[str, CommandSpec]:
     return found
 
 
+@functools.cache
+def _signature(method: Callable[..., Any]) -> inspect.Signature:
+    return inspect.signature(method)
+
+
 def bind(method: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The arguments of a call by parameter name (``self`` left out)."""
-    bound = inspect.signature(method).bind(None, *args, **kwargs)
-    return bound.arguments
+    return _signature(method).bind(None, *args, **kwargs).arguments
 
 
 # -- the engine -------------------------------------------------------------------------
@@ -238,6 +242,11 @@ class Engine:
     def busy_keys(self) -> builtins.list[str]:
         """Keys with a command under way (``flushdb`` waits for them)."""
         return builtins.list(self._locks)
+
+    def remembered(self) -> builtins.list[str]:
+        """Keys the namespace answers from this process's memory (written or deleted)."""
+        namespace = self.namespace
+        return namespace.remembered() if isinstance(namespace, ReadYourWrites) else []
 
     # -- reads -----------------------------------------------------------------------------
 

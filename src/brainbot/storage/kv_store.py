@@ -78,6 +78,11 @@ class KVStore(
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         consistency = namespace.consistency
+        if isinstance(namespace, ReadYourWrites):
+            if recent_window is None or recent_window == namespace.window:
+                recent_window = namespace.window  # already wrapped as asked: share it
+            else:
+                namespace = namespace.inner  # another window was asked for: wrap anew
         if recent_window is None:
             recent_window = 60.0 if consistency.eventual else 0.0
         if recent_window > 0 and not isinstance(namespace, ReadYourWrites):

@@ -24,12 +24,21 @@ else:
 
 
 def _translated(exc: BaseException) -> RedisUnavailable | None:
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
+    """Connection trouble, and the replies Redis gives while it cannot serve for now (a
+    replica during failover, out of memory, a cluster re-sharding), as ``RedisUnavailable``."""
+    from redis import exceptions as rx
 
-    if isinstance(exc, RedisUnavailable) or not isinstance(
-        exc, RedisConnectionError | RedisTimeoutError | OSError
-    ):
+    transient = (
+        rx.ConnectionError,  # with BusyLoadingError and AuthenticationError (misconfigured)
+        rx.TimeoutError,
+        rx.ReadOnlyError,
+        rx.OutOfMemoryError,
+        rx.TryAgainError,
+        rx.ClusterDownError,
+        rx.MasterDownError,
+        OSError,
+    )
+    if isinstance(exc, RedisUnavailable) or not isinstance(exc, transient):
         return None
     return RedisUnavailable(f"Redis: {type(exc).__name__}: {exc}")
 

@@ -80,8 +80,13 @@ class KeyspaceCommands(CommandFamily):
         """Delete every key under this store's prefix (the whole namespace if it has none)."""
         engine = self._engine
         names = [info.name async for info in engine.listing(engine.prefix)]
+        # also what this process remembers deleting (another process may have written it
+        # since) and what is being written right now
+        extra = [*engine.remembered(), *engine.busy_keys()]
         listed = set(names)
-        names += [k for k in engine.busy_keys() if k.startswith(engine.prefix) and k not in listed]
+        names += [
+            k for k in dict.fromkeys(extra) if k.startswith(engine.prefix) and k not in listed
+        ]
         async with engine.locked(*names):  # writes under way finish first, none start
             if names:
                 await engine.delete_keys(names, pace=False)
