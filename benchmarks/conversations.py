@@ -1,5 +1,6 @@
 """Conversation history: the KV layout (one key per message, newest first, small messages
-in metadata) next to the old Redis layout (one list per conversation), plus a bot turn.
+in metadata) next to the old Redis layout (one list per conversation). The bot turn is in
+``benchmarks/turns.py``.
 
 Requests are the REST client's HTTP requests, the calls that spend Cloudflare's budget."""
 
@@ -17,7 +18,6 @@ from rich.table import Table
 from brainbot.kv import CloudflareKV, EmbeddedKV, RequestBudget
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore, Message
-from brainbot.storage.sessions import SessionStore
 
 
 async def _median_ms(n: int, call: Callable[[int], Awaitable[object]]) -> float:
@@ -31,9 +31,8 @@ async def _median_ms(n: int, call: Callable[[int], Awaitable[object]]) -> float:
 
 async def _measure(
     store: Any, counter: CloudflareKV | None, tmp: Path, n: int, size: int
-) -> tuple[float, float, float, float, float, float]:
+) -> tuple[float, float, float, float]:
     conversations = ConversationStore(store)
-    sessions = SessionStore(store)
     if counter is not None:  # REST: write the long conversation straight into the server's file
         filler = ConversationStore(
             KVStore(
@@ -56,18 +55,7 @@ async def _measure(
     r0 = requests()
     history_ms = await _median_ms(n, lambda i: conversations.history("long", limit=50))
     history_req = (requests() - r0) / n
-    session = await sessions.create({"user": "bench"})
-
-    async def turn(i: int) -> None:
-        await sessions.get(session.id)
-        await conversations.history("bench", limit=20)
-        await conversations.append("bench", Message("user", f"q{i}"))
-        await conversations.append("bench", Message("assistant", f"a{i}"))
-
-    turns = max(n // 4, 10)
-    r0 = requests()
-    turn_ms = await _median_ms(turns, turn)
-    return append_ms, append_req, history_ms, history_req, turn_ms, (requests() - r0) / turns
+    return append_ms, append_req, history_ms, history_req
 
 
 async def run(
@@ -96,15 +84,12 @@ async def run(
     for store, _ in stores.values():
         await store.aclose()
 
-    table = Table(
-        "layout", "append ms", "req", f"newest 50 of {size:,} ms", "req", "bot turn ms", "req"
-    )
+    table = Table("layout", "append ms", "req", f"newest 50 of {size:,} ms", "req")
     lines = [
-        f"| layout | append p50 ms | requests | newest 50 of {size:,} p50 ms | requests "
-        "| bot turn p50 ms | requests |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| layout | append p50 ms | requests | newest 50 of {size:,} p50 ms | requests |",
+        "|---|---:|---:|---:|---:|",
     ]
-    for name, a, ar, h, hr, t, tr in rows:
+    for name, a, ar, h, hr in rows:
         counted = name.startswith("KV REST")
         cells = [
             name,
@@ -112,15 +97,13 @@ async def run(
             f"{ar:g}" if counted else "-",
             f"{h:.3f}",
             f"{hr:g}" if counted else "-",
-            f"{t:.3f}",
-            f"{tr:g}" if counted else "-",
         ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
     text = (
         "## Conversation history and sessions\n\n"
-        f"Median of {n} calls. `newest 50` reads from a {size:,}-message conversation. A bot turn "
-        "is a session read, a history read (20) and two appends. Requests are counted on the "
+        f"Median of {n} calls. `newest 50` reads from a {size:,}-message conversation. "
+        "Requests are counted on the "
         "REST client (the store's memory of its own writes off): an append is 1 write, the "
         "newest 50 messages 1 list request (small messages ride in metadata). The old Redis "
         "layout is one list per conversation, where concurrent writers are safe only because "

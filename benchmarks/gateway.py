@@ -1,5 +1,6 @@
-"""A bot turn (session read, history read, two appends) through the REST API and through
-the gateway Worker: HTTP requests and latency, for one user and for many at once.
+"""A bot turn (session read, ownership check, history read, the turn in one write) through
+the REST API and through the gateway Worker: HTTP requests and latency, for one user and
+for many at once.
 
 REST requests spend the account's 1,200 per 5 minutes; gateway requests do not (the KV
 calls happen inside the Worker through its binding), and concurrent turns share batches."""
@@ -23,12 +24,15 @@ from brainbot.storage.sessions import SessionStore
 async def _turns(store: KVStore, users: int, rounds: int) -> tuple[float, int]:
     conversations, sessions = ConversationStore(store), SessionStore(store)
     ids = [(await sessions.create({"user": f"u{u}"})).id for u in range(users)]
+    cids = [await conversations.create(f"u{u}") for u in range(users)]
 
     async def turn(u: int, r: int) -> None:
         await sessions.get(ids[u])
-        await conversations.history(f"conv-{u}", limit=20)
-        await conversations.append(f"conv-{u}", Message("user", f"q{r}"))
-        await conversations.append(f"conv-{u}", Message("assistant", f"a{r}"))
+        assert await conversations.owns(cids[u], f"u{u}")
+        await conversations.page(cids[u], limit=20, max_bytes=1024 * 1024)
+        await conversations.append_turn(
+            cids[u], [Message("user", f"q{r}"), Message("assistant", f"a{r}")]
+        )
 
     samples = []
     for r in range(rounds):
@@ -77,12 +81,11 @@ async def run(
         lines.append("| " + " | ".join(cells) + " |")
     text = (
         "## Live traffic: REST API vs gateway Worker\n\n"
-        "A bot turn is a session read, a history read (20 messages), and two appends, made one "
-        "after the other (each needs the previous). With one user the gateway cannot batch "
-        "(4 requests per turn either way) but none of them spends the REST API budget; with "
-        "50 users at once, their concurrent operations share batches. At 4 REST requests per "
-        "turn the 1,200-per-5-minutes budget allows one turn a second for the whole account.\n\n"
-        + "\n".join(lines)
-        + "\n"
+        "A bot turn is a session read, the ownership check, a history read (20 messages) and "
+        "the question and the reply in one write, made one after the other (each needs the "
+        "previous). With one user the gateway cannot batch (4 requests per turn either way) "
+        "but none of them spends the REST API budget; with 50 users at once, their concurrent "
+        "operations share batches. At 4 REST requests per turn the 1,200-per-5-minutes budget "
+        "allows one turn a second for the whole account.\n\n" + "\n".join(lines) + "\n"
     )
     return table, text

@@ -33,7 +33,8 @@ from brainbot.kv.gateway import GatewayKV
 from brainbot.kv.namespace import KVNamespace
 from brainbot.kv.rest import DEFAULT_BASE_URL, CloudflareKV
 from brainbot.responder import load_responder
-from brainbot.service import ChatService
+from brainbot.service import ChatService, IdentityVerifier, ServiceLimits, Throttle
+from brainbot.service.auth import jwks_text, local_secret
 from brainbot.storage import DualStore, KVStore, RedisBackend, Store
 
 Purpose = Literal["live", "bulk"]
@@ -68,18 +69,26 @@ def cloudflare_credentials(settings: Settings) -> tuple[str, str, str] | None:
     )
 
 
-_budgets: dict[tuple[str, str], RequestBudget] = {}
+_budgets: dict[tuple[str, str, int, float], RequestBudget] = {}
 
 
 def request_budget(settings: Settings, token: str) -> RequestBudget:
     """The process's one budget for ``token`` at the configured API (created on first use
     with ``CLOUDFLARE_API_BUDGET`` per ``CLOUDFLARE_API_BUDGET_WINDOW``)."""
     base_url = settings.cloudflare_api_base_url or DEFAULT_BASE_URL
-    key = (base_url.rstrip("/"), hashlib.sha256(token.encode()).hexdigest())
+    key = (
+        base_url.rstrip("/"),
+        hashlib.sha256(token.encode()).hexdigest(),
+        settings.cloudflare_api_budget,
+        settings.cloudflare_api_budget_window,
+    )
     budget = _budgets.get(key)
     if budget is None:
+        limit = settings.cloudflare_api_budget
         budget = RequestBudget(
-            settings.cloudflare_api_budget, settings.cloudflare_api_budget_window
+            limit,
+            settings.cloudflare_api_budget_window,
+            reserved_for_live=min(int(limit * settings.cloudflare_api_live_share), limit - 1),
         )
         _budgets[key] = budget
     return budget
@@ -95,14 +104,19 @@ def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamesp
         return GatewayKV(settings.kv_gateway_url, settings.kv_gateway_secret.get_secret_value())
     credentials = cloudflare_credentials(settings)
     if credentials is None:
-        return EmbeddedKV(settings.embedded_kv_path)
+        private_dir(settings.data_dir)
+        private_dir(settings.embedded_kv_path.parent)
+        return EmbeddedKV(settings.embedded_kv_path, busy_timeout=settings.kv_busy_timeout)
     account_id, namespace_id, token = credentials
+    live = purpose == "live"
     return CloudflareKV(
         account_id=account_id,
         namespace_id=namespace_id,
         api_token=token,
         base_url=settings.cloudflare_api_base_url or DEFAULT_BASE_URL,
         budget=request_budget(settings, token),
+        live=live,
+        budget_wait=settings.live_budget_wait if live else None,
     )
 
 
@@ -161,7 +175,76 @@ def kv_serve_dir(settings: Settings) -> Path:
     return settings.data_dir / "kv-serve"
 
 
+def private_dir(path: Path) -> Path:
+    """``path`` as a directory only its owner can enter (created 0700; tightened if wider)."""
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if path.stat().st_mode & 0o077:
+        path.chmod(0o700)
+    return path
+
+
+def auth_secret(settings: Settings) -> str | None:
+    """The HS256 secret identity tokens are signed with: configured, or (with no public key
+    or JWKS configured either) the local one in ``<data dir>/auth-secret``."""
+    if settings.auth_jwt_secret is not None:
+        return settings.auth_jwt_secret.get_secret_value()
+    if settings.auth_public_key_file is not None or settings.auth_jwks_file is not None:
+        return None
+    return local_secret(private_dir(settings.data_dir) / "auth-secret")
+
+
+def identity_verifier(settings: Settings) -> IdentityVerifier:
+    """How ``brainbot serve`` checks who a user is (``BRAINBOT_AUTH_*``)."""
+    try:
+        public_key = (
+            settings.auth_public_key_file.read_text()
+            if settings.auth_public_key_file is not None
+            else None
+        )
+        jwks = jwks_text(settings.auth_jwks_file) if settings.auth_jwks_file is not None else None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"The identity key file cannot be read: {exc}") from None
+    return IdentityVerifier(
+        secret=auth_secret(settings),
+        public_key=public_key,
+        jwks=jwks,
+        audience=settings.auth_audience,
+        issuer=settings.auth_issuer,
+        operators=frozenset(o.strip() for o in settings.operators.split(",") if o.strip()),
+    )
+
+
+def service_limits(settings: Settings) -> ServiceLimits:
+    return ServiceLimits(
+        max_message_bytes=settings.max_message_bytes,
+        max_conversation_messages=settings.max_conversation_messages,
+        max_conversation_bytes=settings.max_conversation_bytes,
+        max_response_bytes=settings.max_response_bytes,
+        body_timeout=settings.body_timeout,
+        health_interval=settings.health_interval,
+        session_lifetime=settings.session_lifetime,
+        session_max_lifetime=max(settings.session_max_lifetime, settings.session_lifetime),
+    )
+
+
+def allowed_hosts(settings: Settings) -> list[str]:
+    return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+
+
 def chat_service(settings: Settings, responder: str | None = None) -> ChatService:
     """``brainbot serve``'s service on the configured store, replies from ``responder``
     (``"module:attribute"``; the deterministic echo responder when None)."""
-    return ChatService(open_store(settings), responder=load_responder(responder))
+    verifier = identity_verifier(settings)
+    throttle = Throttle(
+        sessions=settings.rate_sessions,
+        sessions_per_address=settings.rate_sessions_per_address,
+        writes=settings.rate_writes,
+        writes_per_address=settings.rate_writes_per_address,
+    )
+    return ChatService(
+        open_store(settings),
+        identity=verifier,
+        responder=load_responder(responder),
+        throttle=throttle,
+        limits=service_limits(settings),
+    )

@@ -72,6 +72,68 @@ class Settings(BaseSettings):
     consistent namespace (Cloudflare, which takes up to 60 s to show a write everywhere), 0
     on the strongly consistent embedded KV."""
 
+    cloudflare_api_live_share: float = Field(
+        default=0.25, ge=0, lt=1, alias="CLOUDFLARE_API_LIVE_SHARE"
+    )
+    """Share of the API budget kept for live traffic: bulk work (migration) never uses it."""
+    live_budget_wait: float = Field(default=2.0, gt=0, alias="BRAINBOT_LIVE_BUDGET_WAIT")
+    """Seconds live traffic waits for an API budget slot before it fails fast (503)."""
+    kv_busy_timeout: float = Field(default=5.0, gt=0, alias="BRAINBOT_KV_BUSY_TIMEOUT")
+    """Seconds a write to the embedded KV waits for another process's lock (then 503)."""
+
+    # -- brainbot serve: identity --------------------------------------------------------
+    auth_jwt_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BRAINBOT_AUTH_JWT_SECRET", "auth_jwt_secret"),
+    )
+    """HS256 secret shared with the front end that signs identity tokens (>= 32 bytes)."""
+    auth_public_key_file: Path | None = Field(default=None, alias="BRAINBOT_AUTH_PUBLIC_KEY_FILE")
+    """PEM public key of the front end (RS256, ES256 or EdDSA identity tokens)."""
+    auth_jwks_file: Path | None = Field(default=None, alias="BRAINBOT_AUTH_JWKS_FILE")
+    """A JWKS file of the front end's public keys (tokens name theirs with ``kid``)."""
+    auth_audience: str = Field(default="brainbot", alias="BRAINBOT_AUTH_AUDIENCE")
+    auth_issuer: str | None = Field(default=None, alias="BRAINBOT_AUTH_ISSUER")
+    operators: str = Field(default="", alias="BRAINBOT_OPERATORS")
+    """Comma-separated identities (``sub``) allowed to reach every conversation."""
+
+    # -- brainbot serve: sessions and limits ---------------------------------------------
+    session_lifetime: int = Field(default=3600, ge=60, alias="BRAINBOT_SESSION_LIFETIME")
+    """Seconds a session lives without use (sliding)."""
+    session_max_lifetime: int = Field(default=86400, ge=60, alias="BRAINBOT_SESSION_MAX_LIFETIME")
+    """Seconds a session lives at most, however busy (then log in again)."""
+    max_message_bytes: int = Field(default=32 * 1024, ge=1, alias="BRAINBOT_MAX_MESSAGE_BYTES")
+    max_conversation_messages: int = Field(
+        default=10_000, ge=1, alias="BRAINBOT_MAX_CONVERSATION_MESSAGES"
+    )
+    max_conversation_bytes: int = Field(
+        default=16 * 1024 * 1024, ge=1, alias="BRAINBOT_MAX_CONVERSATION_BYTES"
+    )
+    max_response_bytes: int = Field(
+        default=1024 * 1024, ge=1024, alias="BRAINBOT_MAX_RESPONSE_BYTES"
+    )
+    rate_sessions: str = Field(default="10/minute", alias="BRAINBOT_RATE_SESSIONS")
+    """Logins per identity (``limits`` notation: "10/minute", "100 per hour")."""
+    rate_sessions_per_address: str = Field(
+        default="30/minute", alias="BRAINBOT_RATE_SESSIONS_PER_ADDRESS"
+    )
+    rate_writes: str = Field(default="120/minute", alias="BRAINBOT_RATE_WRITES")
+    """Writes (turns, messages, new and deleted conversations) per identity."""
+    rate_writes_per_address: str = Field(
+        default="600/minute", alias="BRAINBOT_RATE_WRITES_PER_ADDRESS"
+    )
+
+    # -- brainbot serve: transport -------------------------------------------------------
+    allowed_hosts: str = Field(default="127.0.0.1,localhost,::1", alias="BRAINBOT_ALLOWED_HOSTS")
+    """Host names the service answers to (comma-separated; ``*.example.com`` allowed)."""
+    header_timeout: float = Field(default=10.0, gt=0, alias="BRAINBOT_HEADER_TIMEOUT")
+    """Seconds a client has to send a request's line and headers."""
+    body_timeout: float = Field(default=30.0, gt=0, alias="BRAINBOT_BODY_TIMEOUT")
+    """Seconds a client has to send a request's body."""
+    max_connections: int = Field(default=1000, ge=1, alias="BRAINBOT_MAX_CONNECTIONS")
+    """Connections and requests at once; beyond, 503."""
+    health_interval: float = Field(default=10.0, gt=0, alias="BRAINBOT_HEALTH_INTERVAL")
+    """/health answers from real traffic this fresh, else probes with one write."""
+
     @property
     def cloudflare_settings(self) -> dict[str, object]:
         """The three Cloudflare credentials by environment name (all set: use Cloudflare)."""

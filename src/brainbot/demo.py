@@ -4,8 +4,9 @@
    (conversations, sessions, counters, cached values; keys with and without TTLs);
 2. migrate it into the configured KV (the embedded KV unless Cloudflare is configured),
    with progress, and verify every key;
-3. start the chat service on the migrated data and show it serving the migrated history
-   to a migrated session, then take a new turn;
+3. start the chat service on the migrated data: alice logs in with an identity token (her
+   legacy session no longer opens anything), reads the history the legacy data says is
+   hers, and takes a new turn;
 4. stop Redis. Nothing needs an account or the network.
 """
 
@@ -27,9 +28,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from brainbot.composition import chat_service, load_settings, migration_runs, open_namespace
+from brainbot.composition import (
+    allowed_hosts,
+    auth_secret,
+    chat_service,
+    load_settings,
+    migration_runs,
+    open_namespace,
+)
 from brainbot.config import Settings
 from brainbot.migration import Options, migrate_redis_to_kv, verify
+from brainbot.service.auth import mint
 
 LEGACY_SESSION = "demo-session-alice-000000000001"
 
@@ -113,6 +122,8 @@ async def fill_legacy(url: str, conversations: int = 200) -> int:
             json.dumps({"user": f"user{s}"}),
             ex=rng.randint(120, 7200),
         )
+    pipe.sadd("user:alice:conversations", "chat-0", "chat-1", "chat-2")  # the old owner sets
+    pipe.sadd("user:bob:conversations", "chat-3")
     pipe.set("stats:messages_total", 12_345)
     pipe.hset("stats:daily", mapping={"2026-11-24": 812, "2026-11-25": 907})
     for k in range(300):
@@ -128,16 +139,26 @@ async def fill_legacy(url: str, conversations: int = 200) -> int:
 async def serve_and_show(console: Console, settings: Settings) -> None:
     service = chat_service(settings)
     port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(service.app(), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = service.app(allowed_hosts=allowed_hosts(settings))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(server.serve())
     while not server.started:  # uvicorn offers no event for this  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     base = f"http://127.0.0.1:{port}"
     console.rule(f"brainbot serve on {base}, reading the migrated data")
-    auth = {"Authorization": f"Bearer {LEGACY_SESSION}"}
+    secret = auth_secret(settings)
+    assert secret is not None, "the demo signs its own identity token"
+    identity = mint(secret, "alice", audience=settings.auth_audience)
     async with httpx.AsyncClient(base_url=base, timeout=30) as http:
+        stale = await http.get(
+            "/conversations/chat-0/messages",
+            headers={"Authorization": f"Bearer {LEGACY_SESSION}"},
+        )
+        console.print(f"alice's legacy session id -> {stale.status_code} (log in again)")
+        login = await http.post("/sessions", headers={"Authorization": f"Bearer {identity}"})
+        session = login.json()["session"]
+        console.print(f"POST /sessions with alice's identity token -> {login.status_code}")
+        auth = {"Authorization": f"Bearer {session}"}
         history = (
             await http.get("/conversations/chat-0/messages", params={"limit": 6}, headers=auth)
         ).json()
@@ -147,17 +168,14 @@ async def serve_and_show(console: Console, settings: Settings) -> None:
         for message in history["messages"]:
             table.add_row(message["role"], message["content"])
         console.print(table)
+        bobs = await http.get("/conversations/chat-3/messages", headers=auth)
+        console.print(f"bob's chat-3 for alice -> {bobs.status_code} (not hers)")
         turn = await http.post(
             "/chat",
-            json={
-                "session": LEGACY_SESSION,
-                "conversation": "chat-0",
-                "message": "hello after the move",
-            },
+            json={"conversation": "chat-0", "message": "hello after the move"},
+            headers=auth,
         )
-        console.print(
-            f"POST /chat with the migrated session -> {turn.status_code}: {turn.json()['reply']}"
-        )
+        console.print(f"POST /chat as alice -> {turn.status_code}: {turn.json()['reply']}")
     server.should_exit = True
     await task
 

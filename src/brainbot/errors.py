@@ -28,11 +28,15 @@ Redis source. ::
     │   ├── SessionError                     a malformed session id or option
     │   ├── RollbackError                    no such migration run, or nothing to do
     │   ├── BadRequest                       a request the service cannot use (not JSON...)
-    │   └── TooLarge                         a request body over the service's limit
+    │   │   ├── UnsupportedMediaType           a body that is not application/json (415)
+    │   │   └── RequestTimeout                 a body that did not arrive in time (408)
+    │   └── TooLarge                         a request body over the service's limit (413)
     ├── NotFound
     │   └── SessionNotFound (KeyError)       no live session under that id
     ├── Unauthenticated                      no credential, or one that is unknown or expired
     ├── Unavailable                          no usable answer now; retry later
+    │   ├── Throttled                        over a rate limit of the service; .retry_after
+    │   ├── BudgetExhausted (KVError)        no API budget slot for live traffic in time
     │   ├── KVTransportError (KVError)       timeout, refused connection, broken stream
     │   ├── KVStorageError (KVError)         the embedded KV's database failed (locked, I/O)
     │   ├── RateLimited (KVRemoteError)      429: per-key write limit or the API budget
@@ -115,6 +119,14 @@ class ConfigError(InvalidInput):
 
 class BadRequest(InvalidInput):
     """A request the service cannot use: not JSON, a field missing or of the wrong kind."""
+
+
+class UnsupportedMediaType(BadRequest):
+    """A body that is not ``application/json`` (HTTP 415)."""
+
+
+class RequestTimeout(BadRequest):
+    """A body that did not arrive in time (HTTP 408)."""
 
 
 class TooLarge(InvalidInput):
@@ -233,6 +245,25 @@ class RateLimited(KVRemoteError, Unavailable):
 class ServerError(KVRemoteError, Unavailable):
     http_status = 500
     cf_code = 10001
+
+
+class Throttled(Unavailable):
+    """Over one of the service's rate limits (HTTP 429); retry after ``retry_after`` s."""
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class BudgetExhausted(KVError, Unavailable):
+    """Live traffic found no slot of the REST API budget within its short wait: fail fast
+    (HTTP 503 with ``retry_after``) rather than queue behind a minute of other requests."""
+
+    http_status = 503
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class KVTransportError(KVError, Unavailable):

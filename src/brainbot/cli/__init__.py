@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from brainbot.cli.auth import auth_app
 from brainbot.cli.kv import kv_app
 from brainbot.cli.migrate import migrate, rollback_command, verify_command
 
@@ -18,6 +19,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(kv_app, name="kv")
+app.add_typer(auth_app, name="auth")
 app.command("migrate")(migrate)
 app.command("verify")(verify_command)
 app.command("rollback")(rollback_command)
@@ -34,14 +36,23 @@ def serve_command(
 ) -> None:
     """Run the chat service on the configured store; prints 'READY <url>'."""
     from brainbot.cli.common import handled, run, settings
-    from brainbot.composition import chat_service
+    from brainbot.composition import allowed_hosts, chat_service
     from brainbot.service import serve
 
     config = settings()
     with handled():
         service = chat_service(config, responder)
+    app = service.app(allowed_hosts=allowed_hosts(config))
     with contextlib.suppress(KeyboardInterrupt):
-        run(serve(service, host, port))
+        run(
+            serve(
+                app,
+                host=host,
+                port=port,
+                header_timeout=config.header_timeout,
+                max_connections=config.max_connections,
+            )
+        )
 
 
 @app.command()

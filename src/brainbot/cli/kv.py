@@ -175,7 +175,7 @@ def serve_command(
 ) -> None:
     """Serve Cloudflare's KV REST API on the embedded KV; prints 'READY <base-url>'."""
     data_dir = data if data is not None else kv_serve_dir(settings())
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     if not token:
         token = secrets.token_urlsafe(32)
         token_file = data_dir / "serve-token"

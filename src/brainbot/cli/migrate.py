@@ -1,7 +1,8 @@
 """``brainbot migrate``, ``brainbot verify`` and ``brainbot rollback``.
 
 The source URL may hold a password: it is shown redacted everywhere. Exit codes: 0 done
-(and verified), 1 differences found or the run stopped (resume with --resume), 2 bad input.
+(and verified), 1 differences found or the run stopped (resume with --resume), 2 bad input
+or configuration, 3 not found.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from brainbot.cli.common import fail, run, settings
+from brainbot.cli.common import fail, handled, run, settings
 from brainbot.composition import migration_runs, open_namespace
 from brainbot.config import Settings
 from brainbot.migration import Options, migrate_redis_to_kv, rollback, verify
@@ -39,17 +40,23 @@ TLSCA = Annotated[
 ]
 ConversationPattern = Annotated[str, typer.Option(help="Legacy conversation lists.")]
 SessionPattern = Annotated[str, typer.Option(help="Legacy session strings.")]
+OwnerPattern = Annotated[str, typer.Option(help="Legacy sets of a user's conversation ids.")]
 
 
-def _options(settings: Settings, conversation: str, session: str, short_ttl: str) -> Options:
+def _options(
+    settings: Settings, conversation: str, session: str, owner: str, short_ttl: str
+) -> Options:
     if short_ttl not in ("clamp", "skip"):
         fail("--short-ttl must be clamp or skip", 2)
-    return Options(
-        prefix=settings.kv_prefix,
-        conversation_pattern=conversation,
-        session_pattern=session,
-        short_ttl=short_ttl,  # type: ignore[arg-type]
-    )
+    with handled():  # a bad pattern is refused here, before anything is read
+        return Options(
+            prefix=settings.kv_prefix,
+            conversation_pattern=conversation,
+            session_pattern=session,
+            owner_pattern=owner,
+            short_ttl=short_ttl,  # type: ignore[arg-type]
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _report_table(report: Any) -> Table:
@@ -80,6 +87,7 @@ def migrate(
     short_ttl: Annotated[str, typer.Option(help="Keys with < 60 s left: clamp or skip.")] = "clamp",
     conversation_pattern: ConversationPattern = "conversation:{id}",
     session_pattern: SessionPattern = "session:{id}",
+    owner_pattern: OwnerPattern = "user:{id}:conversations",
     tls_ca_file: TLSCA = None,
     verify_after: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
     scan_count: Annotated[int, typer.Option(help="SCAN COUNT per batch.", min=10)] = 1000,
@@ -89,7 +97,7 @@ def migrate(
 ) -> None:
     """Migrate Redis/Upstash into the configured KV namespace (embedded by default)."""
     config = settings()
-    options = _options(config, conversation_pattern, session_pattern, short_ttl)
+    options = _options(config, conversation_pattern, session_pattern, owner_pattern, short_ttl)
     with Progress(
         TextColumn("[bold]migrating[/]"),
         BarColumn(),
@@ -140,11 +148,12 @@ def verify_command(
     type_: Type = None,
     conversation_pattern: ConversationPattern = "conversation:{id}",
     session_pattern: SessionPattern = "session:{id}",
+    owner_pattern: OwnerPattern = "user:{id}:conversations",
     tls_ca_file: TLSCA = None,
 ) -> None:
     """Compare every key of the source with KV (type, value, TTL) and list differences."""
     config = settings()
-    options = _options(config, conversation_pattern, session_pattern, "clamp")
+    options = _options(config, conversation_pattern, session_pattern, owner_pattern, "clamp")
 
     async def work() -> Any:
         async with open_namespace(config, purpose="bulk") as kv:

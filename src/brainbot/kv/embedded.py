@@ -17,6 +17,7 @@ import base64
 import binascii
 import builtins
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -98,7 +99,7 @@ class EmbeddedKV:
         self._writes = 0
         self._closed = False
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(self.path)
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
@@ -133,8 +134,10 @@ class EmbeddedKV:
             raise KVError("This EmbeddedKV is closed.")
         try:
             return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
+        except sqlite3.OperationalError as exc:  # locked, I/O, disk full: retry later
             raise _storage_error(exc) from None
+        except sqlite3.Error as exc:  # a bug or a damaged file: not "retry later"
+            raise KVError(f"embedded KV: {type(exc).__name__}: {exc}") from None
 
     # -- reads -------------------------------------------------------------------------
 
@@ -286,6 +289,19 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _private_file(path: Path) -> None:
+    """The database file (and so its WAL and shared-memory files, which SQLite creates with
+    the same mode) readable by its owner only; its directory, if new, enterable by its owner
+    only. A file found wider is narrowed: it may hold session data."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o077:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def _storage_error(exc: sqlite3.Error | OSError) -> KVStorageError:

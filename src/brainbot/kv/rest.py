@@ -236,6 +236,8 @@ class CloudflareKV:
         bulk_max_items: int = BULK_WRITE_MAX_ITEMS,
         bulk_max_bytes: int = BULK_WRITE_MAX_BYTES,
         clock: Callable[[], float] = time.time,
+        live: bool = False,
+        budget_wait: float | None = None,
     ) -> None:
         if not account_id or not namespace_id:
             raise ValueError("account_id and namespace_id are required.")
@@ -252,6 +254,10 @@ class CloudflareKV:
         self.retry = retry if retry is not None else RetryPolicy()
         self.bulk_max_items = bulk_max_items
         self.bulk_max_bytes = bulk_max_bytes
+        self.live = live
+        """Live traffic: may use the budget's reserved share, and with ``budget_wait`` fails
+        fast (``BudgetExhausted``) instead of waiting longer for a slot."""
+        self.budget_wait = budget_wait
         self._clock = clock
         self._http = httpx.AsyncClient(
             base_url=(
@@ -296,7 +302,7 @@ class CloudflareKV:
         self, method: str, path: str, not_found_ok: bool, kwargs: dict[str, Any]
     ) -> httpx.Response:
         what = f"{method} {path.split('/', 1)[0]}"
-        async with self.budget.slot():
+        async with self.budget.slot(live=self.live, within=self.budget_wait):
             try:
                 response = await self._http.request(method, path, **kwargs)
             except httpx.TimeoutException as exc:

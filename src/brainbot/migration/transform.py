@@ -4,10 +4,16 @@
 * legacy conversation lists (``conversation:{id}``, a list of JSON messages) become the
   ``ConversationStore`` layout, one key per message, with ids derived from the messages'
   times and positions, so a re-run writes the same keys (no duplicates);
-* legacy sessions (``session:{id}``, a JSON string) become ``SessionStore`` records.
+* legacy sessions (``session:{id}``, a JSON string) are **not** carried over as sessions:
+  a session id is a bearer credential, and the old ones were guessable (sequential) and
+  slid for ever, so every user logs in again (with an identity token). What they say about
+  ownership is kept: a session ``{"user": U, "conversation": C}`` makes U the owner of C;
+* legacy owner sets (``user:{user}:conversations``, the old bot's set of a user's
+  conversation ids) become the owners' index entries of ``ConversationStore``.
 
-The patterns are options. A list or string under those patterns that does not hold the
-legacy format is migrated as a generic key instead, and reported, so nothing is dropped.
+A conversation no legacy record names an owner for stays reachable by operators only.
+The patterns are options. A key under those patterns that does not hold the legacy format
+is migrated as a generic key instead, and reported, so nothing is dropped.
 """
 
 from __future__ import annotations
@@ -18,13 +24,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from brainbot.errors import InvalidInput
 from brainbot.kv.errors import KVValidationError
 from brainbot.kv.limits import MAX_VALUE_BYTES, key_bytes
 from brainbot.kv.namespace import PutItem
 from brainbot.migration.source import SUPPORTED, Record
 from brainbot.storage import codec
 from brainbot.storage.codec import Item
-from brainbot.storage.conversations import legacy_messages, message_item
+from brainbot.storage.conversations import legacy_messages, message_item, owner_item
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,16 +40,24 @@ class Options:
     """``BRAINBOT_KV_PREFIX`` of the stores that will read the data."""
     conversation_pattern: str = "conversation:{id}"
     session_pattern: str = "session:{id}"
+    owner_pattern: str = "user:{id}:conversations"
+    """Legacy sets of a user's conversation ids (``{id}`` is the user)."""
     short_ttl: Literal["clamp", "skip"] = "clamp"
     """Keys with under 60 s left: ``clamp`` (migrate; KV keeps the entry 60 s, reads honour
     the exact expiry) or ``skip`` (report, do not write)."""
-    session_lifetime: int = 3600
-    """Lifetime given to legacy sessions that had no TTL."""
+
+    def __post_init__(self) -> None:
+        for which in ("conversation", "session", "owner"):
+            self.pattern(which)  # a bad pattern is refused before anything is read
 
     def pattern(self, which: str) -> re.Pattern[str]:
-        raw = self.conversation_pattern if which == "conversation" else self.session_pattern
+        raw = {
+            "conversation": self.conversation_pattern,
+            "session": self.session_pattern,
+            "owner": self.owner_pattern,
+        }[which]
         if raw.count("{id}") != 1:
-            raise ValueError(f"The {which} pattern must contain {{id}} once: {raw!r}")
+            raise InvalidInput(f"The {which} pattern must contain {{id}} once: {raw!r}")
         head, tail = raw.split("{id}")
         return re.compile(re.escape(head) + r"(?P<id>[^/]+?)" + re.escape(tail) + r"\Z")
 
@@ -52,13 +67,17 @@ class Plan:
     """What the migration does with one Redis key."""
 
     record: Record
-    kind: str = "generic"  # generic | conversation | session
+    kind: str = "generic"  # generic | conversation | session | owners
     items: list[PutItem] = field(default_factory=list)
     skipped: str | None = None
     note: str | None = None
 
     @property
     def name(self) -> str:
+        """The key as reports show it. A legacy session's key holds its bearer id (valid
+        again on Redis after a rollback): reports show a digest of it instead."""
+        if self.kind == "session":
+            return "session-key:sha256:" + hashlib.sha256(self.record.key).hexdigest()[:32]
         return self.record.key.decode("utf-8", "backslashreplace")
 
 
@@ -90,6 +109,16 @@ def size_of(record: Record) -> int:
     if record.type == "zset":
         return sum(len(m) + 8 for m, _ in value)
     return sum(len(v) for v in value) if value else 0
+
+
+def _owner_and_conversation(owner: object, cid: object) -> bool:
+    """Whether a legacy record names a usable owner and conversation id."""
+    if not isinstance(owner, str) or not isinstance(cid, str) or not owner or not cid:
+        return False
+    try:
+        return "/" not in cid and len(cid.encode()) <= 128 and len(owner.encode()) <= 256
+    except UnicodeEncodeError:
+        return False
 
 
 def plan(record: Record, options: Options, now_ms: int) -> Plan:
@@ -143,20 +172,26 @@ def plan(record: Record, options: Options, now_ms: int) -> Plan:
             legacy = None
         if isinstance(legacy, dict):
             result.kind = "session"
-            expires_ms = expire_ms or now_ms + options.session_lifetime * 1000
-            body = {"data": legacy, "created": now_ms / 1000, "expires": expires_ms / 1000}
-            value, metadata = codec.encode(Item("string", json.dumps(body).encode(), expires_ms))
-            result.items.append(
-                PutItem(
-                    options.prefix + name,
-                    value,
-                    codec.kv_expiration(expires_ms, now_ms),
-                    None,
-                    metadata,
-                )
-            )
+            owner, cid = legacy.get("user"), legacy.get("conversation")
+            if _owner_and_conversation(owner, cid):
+                assert isinstance(owner, str)
+                assert isinstance(cid, str)
+                result.items.append(owner_item(options.prefix, owner, cid, now_ms / 1000))
+                result.note = "legacy session invalidated (log in again); its owner recorded"
+            else:
+                result.note = "legacy session invalidated (log in again)"
             return result
         result.note = "not a legacy JSON session: migrated as a plain string"
+    owners = options.pattern("owner").match(name)
+    if owners and record.type == "set":
+        user = owners["id"]
+        members = [m.decode("utf-8", "replace") for m in record.value]
+        usable = [cid for cid in members if _owner_and_conversation(user, cid)]
+        if usable and len(usable) == len(members):
+            result.kind = "owners"
+            result.items += [owner_item(options.prefix, user, cid, now_ms / 1000) for cid in usable]
+            return result
+        result.note = "not a legacy owner set: migrated as a plain set"
     data: Any = record.value
     if record.type == "zset":
         data = {m: float(s) for m, s in record.value}

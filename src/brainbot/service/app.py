@@ -1,86 +1,101 @@
-"""``brainbot serve``: the chat service that runs the stores end to end.
+"""``brainbot serve``: the chat service, for users who are who they say they are.
 
-    POST   /sessions                       {"user": "alice"}            -> {"session", "expires"}
-    DELETE /sessions/{id}
-    POST   /chat       {"session", "conversation", "message"}          -> {"reply", ...}
-    GET    /conversations/{id}/messages?limit=N&before=ID              -> {"messages": [...]}
-    POST   /conversations/{id}/messages    {"role", "content"}         -> {"message": {...}}
-    DELETE /conversations/{id}
-    GET    /health
+    POST   /sessions            Bearer <identity token>        -> 201 {"session", "user", ...}
+    DELETE /sessions            Bearer <session>                -> 204 (log out)
+    POST   /conversations       Bearer <session>                -> 201 {"conversation": id}
+    GET    /conversations       Bearer <session>                -> {"conversations": [ids]}
+    POST   /chat                Bearer <session> {"message", "conversation"?}
+                                                                -> {"reply", "conversation", ...}
+    GET    /conversations/{id}/messages?limit=N&before=ID       -> {"messages", "next_before"}
+    POST   /conversations/{id}/messages {"content", "metadata"?} -> 201 {"message"}
+    DELETE /conversations/{id}                                  -> {"deleted": n}
+    GET    /health                                              -> {"ok": true} or 503
 
-The conversation endpoints need a live session (``Authorization: Bearer <session>``), 401
-without. Sessions do not own conversations yet: any session may read any conversation id
-(ownership checks are future work, noted in docs/storage.md). Bodies over 2 MiB get 413; a
-storage outage 503; a failing responder 502, with nothing stored for that turn.
+* **Identity**: a session is issued only for a signed identity token (``service/auth.py``);
+  no user name is ever taken from a request body.
+* **Ownership**: conversation ids come from the server; every conversation endpoint and
+  ``/chat`` answer 404 for a conversation the caller does not own (the same as a missing
+  one). Clients write only ``user`` messages; ``assistant`` ones come from the responder.
+  Operators (``BRAINBOT_OPERATORS``) reach every conversation.
+* **Limits**: message size, retention per conversation (messages and bytes), a byte budget
+  per response, rate limits per identity and per address (429 with ``Retry-After``).
+* **No half turns**: a turn is checked whole (the reply too) and written in one request.
+* **Errors by branch** of ``brainbot.errors``: bad input 400 (413 too large, 415 not JSON,
+  408 too slow), unauthenticated 401, not found 404, throttled 429, unavailable 503 (with
+  ``Retry-After`` when known), never a 500 for anything a client sends.
 
-The store comes from the composition root (``open_store()``: kv, dual or redis), so the
-service is what an operator restarts when flipping ``BRAINBOT_STORAGE_BACKEND``. Errors
-are answered by branch of ``brainbot.errors``: invalid input 400, unauthenticated 401, not
-found 404, body too large 413, unavailable 503 (storage down, locked, rate limited).
+Transport (timeouts, connection limits, trusted hosts) is ``service/transport.py``'s.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
-import socket
+import secrets
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from brainbot.errors import (
-    BadRequest,
-    BrainbotError,
+    BudgetExhausted,
     InvalidInput,
     NotFound,
+    RequestTimeout,
     SessionError,
+    Throttled,
     TooLarge,
     Unauthenticated,
     Unavailable,
+    UnsupportedMediaType,
 )
 from brainbot.responder import Responder, load_responder
+from brainbot.service import inputs
+from brainbot.service.auth import Identity, IdentityVerifier
+from brainbot.service.throttle import Kind, Throttle
 from brainbot.storage.conversations import ConversationStore, Message
 from brainbot.storage.protocol import Store
-from brainbot.storage.sessions import SessionStore
+from brainbot.storage.sessions import Session, SessionStore
 
 Handler = Callable[[Request], Awaitable[Response]]
 log = logging.getLogger("brainbot.service")
+HEALTH_KEY = "__brainbot_health__"
 
 
-MAX_BODY_BYTES = 2 * 1024 * 1024
+@dataclass(frozen=True, slots=True)
+class ServiceLimits:
+    max_message_bytes: int = 32 * 1024
+    max_conversation_messages: int = 10_000
+    max_conversation_bytes: int = 16 * 1024 * 1024
+    max_response_bytes: int = 1024 * 1024
+    body_timeout: float = 30.0
+    history_window: int = 20
+    session_lifetime: int = 3600
+    session_max_lifetime: int = 86400
+    health_interval: float = 10.0
+    """How fresh a storage outcome must be for /health to answer from it, else it probes."""
+
+    @property
+    def max_body_bytes(self) -> int:
+        """A message at its limit, every character escaped (``\\uXXXX``), plus room."""
+        return 6 * self.max_message_bytes + 16 * 1024
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+def _error(status: int, message: str, retry_after: float | None = None) -> JSONResponse:
+    headers = {} if retry_after is None else {"Retry-After": str(max(1, round(retry_after)))}
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-async def _body(request: Request) -> dict[str, Any]:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > MAX_BODY_BYTES:
-            raise TooLarge
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise BadRequest("The body must be a JSON object.") from None
-    if not isinstance(body, dict):
-        raise BadRequest("The body must be a JSON object.")
-    return body
-
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str) or not value:
-        raise BadRequest(f"'{name}' must be a non-empty string.")
-    return value
+def _bearer(request: Request) -> str:
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not credential.strip():
+        raise Unauthenticated("a bearer credential is required")
+    return credential.strip()
 
 
 class ChatService:
@@ -88,33 +103,58 @@ class ChatService:
         self,
         store: Store,
         *,
+        identity: IdentityVerifier,
         responder: Responder | None = None,
-        session_lifetime: int = 3600,
-        history_window: int = 20,
+        throttle: Throttle | None = None,
+        limits: ServiceLimits | None = None,
     ) -> None:
+        self.limits = limits or ServiceLimits()
         self.store = store
-        self.conversations = ConversationStore(store)
-        self.sessions = SessionStore(store, lifetime=session_lifetime)
+        self.identity = identity
+        self.throttle = throttle or Throttle()
+        self.conversations = ConversationStore(
+            store,
+            max_messages=self.limits.max_conversation_messages,
+            max_bytes=self.limits.max_conversation_bytes,
+            max_content_bytes=self.limits.max_message_bytes,
+        )
+        self.sessions = SessionStore(
+            store,
+            lifetime=self.limits.session_lifetime,
+            max_lifetime=self.limits.session_max_lifetime,
+        )
         self.responder = responder or load_responder(None)
-        self.history_window = history_window
+        self._outcome: tuple[float, Unavailable | None] = (-float("inf"), None)
+        self._probe_key = f"{HEALTH_KEY}/{secrets.token_hex(8)}"  # one per instance
 
-    def app(self) -> Starlette:
+    # -- plumbing ------------------------------------------------------------------------
+
+    def app(self, *, allowed_hosts: list[str] | None = None) -> Starlette:
         def guarded(handler: Handler) -> Handler:
             async def run(request: Request) -> Response:
                 try:  # errors are mapped by branch (brainbot.errors draws the tree)
                     return await handler(request)
-                except TooLarge:
-                    return _error(413, f"the body is over {MAX_BODY_BYTES} bytes")
+                except TooLarge as exc:
+                    return _error(413, str(exc))
+                except UnsupportedMediaType as exc:
+                    return _error(415, str(exc))
+                except RequestTimeout as exc:
+                    return _error(408, str(exc))
                 except InvalidInput as exc:
                     return _error(400, str(exc))
-                except Unauthenticated:
-                    return _error(401, "unknown or expired session")
+                except Unauthenticated as exc:
+                    return _error(401, str(exc) or "unknown or expired session")
                 except NotFound as exc:
                     return _error(404, str(exc))
+                except Throttled as exc:
+                    return _error(429, str(exc), exc.retry_after)
+                except BudgetExhausted as exc:
+                    return _error(503, "storage busy: try again shortly", exc.retry_after)
                 except Unavailable as exc:
-                    return _error(503, f"storage unavailable: {type(exc).__name__}")
-                except BrainbotError as exc:
-                    log.error("request failed: %s", type(exc).__name__)
+                    self._outcome = (time.monotonic(), exc)
+                    return _error(503, f"storage unavailable: {type(exc).__name__}", 1.0)
+                except Exception as exc:  # a bug or a misconfiguration: logged, no traceback out
+                    log.error("request failed: %s", type(exc).__name__, exc_info=exc)
                     return _error(500, "internal error")
 
             return run
@@ -124,12 +164,17 @@ class ChatService:
             yield
             await self.store.aclose()
 
-        return Starlette(
+        app = Starlette(
             routes=[
                 Route("/health", guarded(self.health), methods=["GET"]),
-                Route("/sessions", guarded(self.create_session), methods=["POST"]),
-                Route("/sessions/{sid}", guarded(self.delete_session), methods=["DELETE"]),
+                Route("/sessions", guarded(self.login), methods=["POST"]),
+                Route("/sessions", guarded(self.logout), methods=["DELETE"]),
                 Route("/chat", guarded(self.chat), methods=["POST"]),
+                Route(
+                    "/conversations",
+                    guarded(self.conversations_endpoint),
+                    methods=["GET", "POST"],
+                ),
                 Route(
                     "/conversations/{cid}/messages", guarded(self.messages), methods=["GET", "POST"]
                 ),
@@ -139,103 +184,193 @@ class ChatService:
             ],
             lifespan=lifespan,
         )
+        if allowed_hosts is not None:
+            app.add_middleware(HostCheck, allowed=allowed_hosts)
+        return app
 
-    async def health(self, request: Request) -> Response:
-        return JSONResponse({"ok": True})
-
-    async def _session(self, request: Request) -> Any:
-        scheme, _, sid = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not sid:
-            raise Unauthenticated
+    async def _session(self, request: Request) -> Session:
         try:
-            session = await self.sessions.get(sid)
+            session = await self.sessions.get(_bearer(request))
         except SessionError:
             session = None
         if session is None:
-            raise Unauthenticated
+            raise Unauthenticated("unknown or expired session")
         return session
 
-    async def create_session(self, request: Request) -> Response:
-        body = await _body(request) if request.headers.get("content-length", "0") != "0" else {}
-        user = body.get("user")
-        if user is not None and (
-            not isinstance(user, str) or not user or "/" in user or len(user.encode()) > 128
-        ):
-            raise BadRequest("'user' must be 1..128 bytes of text without '/'.")
-        session = await self.sessions.create({"user": user} if user else {})
-        return JSONResponse({"session": session.id, "expires": session.expires}, status_code=201)
+    @staticmethod
+    def _who(session: Session) -> Identity:
+        user = session.data.get("user")
+        if not isinstance(user, str):
+            raise Unauthenticated("the session has no identity: log in again")
+        return Identity(user, session.data.get("operator") is True)
 
-    async def delete_session(self, request: Request) -> Response:
-        try:
-            deleted = await self.sessions.delete(request.path_params["sid"])
-        except SessionError:
-            deleted = False
-        return Response(status_code=204) if deleted else _error(404, "no such session")
+    async def _throttle(
+        self, kind: Kind, request: Request, identity: str | None, *, by_address: bool = True
+    ) -> None:
+        address = request.client.host if request.client is not None and by_address else None
+        await self.throttle.check(kind, identity=identity, address=address)
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        return await inputs.json_body(
+            request, max_bytes=self.limits.max_body_bytes, within=self.limits.body_timeout
+        )
+
+    async def _owned(self, cid: object, who: Identity) -> str:
+        """``cid`` if ``who`` may reach it; the same 404 whether it is someone else's or
+        does not exist, so ids of others cannot be probed."""
+        conversation = inputs.text(cid, "conversation", max_bytes=128)
+        if "/" in conversation:
+            raise NotFound("no such conversation")
+        if who.operator or await self.conversations.owns(conversation, who.user):
+            return conversation
+        raise NotFound("no such conversation")
+
+    # -- endpoints -------------------------------------------------------------------------
+
+    def _wrote(self) -> None:
+        """A write of real traffic went through: the store takes writes now."""
+        self._outcome = (time.monotonic(), None)
+
+    async def health(self, request: Request) -> Response:
+        """Whether the store takes writes: the latest outcome of real traffic when it is
+        fresher than ``health_interval``, else a probe write of this instance's own key
+        (so an idle instance costs one write per interval, a busy one none)."""
+        at, failure = self._outcome
+        if time.monotonic() - at >= self.limits.health_interval:
+            try:
+                await self.store.set(self._probe_key, "ok", ex=60)
+                failure = None
+            except Unavailable as exc:
+                failure = exc
+            self._outcome = (time.monotonic(), failure)
+        if failure is not None:
+            return _error(503, f"storage unavailable: {type(failure).__name__}", 1.0)
+        return JSONResponse({"ok": True})
+
+    async def login(self, request: Request) -> Response:
+        await self._throttle("session", request, None)  # the address, before any work
+        who = self.identity.verify(_bearer(request))
+        await self._throttle("session", request, who.user, by_address=False)
+        session = await self.sessions.create({"user": who.user, "operator": who.operator})
+        self._wrote()
+        return JSONResponse(
+            {
+                "session": session.id,
+                "user": who.user,
+                "expires": session.expires,
+                "ends": session.ends,
+            },
+            status_code=201,
+        )
+
+    async def logout(self, request: Request) -> Response:
+        session = await self._session(request)
+        await self.sessions.delete(session.id)
+        return Response(status_code=204)
+
+    async def conversations_endpoint(self, request: Request) -> Response:
+        who = self._who(await self._session(request))
+        if request.method == "GET":
+            return JSONResponse({"conversations": await self.conversations.conversations(who.user)})
+        await self._throttle("write", request, who.user)
+        cid = await self.conversations.create(who.user)
+        return JSONResponse({"conversation": cid}, status_code=201)
 
     async def chat(self, request: Request) -> Response:
-        body = await _body(request)
-        sid, cid, text = _text(body, "session"), _text(body, "conversation"), _text(body, "message")
-        try:
-            session = await self.sessions.get(sid)
-        except SessionError:
-            session = None
-        if session is None:
-            return _error(401, "unknown or expired session")
-        user = session.data.get("user")
-        user_id = user if isinstance(user, str) else None
+        who = self._who(await self._session(request))
+        await self._throttle("write", request, who.user)
+        body = await self._body(request)
+        text = inputs.text(body.get("message"), "message", max_bytes=self.limits.max_message_bytes)
+        if body.get("conversation") is None:
+            cid = await self.conversations.create(who.user)
+        else:
+            cid = await self._owned(body.get("conversation"), who)
         question = Message("user", text)
-        history = await self.conversations.history(cid, limit=self.history_window)
-        try:  # the turn is stored only once there is a reply: a failed turn leaves no trace
-            reply = await self.responder.reply([*history, question], text)
+        context = await self.conversations.page(
+            cid, limit=self.limits.history_window, max_bytes=self.limits.max_response_bytes
+        )
+        try:  # the turn is stored only once there is a usable reply: no half turns
+            reply = await self.responder.reply([*context.messages, question], text)
+            answer = Message("assistant", reply)
+            if len(reply.encode("utf-8")) > self.limits.max_message_bytes:
+                raise ValueError("the reply is over the message limit")
         except Exception as exc:
             return _error(502, f"the responder failed: {type(exc).__name__}")
-        asked = await self.conversations.append(cid, question, user_id=user_id)
-        answered = await self.conversations.append(
-            cid, Message("assistant", reply), user_id=user_id
-        )
+        asked, answered = await self.conversations.append_turn(cid, [question, answer])
+        self._wrote()
         return JSONResponse(
             {"reply": reply, "conversation": cid, "message_ids": [asked.id, answered.id]}
         )
 
     async def messages(self, request: Request) -> Response:
-        await self._session(request)
-        cid = request.path_params["cid"]
+        who = self._who(await self._session(request))
+        cid = await self._owned(request.path_params["cid"], who)
         if request.method == "POST":
-            body = await _body(request)
+            await self._throttle("write", request, who.user)
+            body = await self._body(request)
+            role = body.get("role", "user")
+            if role != "user":
+                raise InvalidInput("Clients write 'user' messages only.")
             metadata = body.get("metadata")
             if metadata is not None and not isinstance(metadata, dict):
-                raise BadRequest("'metadata' must be an object.")
-            stored = await self.conversations.append(
-                cid, Message(_text(body, "role"), _text(body, "content"), metadata=metadata)
+                raise InvalidInput("'metadata' must be an object.")
+            content = inputs.text(
+                body.get("content"), "content", max_bytes=self.limits.max_message_bytes
             )
+            stored = await self.conversations.append(
+                cid, Message("user", content, metadata=metadata)
+            )
+            self._wrote()
             return JSONResponse({"message": stored.to_json()}, status_code=201)
-        try:
-            limit = int(request.query_params.get("limit", "50"))
-        except ValueError:
-            raise BadRequest("'limit' must be an integer.") from None
+        raw_limit = request.query_params.get("limit", "50")
+        if not raw_limit.isdigit():
+            raise InvalidInput("'limit' must be an integer from 1 to 1000.")
         before = request.query_params.get("before") or None
-        history = await self.conversations.history(cid, limit=limit, before=before)
-        return JSONResponse({"messages": [m.to_json() for m in history]})
+        page = await self.conversations.page(
+            cid,
+            limit=int(raw_limit),
+            before=before,
+            max_bytes=self.limits.max_response_bytes,
+        )
+        return JSONResponse(
+            {"messages": [m.to_json() for m in page.messages], "next_before": page.next_before}
+        )
 
     async def delete_conversation(self, request: Request) -> Response:
-        await self._session(request)
-        removed = await self.conversations.delete(request.path_params["cid"])
+        who = self._who(await self._session(request))
+        cid = await self._owned(request.path_params["cid"], who)
+        await self._throttle("write", request, who.user)
+        removed = await self.conversations.delete(cid, who.user)
         return JSONResponse({"deleted": removed})
 
 
-async def serve(service: ChatService, host: str, port: int) -> None:
-    """Run the chat service; print ``READY http://host:port`` once it accepts requests."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    server = uvicorn.Server(uvicorn.Config(service.app(), log_level="warning", access_log=False))
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            await task
-            return
-        await asyncio.sleep(0.01)
-    print(f"READY http://{host}:{sock.getsockname()[1]}", flush=True)
-    await task
+class HostCheck:
+    """Answers only for the configured host names (against DNS rebinding of a local
+    instance): a request with another ``Host`` gets 400. ``*.example.com`` matches
+    subdomains; IPv6 literals are written without brackets (``::1``)."""
+
+    def __init__(self, app: Any, allowed: list[str]) -> None:
+        self.app = app
+        self.exact = {h.lower() for h in allowed if not h.startswith("*.")}
+        self.suffixes = tuple(h[1:].lower() for h in allowed if h.startswith("*."))
+        self.any = "*" in self.exact
+
+    def allowed(self, header: str) -> bool:
+        host = header.strip().lower()
+        if host.startswith("["):
+            host = host[1:].split("]", 1)[0]
+        elif host.count(":") == 1:
+            host = host.split(":", 1)[0]
+        return (
+            self.any or host in self.exact or bool(self.suffixes and host.endswith(self.suffixes))
+        )
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = dict(scope.get("headers") or [])
+            host = headers.get(b"host", b"").decode("latin-1")
+            if not self.allowed(host):
+                response = _error(400, "invalid host header")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

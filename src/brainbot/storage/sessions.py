@@ -1,15 +1,23 @@
-"""Sessions with sliding expiry that does not write on every read.
+"""Sessions: a sliding expiry that does not write on every read, and an absolute one.
 
-A session is one key ``{prefix}{id}`` holding JSON ``{"data", "created", "expires"}`` with
-a TTL of the session lifetime. Reading a session refreshes its lifetime only when less than
-``refresh_below`` seconds are left (half the lifetime by default), so a busy session is
-written at most once per half-lifetime: far under KV's 1 write per second per key. Ids are
-256 random bits from ``secrets``; ``regenerate`` issues a new id for the same data (after
-a login, against session fixation). Works on every backend of ``open_store()``.
+A session id is a bearer credential (256 random bits from ``secrets``), so it is never a
+key name: the session lives under ``{prefix}{sha256(id)}``, and logs, dual-mode warnings,
+migration manifests and ``verify`` output see only that digest. The record is JSON
+``{"data", "created", "expires", "ends"}``:
+
+* ``expires`` slides: reading a session refreshes it only when less than ``refresh_below``
+  seconds are left (half the lifetime by default), so a busy session is written at most
+  once per half-lifetime, far under KV's 1 write per second per key;
+* ``ends`` does not: ``created + max_lifetime``, after which the session is gone however
+  busy it was (log in again). The KV entry's TTL never outlives it.
+
+``regenerate`` issues a new id for the same data (against session fixation). Works on every
+backend of ``open_store()``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import secrets
@@ -21,9 +29,14 @@ from brainbot.errors import SessionError, SessionNotFound
 from brainbot.kv.limits import JSON, MIN_EXPIRATION_TTL
 from brainbot.storage.protocol import Store
 
-# New ids are token_urlsafe(32) (256 bits, 43 characters); migrated legacy ids may differ.
-# (a format check only: ids are issued by create(), never chosen by clients)
-_ID = re.compile(r"\A[A-Za-z0-9_.:-]{16,128}\Z")
+# New ids are token_urlsafe(32) (256 bits, 43 characters); a format check only: ids are
+# issued by create(), never chosen by clients.
+_ID = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
+
+
+def session_key(prefix: str, session_id: str) -> str:
+    """Where the session ``session_id`` is stored: a digest, never the credential."""
+    return prefix + hashlib.sha256(session_id.encode("ascii")).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,9 +45,10 @@ class Session:
     data: dict[str, JSON]
     created: float
     expires: float
+    ends: float
 
     def __repr__(self) -> str:  # the id is a credential: keep it out of logs
-        return f"Session(id='{self.id[:6]}…', expires={self.expires:.0f})"
+        return f"Session(id='{self.id[:4]}…', expires={self.expires:.0f})"
 
 
 class SessionStore:
@@ -43,17 +57,21 @@ class SessionStore:
         store: Store,
         *,
         lifetime: int = 3600,
+        max_lifetime: int = 86400,
         refresh_below: int | None = None,
         prefix: str = "session:",
         clock: Callable[[], float] = time.time,
     ) -> None:
         if lifetime < MIN_EXPIRATION_TTL:
             raise SessionError(f"lifetime must be at least {MIN_EXPIRATION_TTL} s (KV's floor).")
+        if max_lifetime < lifetime:
+            raise SessionError("max_lifetime must be at least the lifetime.")
         refresh = lifetime // 2 if refresh_below is None else refresh_below
         if not 0 <= refresh < lifetime:
             raise SessionError("refresh_below must be from 0 to less than the lifetime.")
         self.store = store
         self.lifetime = lifetime
+        self.max_lifetime = max_lifetime
         self.refresh_below = refresh
         self.prefix = prefix
         self._clock = clock
@@ -61,46 +79,67 @@ class SessionStore:
     def _key(self, session_id: str) -> str:
         if not isinstance(session_id, str) or not _ID.match(session_id):
             raise SessionError("Malformed session id.")
-        return self.prefix + session_id
+        return session_key(self.prefix, session_id)
 
-    async def _write(self, session_id: str, data: dict[str, JSON], created: float) -> Session:
+    async def _write(
+        self, session_id: str, data: dict[str, JSON], created: float, ends: float
+    ) -> Session:
         now = self._clock()
-        session = Session(session_id, data, created, now + self.lifetime)
-        body = {"data": data, "created": created, "expires": session.expires}
-        await self.store.set(self._key(session_id), json.dumps(body), ex=self.lifetime)
+        expires = min(now + self.lifetime, ends)
+        session = Session(session_id, data, created, expires, ends)
+        body = {"data": data, "created": created, "expires": expires, "ends": ends}
+        # reads enforce the exact end; the entry may outlive it by up to KV's 60 s floor
+        ttl = max(int(expires - now + 0.999), MIN_EXPIRATION_TTL)
+        await self.store.set(self._key(session_id), json.dumps(body), ex=ttl)
         return session
 
     async def create(self, data: dict[str, JSON] | None = None) -> Session:
+        """A new session (a new id every time: ids are never reused or chosen by clients)."""
         try:
             json.dumps(data or {})
         except (TypeError, ValueError) as exc:
             raise SessionError(f"Session data must be JSON: {exc}") from None
-        return await self._write(secrets.token_urlsafe(32), dict(data or {}), self._clock())
+        now = self._clock()
+        return await self._write(
+            secrets.token_urlsafe(32), dict(data or {}), now, now + self.max_lifetime
+        )
 
     async def _read(self, session_id: str) -> Session | None:
         raw = await self.store.get(self._key(session_id))
         if raw is None:
             return None
-        body = json.loads(raw)
-        if body["expires"] <= self._clock():
+        try:
+            body = json.loads(raw)
+            session = Session(
+                session_id,
+                dict(body["data"]),
+                float(body["created"]),
+                float(body["expires"]),
+                float(body.get("ends", body["expires"])),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None  # not a session record: no session
+        if min(session.expires, session.ends) <= self._clock():
             return None
-        return Session(session_id, body["data"], body["created"], body["expires"])
+        return session
 
     async def get(self, session_id: str) -> Session | None:
-        """The live session, or None. Refreshes the lifetime only when it runs low."""
+        """The live session, or None. Refreshes the lifetime only when it runs low (and
+        never past the absolute end)."""
         session = await self._read(session_id)
         if session is None:
             return None
-        if session.expires - self._clock() < self.refresh_below:
-            session = await self._write(session_id, session.data, session.created)
+        left = session.expires - self._clock()
+        if left < self.refresh_below and session.expires < session.ends:
+            session = await self._write(session_id, session.data, session.created, session.ends)
         return session
 
     async def update(self, session_id: str, data: dict[str, JSON]) -> Session:
         """Replace the session's data (and renew its lifetime); last writer wins."""
         current = await self._read(session_id)  # no refresh: the write below renews it
         if current is None:
-            raise SessionNotFound(session_id[:6] + "…")
-        return await self._write(session_id, dict(data), current.created)
+            raise SessionNotFound("no such session")
+        return await self._write(session_id, dict(data), current.created, current.ends)
 
     async def delete(self, session_id: str) -> bool:
         return bool(await self.store.delete(self._key(session_id)))
@@ -110,7 +149,9 @@ class SessionStore:
         locations may still see it for up to a minute: KV is eventually consistent)."""
         current = await self._read(session_id)
         if current is None:
-            raise SessionNotFound(session_id[:6] + "…")
-        fresh = await self._write(secrets.token_urlsafe(32), current.data, current.created)
+            raise SessionNotFound("no such session")
+        fresh = await self._write(
+            secrets.token_urlsafe(32), current.data, current.created, current.ends
+        )
         await self.delete(session_id)
         return fresh

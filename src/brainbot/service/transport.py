@@ -1,0 +1,151 @@
+"""How ``brainbot serve`` meets the network: uvicorn, with the limits it lacks added.
+
+* **Header deadline.** uvicorn waits for a request's headers for ever (its keep-alive timer
+  starts only after a response), so 200 clients sending headers a byte at a time held 200
+  connections open indefinitely. :class:`GuardedH11Protocol` closes a connection whose
+  request line and headers are not complete ``header_timeout`` seconds after it opened (or
+  after its previous response).
+* **Body deadline.** The app reads bodies within ``BRAINBOT_BODY_TIMEOUT`` (408).
+* **Concurrency.** uvicorn's ``limit_concurrency``: beyond ``max_connections`` connections
+  or requests at once, new requests get 503 at once instead of queueing.
+* **Out of file descriptors.** When ``accept()`` fails with EMFILE/ENFILE, asyncio stops
+  accepting for a second and retries (its own back-off); the error it reports each time is
+  logged at most once per ``log_every`` seconds with a count, so the log cannot grow by
+  megabytes a second while the process is out of descriptors.
+* **Hosts.** Only the configured host names are answered (``HostCheck`` in the app).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+log = logging.getLogger("brainbot.service")
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers."""
+
+    header_timeout = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._arm()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_deadline = self.loop.call_later(self.header_timeout, self._too_slow)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_header_deadline", None) is not None:
+            assert self._header_deadline is not None
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _too_slow(self) -> None:
+        self._header_deadline = None
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and not self.transport.is_closing():
+            self.transport.close()  # headers never finished: nothing to answer
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.conn.their_state is not h11.IDLE:  # a request line and headers arrived
+            self._disarm()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm()  # the next request on this connection gets its own deadline
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+
+def guarded_protocol(header_timeout: float) -> type[GuardedH11Protocol]:
+    return type("GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout": header_timeout})
+
+
+class QuietAcceptErrors:
+    """A loop exception handler that logs running out of descriptors once per
+    ``log_every`` seconds (with how many times it happened), everything else as usual."""
+
+    def __init__(self, log_every: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.log_every = log_every
+        self._clock = clock
+        self._last = -float("inf")
+        self.suppressed = 0
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS:
+            now = self._clock()
+            if now - self._last < self.log_every:
+                self.suppressed += 1
+                return
+            log.error(
+                "out of file descriptors (%s): not accepting for a second; %d more since "
+                "the last report",
+                errno.errorcode.get(exc.errno or 0, exc.errno),
+                self.suppressed,
+            )
+            self._last, self.suppressed = now, 0
+            return
+        loop.default_exception_handler(context)
+
+
+async def serve(
+    app: Any,
+    *,
+    host: str,
+    port: int,
+    header_timeout: float = 10.0,
+    max_connections: int = 1000,
+    keep_alive: int = 5,
+    announce: Callable[[str], None] | None = None,
+) -> None:
+    """Run ``app`` until cancelled or signalled; announce ``READY http://host:port``."""
+    asyncio.get_running_loop().set_exception_handler(QuietAcceptErrors())
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        http=guarded_protocol(header_timeout),
+        limit_concurrency=max_connections,
+        timeout_keep_alive=keep_alive,
+        proxy_headers=False,  # the client address is the peer's; see docs/security.md
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            await task
+            return
+        await asyncio.sleep(0.01)
+    shown = f"[{host}]" if ":" in host else host
+    line = f"READY http://{shown}:{sock.getsockname()[1]}"
+    if announce is not None:
+        announce(line)
+    else:
+        print(line, flush=True)
+        sys.stdout.flush()
+    await task
