@@ -96,23 +96,31 @@ async def test_redis_down_is_unavailable_and_still_redis_pys_connection_error() 
 
 
 async def test_the_service_answers_by_branch(tmp_path: Path) -> None:
+    from brainbot.service import IdentityVerifier
+    from brainbot.service.auth import mint
+
+    secret = "s" * 32
     namespace = EmbeddedKV(tmp_path / "kv.sqlite3", busy_timeout=0.2)
-    service = ChatService(KVStore(namespace))
-    app = service.app()
+    service = ChatService(KVStore(namespace), identity=IdentityVerifier(secret=secret))
     async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://bot"
+        transport=httpx.ASGITransport(app=service.app()), base_url="http://bot"
     ) as http:
-        session = (await http.post("/sessions", json={})).json()["session"]
-        turn = {"session": session, "conversation": "c", "message": "hi"}
-        assert (await http.post("/chat", json={**turn, "message": ""})).status_code == 400
-        assert (await http.post("/chat", json={**turn, "session": "x" * 20})).status_code == 401
+        login = await http.post(
+            "/sessions", headers={"Authorization": f"Bearer {mint(secret, 'alice')}"}
+        )
+        auth = {"Authorization": f"Bearer {login.json()['session']}"}
+        turn = {"message": "hi"}
+        assert (await http.post("/chat", json={"message": ""}, headers=auth)).status_code == 400
+        unknown = {"Authorization": "Bearer " + "x" * 43}
+        assert (await http.post("/chat", json=turn, headers=unknown)).status_code == 401
+        assert (await http.get("/conversations/nope/messages", headers=auth)).status_code == 404
         holder = lock(namespace.path)
         try:
-            answer = await http.post("/chat", json=turn)
+            answer = await http.post("/chat", json=turn, headers=auth)
         finally:
             holder.rollback()
             holder.close()
         assert answer.status_code == 503  # was a 500 after 30 s
         assert "KVStorageError" in answer.json()["error"]
-        assert (await http.post("/chat", json=turn)).status_code == 200
+        assert (await http.post("/chat", json=turn, headers=auth)).status_code == 200
     await namespace.aclose()

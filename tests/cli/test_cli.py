@@ -95,3 +95,52 @@ def test_serve_announces_ready_and_refuses_bad_options(brainbot) -> None:  # typ
     done = brainbot("kv", "serve", "--error-rate", "1.5", "--token", "t")
     assert done.returncode == 2
     assert "error_rate must be between 0 and 1" in done.stderr.decode()
+
+
+def test_auth_token_logs_in_to_a_local_serve(tmp_path: Path) -> None:
+    import httpx
+
+    from tests.support.service import start_bot
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "BRAINBOT_"))}
+    env["BRAINBOT_DATA_DIR"] = str(tmp_path / "data")
+    minted = subprocess.run(
+        [sys.executable, "-m", "brainbot", "auth", "token", "--user", "alice"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.decode().strip()
+    secret = tmp_path / "data" / "auth-secret"
+    assert oct(secret.stat().st_mode & 0o777) == "0o600"
+    assert secret.read_text().strip() not in minted.stdout.decode() + minted.stderr.decode()
+    bot = start_bot(env)
+    try:
+        with httpx.Client(base_url=bot.url, timeout=30) as http:
+            login = http.post("/sessions", headers={"Authorization": f"Bearer {token}"})
+            assert login.status_code == 201
+            assert login.json()["user"] == "alice"
+    finally:
+        bot.stop()
+    secret.chmod(0o644)  # readable by others: it would let them be anyone
+    refused = subprocess.run(
+        [sys.executable, "-m", "brainbot", "auth", "token", "--user", "alice"],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert refused.returncode == 2
+    assert b"chmod 600" in refused.stderr
+
+
+def test_migrate_explains_a_bad_source_url_and_pattern(brainbot) -> None:  # type: ignore[no-untyped-def]
+    bad_port = brainbot("migrate", "--source", "redis://127.0.0.1:notaport/0")
+    assert bad_port.returncode == 2
+    assert b"Traceback" not in bad_port.stderr
+    bad_pattern = brainbot(
+        "migrate", "--source", "redis://127.0.0.1:1/0", "--conversation-pattern", "conv"
+    )
+    assert bad_pattern.returncode == 2
+    assert b"{id}" in bad_pattern.stderr
+    assert b"Traceback" not in bad_pattern.stderr

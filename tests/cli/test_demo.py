@@ -1,6 +1,6 @@
 """The README's main job, end to end, as a person runs it: `brainbot demo` on a fresh data
 directory starts its own Redis, migrates legacy data into the embedded KV, verifies it and
-serves the migrated history."""
+serves the migrated history to its owner, logged in with an identity token."""
 
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ def test_demo_migrates_verifies_and_serves_the_history(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     out = done.stdout
     assert "verify: differences" in out
-    assert "555 keys checked, 0 differences" in out
-    assert "answer 24 in chat 0 ✓" in out  # the migrated history, served over HTTP
-    assert "POST /chat with the migrated session -> 200" in out
+    assert "557 keys checked, 0 differences" in out  # 555 and the two legacy owner sets
+    assert "alice's legacy session id -> 401" in out  # old bearer ids open nothing
+    assert "POST /sessions with alice's identity token -> 201" in out
+    assert "answer 24 in chat 0 ✓" in out  # her migrated history, served over HTTP
+    assert "bob's chat-3 for alice -> 404" in out
+    assert "POST /chat as alice -> 200" in out
     assert (tmp_path / "data" / "kv" / "brainbot.sqlite3").exists()
     runs = list((tmp_path / "data" / "migrations").iterdir())
     assert len(runs) == 1

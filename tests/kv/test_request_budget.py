@@ -96,3 +96,57 @@ async def test_client_paced_to_the_server_budget_is_never_locked_out(
             assert caught.value.retry_after is not None
     finally:
         service.stop()
+
+
+async def test_bulk_work_leaves_the_reserved_share_to_live_traffic() -> None:
+    clock = VirtualTime()
+    budget = RequestBudget(10, 60.0, reserved_for_live=3, clock=clock, sleep=clock.sleep)
+    for _ in range(7):  # a migration spends what bulk may spend
+        async with budget.slot():
+            pass
+    started = clock()
+    for _ in range(3):  # the bot still gets its three, at once
+        async with budget.slot(live=True, within=1.0):
+            pass
+    assert clock() == started
+    bulk_done = []
+
+    async def bulk() -> None:
+        async with budget.slot():
+            bulk_done.append(clock())
+
+    await bulk()  # bulk waits for the window to roll over, it is never refused
+    assert bulk_done == [started + 60.0]
+
+
+async def test_live_traffic_fails_fast_when_no_slot_frees_in_time() -> None:
+    from brainbot.errors import BudgetExhausted, Unavailable
+
+    clock = VirtualTime()
+    budget = RequestBudget(5, 300.0, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        async with budget.slot(live=True, within=2.0):
+            pass
+    started = clock()
+    with pytest.raises(BudgetExhausted) as caught:
+        async with budget.slot(live=True, within=2.0):
+            pass
+    assert clock() == started  # it did not wait for a slot that frees in 300 s
+    assert isinstance(caught.value, Unavailable)
+    assert 299 <= caught.value.retry_after <= 300
+    clock.now += 300  # once the window rolls over, live traffic gets through again
+    async with budget.slot(live=True, within=2.0):
+        pass
+
+
+async def test_a_live_request_does_not_queue_behind_bulk_waiters() -> None:
+    clock = VirtualTime()
+    budget = RequestBudget(4, 60.0, reserved_for_live=2, clock=clock, sleep=clock.sleep)
+    order: list[str] = []
+
+    async def request(kind: str) -> None:
+        async with budget.slot(live=kind == "live", within=1.0 if kind == "live" else None):
+            order.append(kind)
+
+    await asyncio.gather(*(request("bulk") for _ in range(6)), request("live"))
+    assert order.index("live") <= 2  # among the first, not after the waiting bulk ones

@@ -23,7 +23,6 @@ from brainbot.kv import BulkResult, EmbeddedKV, PutItem, iter_keys
 from brainbot.kv.faults import Faults
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore
-from brainbot.storage.sessions import SessionStore
 from tests.support.kv import fault_args, rest_client
 from tests.support.migration import migrate, roll_back, verify_kv
 from tests.support.processes import free_port, start_kv_server, start_service
@@ -71,8 +70,11 @@ async def fill(r: aioredis.Redis, *, conversations: int = 3, generic: int = 50) 
     await r.expire("conversation:c0", 86_400)
     await r.rpush("conversation:not-legacy", "plain text")
     await r.set(
-        "session:legacy-session-id-0001", json.dumps({"user": "alice", "turns": 3}), ex=1800
+        "session:legacy-session-id-0001",
+        json.dumps({"user": "alice", "conversation": "c1", "turns": 3}),
+        ex=1800,
     )
+    await r.sadd("user:bob:conversations", "c0", "c2")  # the old bot's owner set
     for i in range(generic):
         await r.set(f"g:{i:04d}", f"value {i}")
 
@@ -120,12 +122,17 @@ async def test_every_type_and_edge_arrives_as_the_new_code_reads_it(
         assert [(m.role, m.content) for m in history] == [
             ("user" if i % 2 == 0 else "assistant", f"c1 m{i} é") for i in range(20)
         ]
-        session = await SessionStore(kv).get("legacy-session-id-0001")
-        assert session is not None
-        assert session.data == {"user": "alice", "turns": 3}
+        # legacy sessions are not bearer tokens any more (log in again); their owner stays
+        assert await kv.keys("session:*") == []
+        conversations = ConversationStore(kv)
+        assert await conversations.owns("c1", "alice")
+        assert not await conversations.owns("c0", "alice")
+        assert await conversations.owns("c0", "bob")  # from bob's legacy owner set
+        assert await conversations.owns("c2", "bob")
     run_dir = settings.data_dir / "migrations" / report.run_id
     manifest = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
     assert {m["key"] for m in manifest} >= {"queue", "user:1", "conversation:c0"}
+    assert "legacy-session-id-0001" not in (run_dir / "manifest.jsonl").read_text()
     assert all(set(m) >= {"key", "type", "size", "ttl_ms", "sha256", "run"} for m in manifest)
     assert "value" not in (run_dir / "manifest.jsonl").read_text()
     assert oct((run_dir / "backup.jsonl.gz").stat().st_mode & 0o777) == "0o600"

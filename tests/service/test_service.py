@@ -1,6 +1,7 @@
 """The story's integration tests: conversation storage and sessions through `brainbot
-serve`, concurrent appends from 8 OS processes, and persistence across a kill -9 restart,
-on the embedded KV and through the REST client to `brainbot kv serve`."""
+serve` (logged in with identity tokens), concurrent appends from 8 OS processes, and
+persistence across a kill -9 restart, on the embedded KV and through the REST client to
+`brainbot kv serve`. The attacks are in test_security.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ import pytest
 from brainbot.composition import open_store
 from brainbot.config import Settings
 from brainbot.storage.conversations import ConversationStore
-from tests.support.processes import Service, start_kv_server, start_service
+from tests.support.processes import Service, start_kv_server
+from tests.support.service import bot_env, login, new_conversation, start_bot
 
 
 @pytest.fixture(params=["embedded", "rest"])
@@ -28,7 +30,7 @@ def store_env(
 ) -> Iterator[dict[str, str]]:
     """Environment that points brainbot at the embedded KV or, through the REST client,
     at a `brainbot kv serve` of its own."""
-    env = {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), "BRAINBOT_KV_KEY_WRITE_INTERVAL": "0"}
+    env = bot_env(tmp_path / "data")
     if request.param == "embedded":
         yield env
         return
@@ -43,12 +45,6 @@ def store_env(
     server.stop()
 
 
-def start_bot(env: dict[str, str]) -> Service:
-    return start_service(
-        [sys.executable, "-m", "brainbot", "serve", "--port", "0"], r"^READY (\S+)$", env=env
-    )
-
-
 def kill_9(service: Service) -> None:
     os.killpg(service.process.pid, signal.SIGKILL)
     service.process.wait(timeout=10)
@@ -58,46 +54,40 @@ def test_chat_sessions_and_history_survive_kill_9(store_env: dict[str, str]) -> 
     bot = start_bot(store_env)
     try:
         with httpx.Client(base_url=bot.url, timeout=30) as http:
-            session = http.post("/sessions", json={"user": "alice"}).json()["session"]
-            auth = {"Authorization": f"Bearer {session}"}
-            replies = [
+            auth = login(http, "alice")
+            first = http.post("/chat", json={"message": "hi 0"}, headers=auth).json()
+            cid = first["conversation"]  # new conversation ids come from the server
+            replies = [first["reply"]] + [
                 http.post(
-                    "/chat", json={"session": session, "conversation": "c1", "message": f"hi {i}"}
+                    "/chat", json={"conversation": cid, "message": f"hi {i}"}, headers=auth
                 ).json()["reply"]
-                for i in range(3)
+                for i in range(1, 3)
             ]
             assert replies == [f"brainbot heard: hi {i} (turn {i + 1})" for i in range(3)]
-            note = {"role": "system", "content": "note"}
-            assert (
-                http.post("/conversations/c1/messages", json=note, headers=auth).status_code == 201
-            )
-            before = http.get(
-                "/conversations/c1/messages", params={"limit": 50}, headers=auth
-            ).json()["messages"]
+            note = {"content": "a note of mine"}
+            url = f"/conversations/{cid}/messages"
+            assert http.post(url, json=note, headers=auth).status_code == 201
+            before = http.get(url, params={"limit": 50}, headers=auth).json()["messages"]
             assert len(before) == 7
+            assert http.get("/conversations", headers=auth).json() == {"conversations": [cid]}
     finally:
         kill_9(bot)  # no shutdown, no flush: what was acknowledged must be on disk already
 
     bot = start_bot(store_env)
     try:
         with httpx.Client(base_url=bot.url, timeout=30) as http:
-            after = http.get(
-                "/conversations/c1/messages", params={"limit": 50}, headers=auth
-            ).json()["messages"]
+            after = http.get(url, params={"limit": 50}, headers=auth).json()["messages"]
             assert after == before
-            reply = http.post(
-                "/chat", json={"session": session, "conversation": "c1", "message": "back"}
-            )
+            reply = http.post("/chat", json={"conversation": cid, "message": "back"}, headers=auth)
             assert reply.status_code == 200  # the session survived too
-            assert reply.json()["reply"] == "brainbot heard: back (turn 4)"
-            assert http.delete("/conversations/c1", headers=auth).json() == {"deleted": 9}
-            assert http.get("/conversations/c1/messages", headers=auth).json() == {"messages": []}
-            assert http.delete(f"/sessions/{session}").status_code == 204
-            refused = http.post(
-                "/chat", json={"session": session, "conversation": "c1", "message": "x"}
-            )
+            assert reply.json()["reply"] == "brainbot heard: back (turn 5)"  # 3 turns, a note
+            assert http.delete(f"/conversations/{cid}", headers=auth).json() == {"deleted": 9}
+            assert http.get(url, headers=auth).status_code == 404  # gone, index entry too
+            assert http.get("/conversations", headers=auth).json() == {"conversations": []}
+            assert http.delete("/sessions", headers=auth).status_code == 204
+            refused = http.post("/chat", json={"message": "x"}, headers=auth)
             assert refused.status_code == 401
-            assert http.get("/conversations/c1/messages", headers=auth).status_code == 401
+            assert http.get(url, headers=auth).status_code == 401
     finally:
         bot.stop()
 
@@ -106,48 +96,43 @@ def test_bad_requests_get_clear_errors(store_env: dict[str, str]) -> None:
     bot = start_bot(store_env)
     try:
         with httpx.Client(base_url=bot.url, timeout=30) as http:
-            session = http.post("/sessions", json={"user": "bob"}).json()["session"]
-            auth = {"Authorization": f"Bearer {session}"}
-            url = "/conversations/c/messages"
-            assert http.post("/chat", content=b"not json").status_code == 400
-            missing = http.post("/chat", json={"session": "s"}).json()["error"]
-            assert missing == "'conversation' must be a non-empty string."
+            auth = login(http, "bob")
+            cid = new_conversation(http, auth)
+            url = f"/conversations/{cid}/messages"
+            json_type = {**auth, "Content-Type": "application/json"}
+            assert http.post("/chat", content=b"not json", headers=json_type).status_code == 400
+            missing = http.post("/chat", json={"conversation": cid}, headers=auth).json()["error"]
+            assert missing == "'message' must be a non-empty string."
             assert (
                 http.post(url, json={"role": "wizard", "content": "x"}, headers=auth).status_code
                 == 400
             )
-            surrogate = b'{"role": "user", "content": "\\ud800"}'
-            assert http.post(url, content=surrogate, headers=auth).status_code == 400
+            surrogate = b'{"content": "\\ud800"}'
+            assert http.post(url, content=surrogate, headers=json_type).status_code == 400
             assert http.get(url, params={"limit": "many"}, headers=auth).status_code == 400
             assert http.get(url, params={"limit": 0}, headers=auth).status_code == 400
             assert http.get(url, params={"before": "garbage"}, headers=auth).status_code == 400
             assert http.get(url).status_code == 401
             assert http.get(url, headers={"Authorization": "Bearer nope"}).status_code == 401
             huge = b"x" * (3 * 1024 * 1024)
-            assert http.post(url, content=huge, headers=auth).status_code == 413
-            assert http.post("/sessions", json={"user": "a/b"}).status_code == 400
-            assert http.delete("/sessions/nope").status_code == 404
-            assert http.get(url, headers=auth).json() == {"messages": []}
+            assert http.post(url, content=huge, headers=json_type).status_code == 413
+            assert http.post("/sessions", json={"user": "a"}).status_code == 401  # no identity
+            assert http.get(url, headers=auth).json() == {"messages": [], "next_before": None}
     finally:
         bot.stop()
 
 
 def test_a_failing_responder_leaves_no_half_turn(tmp_path: Path) -> None:
-    env = {
-        "BRAINBOT_DATA_DIR": str(tmp_path / "data"),
-        "BRAINBOT_RESPONDER": "tests.support.responders:Failing",
-        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
-    }
+    env = bot_env(tmp_path / "data", BRAINBOT_RESPONDER="tests.support.responders:Failing")
     bot = start_bot(env)
     try:
         with httpx.Client(base_url=bot.url, timeout=30) as http:
-            session = http.post("/sessions", json={}).json()["session"]
-            answer = http.post(
-                "/chat", json={"session": session, "conversation": "c", "message": "hi"}
-            )
+            auth = login(http, "carol")
+            cid = new_conversation(http, auth)
+            answer = http.post("/chat", json={"conversation": cid, "message": "hi"}, headers=auth)
             assert answer.status_code == 502
-            auth = {"Authorization": f"Bearer {session}"}
-            assert http.get("/conversations/c/messages", headers=auth).json() == {"messages": []}
+            messages = http.get(f"/conversations/{cid}/messages", headers=auth).json()
+            assert messages == {"messages": [], "next_before": None}
     finally:
         bot.stop()
 

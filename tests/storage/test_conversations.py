@@ -53,19 +53,62 @@ async def backend(
 
 async def test_append_and_history_in_chronological_order(backend: Any) -> None:
     conversations = ConversationStore(backend)
+    c1 = await conversations.create("alice")
     for i in range(12):
         role = "user" if i % 2 == 0 else "assistant"
-        await conversations.append(
-            "c1", Message(role, f"m{i} é🙂", metadata={"i": i}), user_id="alice"
-        )
-    newest = await conversations.history("c1", limit=5)
+        await conversations.append(c1, Message(role, f"m{i} é🙂", metadata={"i": i}))
+    newest = await conversations.history(c1, limit=5)
     assert [m.content for m in newest] == [f"m{i} é🙂" for i in range(7, 12)]
     assert [m.metadata for m in newest] == [{"i": i} for i in range(7, 12)]
-    older = await conversations.history("c1", limit=5, before=newest[0].id)
+    older = await conversations.history(c1, limit=5, before=newest[0].id)
     assert [m.content for m in older] == [f"m{i} é🙂" for i in range(2, 7)]
-    assert await conversations.count("c1") == 12
-    assert await conversations.conversations("alice") == ["c1"]
+    assert await conversations.count(c1) == 12
+    assert await conversations.conversations("alice") == [c1]
     assert await conversations.history("other") == []
+
+
+async def test_owners_own_their_conversations_only(backend: Any) -> None:
+    conversations = ConversationStore(backend)
+    mine = await conversations.create("alice")
+    theirs = await conversations.create("bob/with a slash é")  # any identity fits a key
+    assert await conversations.owns(mine, "alice")
+    assert not await conversations.owns(theirs, "alice")
+    assert not await conversations.owns(mine, "bob/with a slash é")
+    assert await conversations.conversations("bob/with a slash é") == [theirs]
+    await conversations.append(mine, Message("user", "hi"))
+    assert await conversations.delete(mine, "alice") == 1
+    assert not await conversations.owns(mine, "alice")  # the index entry went too
+    assert await conversations.conversations("alice") == []
+
+
+async def test_a_turn_is_written_whole_or_not_at_all(backend: Any) -> None:
+    conversations = ConversationStore(backend, max_content_bytes=100)
+    cid = await conversations.create("alice")
+    with pytest.raises(ConversationError):
+        await conversations.append_turn(
+            cid, [Message("user", "question"), Message("assistant", "x" * 101)]
+        )
+    assert await conversations.history(cid) == []
+    asked, answered = await conversations.append_turn(
+        cid, [Message("user", "question"), Message("assistant", "answer")]
+    )
+    assert asked.id > answered.id  # newest first: the answer sorts before the question
+    assert [m.content for m in await conversations.history(cid)] == ["question", "answer"]
+
+
+async def test_pages_keep_to_a_byte_budget(backend: Any) -> None:
+    conversations = ConversationStore(backend)
+    cid = await conversations.create("alice")
+    for i in range(20):
+        await conversations.append(cid, Message("user", f"{i:02d}" + "z" * 3000))
+    page = await conversations.page(cid, limit=1000, max_bytes=10_000)
+    assert [m.content[:2] for m in page.messages] == ["17", "18", "19"]
+    assert page.next_before == page.messages[0].id
+    seen = [m.content[:2] for m in page.messages]
+    while page.next_before is not None:
+        page = await conversations.page(cid, limit=1000, before=page.next_before, max_bytes=10_000)
+        seen = [m.content[:2] for m in page.messages] + seen
+    assert seen == [f"{i:02d}" for i in range(20)]  # every message once, in order
 
 
 async def test_big_messages_round_trip(backend: Any) -> None:
@@ -172,8 +215,12 @@ async def test_read_your_writes_while_kv_list_lags(tmp_path: Path, api_token: st
                 await conversations.append("c", Message("user", text))
             assert [m.content for m in await conversations.history("c")] == ["one", "two", "three"]
             assert await conversations.count("c") == 3
-            other_process = ConversationStore(KVStore(namespace, recent_window=0))
+            other_process = ConversationStore(KVStore(rest_client(service.url, api_token, "lag")))
             assert await other_process.history("c") == []  # KV's list has not caught up
+            # a store with its own memory off still reads its own appends back
+            forgetful = ConversationStore(KVStore(namespace, write_interval=0, recent_window=0))
+            await forgetful.append("d", Message("user", "mine"))
+            assert [m.content for m in await forgetful.history("d")] == ["mine"]
             await conversations.delete("c")
             assert await conversations.history("c") == []
     finally:
@@ -232,6 +279,33 @@ async def test_sliding_expiry_writes_only_when_the_lifetime_runs_low(tmp_path: P
     clock.now += 601
     assert await sessions.get(session.id) is None  # expired sessions are unreadable
     await store.aclose()
+
+
+async def test_a_busy_session_still_ends_and_its_id_is_no_key(tmp_path: Path) -> None:
+    clock = Clock()
+    store = KVStore(EmbeddedKV(tmp_path / "kv.sqlite3", clock=clock), clock=clock, write_interval=0)
+    sessions = SessionStore(store, lifetime=600, max_lifetime=3600, clock=clock)
+    session = await sessions.create({"user": "alice"})
+    assert not [k for k in await store.keys() if session.id.encode() in k]  # a digest only
+    alive = 0.0
+    while await sessions.get(session.id) is not None:  # a request every 290 s
+        clock.now += 290
+        alive += 290
+        assert alive < 10_000, "the session slid for ever"
+    assert 3600 <= alive < 3600 + 290  # the first read past its absolute end failed
+    await store.aclose()
+
+
+async def test_retention_by_bytes(backend: Any) -> None:
+    conversations = ConversationStore(backend, max_bytes=5_000, trim_every=4)
+    cid = await conversations.create("alice")
+    for i in range(8):
+        await conversations.append(cid, Message("user", f"m{i}" + "q" * 2000))
+    assert [m.content[:2] for m in await conversations.history(cid)] == ["m6", "m7"]
+    assert await conversations.count(cid) == 2
+    await conversations.trim(cid)
+    page = await conversations.page(cid, limit=10)
+    assert (len(page.messages), page.next_before) == (2, None)
 
 
 def test_session_options_are_checked() -> None:

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,7 @@ def start_service(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     timeout: float = 60.0,
+    preexec_fn: Callable[[], object] | None = None,
 ) -> Service:
     """Run ``cmd`` in a new process group and wait for a stdout line matching ``ready``.
 
@@ -69,6 +71,7 @@ def start_service(
         env={**os.environ, **(env or {})},
         cwd=cwd,
         start_new_session=True,
+        preexec_fn=preexec_fn,
     )
     assert process.stdout is not None
     pattern = re.compile(ready)

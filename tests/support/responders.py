@@ -10,3 +10,10 @@ from brainbot.storage.conversations import Message
 class Failing:
     async def reply(self, history: Sequence[Message], message: str) -> str:
         raise RuntimeError("the model is down")
+
+
+class Verbose:
+    """A reply over the service's 32 KiB message limit."""
+
+    async def reply(self, history: Sequence[Message], message: str) -> str:
+        return "blah " * 10_000
