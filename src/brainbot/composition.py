@@ -94,6 +94,15 @@ def request_budget(settings: Settings, token: str) -> RequestBudget:
     return budget
 
 
+def bulk_process(settings: Settings) -> Settings:
+    """Settings for a process that does only bulk work (migrate, verify, rollback): it
+    takes the budget less the live share (``CLOUDFLARE_API_LIVE_SHARE``), so the bot's
+    processes on the same token keep theirs while it runs."""
+    share = settings.cloudflare_api_live_share
+    limit = max(1, int(settings.cloudflare_api_budget * (1 - share)))
+    return settings.model_copy(update={"cloudflare_api_budget": limit})
+
+
 def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamespace:
     """The namespace for ``purpose``: live traffic goes through the gateway Worker when one
     is configured (``BRAINBOT_KV_GATEWAY_URL``), since REST calls spend the account's API
@@ -105,7 +114,7 @@ def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamesp
     credentials = cloudflare_credentials(settings)
     if credentials is None:
         private_dir(settings.data_dir)
-        private_dir(settings.embedded_kv_path.parent)
+        private_dir(settings.embedded_kv_path.parent, narrow=True)
         return EmbeddedKV(settings.embedded_kv_path, busy_timeout=settings.kv_busy_timeout)
     account_id, namespace_id, token = credentials
     live = purpose == "live"
@@ -175,10 +184,11 @@ def kv_serve_dir(settings: Settings) -> Path:
     return settings.data_dir / "kv-serve"
 
 
-def private_dir(path: Path) -> Path:
-    """``path`` as a directory only its owner can enter (created 0700; tightened if wider)."""
+def private_dir(path: Path, *, narrow: bool = False) -> Path:
+    """``path`` as a directory only its owner can enter: created 0700; an existing one is
+    narrowed only when it is brainbot's own (``narrow``), never one an operator chose."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.stat().st_mode & 0o077:
+    if narrow and path.stat().st_mode & 0o077:
         path.chmod(0o700)
     return path
 
@@ -191,6 +201,14 @@ def auth_secret(settings: Settings) -> str | None:
     if settings.auth_public_key_file is not None or settings.auth_jwks_file is not None:
         return None
     return local_secret(private_dir(settings.data_dir) / "auth-secret")
+
+
+def session_key(settings: Settings) -> bytes:
+    """The key session ids are signed with (``BRAINBOT_SESSION_SECRET``, shared by every
+    instance; else a local one in ``<data dir>/session-secret``)."""
+    if settings.session_secret is not None:
+        return settings.session_secret.get_secret_value().encode()
+    return local_secret(private_dir(settings.data_dir) / "session-secret").encode()
 
 
 def identity_verifier(settings: Settings) -> IdentityVerifier:
@@ -237,9 +255,10 @@ def chat_service(settings: Settings, responder: str | None = None) -> ChatServic
     verifier = identity_verifier(settings)
     throttle = Throttle(
         sessions=settings.rate_sessions,
-        sessions_per_address=settings.rate_sessions_per_address,
+        failed_per_address=settings.rate_failed_auth_per_address,
         writes=settings.rate_writes,
         writes_per_address=settings.rate_writes_per_address,
+        reads=settings.rate_reads,
     )
     return ChatService(
         open_store(settings),
@@ -247,4 +266,5 @@ def chat_service(settings: Settings, responder: str | None = None) -> ChatServic
         responder=load_responder(responder),
         throttle=throttle,
         limits=service_limits(settings),
+        session_key=session_key(settings),
     )

@@ -97,6 +97,12 @@ class Settings(BaseSettings):
     """Comma-separated identities (``sub``) allowed to reach every conversation."""
 
     # -- brainbot serve: sessions and limits ---------------------------------------------
+    session_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=AliasChoices("BRAINBOT_SESSION_SECRET", "session_secret"),
+    )
+    """Signs session ids; every instance of the service needs the same one (unset: a local
+    secret in the data directory, enough for one machine)."""
     session_lifetime: int = Field(default=3600, ge=60, alias="BRAINBOT_SESSION_LIFETIME")
     """Seconds a session lives without use (sliding)."""
     session_max_lifetime: int = Field(default=86400, ge=60, alias="BRAINBOT_SESSION_MAX_LIFETIME")
@@ -113,14 +119,19 @@ class Settings(BaseSettings):
     )
     rate_sessions: str = Field(default="10/minute", alias="BRAINBOT_RATE_SESSIONS")
     """Logins per identity (``limits`` notation: "10/minute", "100 per hour")."""
-    rate_sessions_per_address: str = Field(
-        default="30/minute", alias="BRAINBOT_RATE_SESSIONS_PER_ADDRESS"
+    rate_failed_auth_per_address: str = Field(
+        default="30/minute", alias="BRAINBOT_RATE_FAILED_AUTH_PER_ADDRESS"
     )
+    """Failed logins and unknown sessions per client address, before any KV request."""
     rate_writes: str = Field(default="120/minute", alias="BRAINBOT_RATE_WRITES")
     """Writes (turns, messages, new and deleted conversations) per identity."""
     rate_writes_per_address: str = Field(
         default="600/minute", alias="BRAINBOT_RATE_WRITES_PER_ADDRESS"
     )
+    rate_reads: str = Field(default="600/minute", alias="BRAINBOT_RATE_READS")
+    """History pages and conversation lists per identity."""
+    forwarded_allow_ips: str = Field(default="", alias="BRAINBOT_FORWARDED_ALLOW_IPS")
+    """Proxies (comma-separated addresses) whose X-Forwarded-For names the client."""
 
     # -- brainbot serve: transport -------------------------------------------------------
     allowed_hosts: str = Field(default="127.0.0.1,localhost,::1", alias="BRAINBOT_ALLOWED_HOSTS")

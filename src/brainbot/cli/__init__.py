@@ -51,6 +51,9 @@ def serve_command(
                 port=port,
                 header_timeout=config.header_timeout,
                 max_connections=config.max_connections,
+                forwarded_allow_ips=[
+                    a.strip() for a in config.forwarded_allow_ips.split(",") if a.strip()
+                ],
             )
         )
 

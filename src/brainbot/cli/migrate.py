@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from brainbot.cli.common import fail, handled, run, settings
-from brainbot.composition import migration_runs, open_namespace
+from brainbot.composition import bulk_process, migration_runs, open_namespace
 from brainbot.config import Settings
 from brainbot.migration import Options, migrate_redis_to_kv, rollback, verify
 from brainbot.migration.source import redacted
@@ -96,7 +96,7 @@ def migrate(
     ] = 10_000,
 ) -> None:
     """Migrate Redis/Upstash into the configured KV namespace (embedded by default)."""
-    config = settings()
+    config = bulk_process(settings())
     options = _options(config, conversation_pattern, session_pattern, owner_pattern, short_ttl)
     with Progress(
         TextColumn("[bold]migrating[/]"),
@@ -152,7 +152,7 @@ def verify_command(
     tls_ca_file: TLSCA = None,
 ) -> None:
     """Compare every key of the source with KV (type, value, TTL) and list differences."""
-    config = settings()
+    config = bulk_process(settings())
     options = _options(config, conversation_pattern, session_pattern, owner_pattern, "clamp")
 
     async def work() -> Any:
@@ -189,7 +189,7 @@ def rollback_command(
     tls_ca_file: TLSCA = None,
 ) -> None:
     """Undo a migration run: delete its KV writes and/or restore Redis from its backup."""
-    config = settings()
+    config = bulk_process(settings())
 
     async def work() -> Any:
         kv = open_namespace(config, purpose="bulk") if delete_kv else None

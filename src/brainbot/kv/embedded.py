@@ -302,6 +302,10 @@ def _private_file(path: Path) -> None:
             os.fchmod(fd, 0o600)
     finally:
         os.close(fd)
+    for companion in (Path(f"{path}-wal"), Path(f"{path}-shm")):  # left by an older version
+        regular = companion.is_file() and not companion.is_symlink()
+        if regular and companion.stat().st_mode & 0o077:
+            companion.chmod(0o600)
 
 
 def _storage_error(exc: sqlite3.Error | OSError) -> KVStorageError:

@@ -34,6 +34,7 @@ from urllib.parse import quote
 import httpx
 import stamina
 
+from brainbot.errors import BudgetExhausted
 from brainbot.kv.budget import RequestBudget
 from brainbot.kv.errors import (
     AuthenticationError,
@@ -251,7 +252,14 @@ class CloudflareKV:
         self.namespace_id = namespace_id
         self.base_url = base_url.rstrip("/")
         self.budget = budget if budget is not None else RequestBudget()
-        self.retry = retry if retry is not None else RetryPolicy()
+        if retry is None:  # live traffic waits seconds at most, bulk work outlasts a lockout
+            wait = budget_wait if budget_wait is not None else 5.0
+            retry = (
+                RetryPolicy(attempts=3, timeout=wait, wait_initial=0.05, wait_max=wait / 2)
+                if live
+                else RetryPolicy()
+            )
+        self.retry = retry
         self.bulk_max_items = bulk_max_items
         self.bulk_max_bytes = bulk_max_bytes
         self.live = live
@@ -290,13 +298,30 @@ class CloudflareKV:
     async def _request(
         self, method: str, path: str, *, not_found_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
-        """Send one API request under the budget, retrying what is worth retrying."""
+        """Send one API request under the budget, retrying what is worth retrying. Live
+        traffic does not wait out a long ``Retry-After``: it fails fast with
+        ``BudgetExhausted`` (the service answers 503 with that ``Retry-After``)."""
         response: httpx.Response | None = None
-        async for attempt in self.retry.context(_retry_hook):
-            with attempt:
-                response = await self._request_once(method, path, not_found_ok, kwargs)
+        hook = self._live_retry_hook if self.live else _retry_hook
+        try:
+            async for attempt in self.retry.context(hook):
+                with attempt:
+                    response = await self._request_once(method, path, not_found_ok, kwargs)
+        except RateLimited as exc:
+            if not self.live:
+                raise
+            raise BudgetExhausted(
+                f"{method} {path.split('/', 1)[0]}: rate limited by the service",
+                retry_after=exc.retry_after if exc.retry_after is not None else 1.0,
+            ) from None
         assert response is not None
         return response
+
+    def _live_retry_hook(self, exc: Exception) -> bool | float:
+        if isinstance(exc, RateLimited):
+            wait = exc.retry_after if exc.retry_after is not None else 0.0
+            return False if wait > (self.budget_wait or 0.0) else _retry_hook(exc)
+        return _retry_hook(exc)
 
     async def _request_once(
         self, method: str, path: str, not_found_ok: bool, kwargs: dict[str, Any]

@@ -28,13 +28,13 @@ import secrets
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from brainbot.errors import MigrationError
-from brainbot.kv.namespace import KVNamespace
+from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.kv.overlay import ReadYourWrites
 from brainbot.kv.rest import CloudflareKV
 from brainbot.migration.source import (
@@ -46,7 +46,7 @@ from brainbot.migration.source import (
     scan_batches,
     translated,
 )
-from brainbot.migration.transform import Options, Plan, checksum, plan, size_of
+from brainbot.migration.transform import Options, Plan, checksum, owner_items, plan, size_of
 
 BACKUP_RETENTION_DAYS = 30
 WRITE_ENTRIES = 10_000  # one full bulk request
@@ -221,6 +221,7 @@ async def migrate_redis_to_kv(
         with translated():
             total = None if match or type_ else int(await redis.dbsize())
         pending = _Pending()  # planned, not yet written
+        dry_plans: list[Plan] = []  # a dry run's owner claims, counted at the end
         async for cursor, keys in scan_batches(
             redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
         ):
@@ -234,12 +235,21 @@ async def migrate_redis_to_kv(
             if not dry_run and pending.plans and pending.overflows(entries, volume, batch_entries):
                 await checkpoint(pending)
             _tally(report, plans)
+            if dry_run:
+                dry_plans += [p for p in plans if p.claims]
             if not dry_run:
                 pending.add(plans, now_ms, entries, volume, cursor)
                 if pending.full(batch_entries) or cursor == 0:
                     await checkpoint(pending)
             if progress is not None:
                 progress(report.keys_seen, total)
+        claims = _claims(dry_plans) if dry_run else _claims_of(run_dir / "owners.jsonl")
+        owners, conflicts = owner_items(claims, options.prefix, int(time.time() * 1000))
+        report.kv_entries += len(owners)
+        if conflicts:
+            report.notes["conversation several users claim: operators only"] += len(conflicts)
+        if owners and not dry_run:
+            await _write_owners(kv, run_dir, state["run_id"], owners)
         report.api_requests = earlier_requests + _requests(kv) - budget_before
         report.seconds = time.monotonic() - started
         if not dry_run:
@@ -297,6 +307,46 @@ def _requests(kv: KVNamespace) -> int:
     return kv.budget.requests if isinstance(kv, CloudflareKV) else 0
 
 
+def _claims(plans: Iterable[Plan]) -> dict[str, set[str]]:
+    claims: dict[str, set[str]] = {}
+    for p in plans:
+        for owner, cid in p.claims:
+            claims.setdefault(cid, set()).add(owner)
+    return claims
+
+
+def _claims_of(path: Path) -> dict[str, set[str]]:
+    """The owner claims a run has read so far (kept on disk: a resumed run has them all)."""
+    claims: dict[str, set[str]] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            owner, cid = json.loads(line)
+            claims.setdefault(cid, set()).add(owner)
+    return claims
+
+
+async def _write_owners(kv: KVNamespace, run_dir: Path, run_id: str, items: list[PutItem]) -> None:
+    result = await kv.put_many(items)
+    if result.unsuccessful_keys:
+        raise MigrationError(
+            f"KV did not accept {len(result.unsuccessful_keys)} owner entries after retries; "
+            "run again with --resume to finish."
+        )
+    _append(
+        run_dir / "manifest.jsonl",
+        [
+            json.dumps(
+                {
+                    "run": run_id,
+                    "key": "(owners)",
+                    "kind": "owners",
+                    "kv_keys": [i.key for i in items],
+                }
+            )
+        ],
+    )
+
+
 def _tally(report: Report, plans: list[Plan]) -> None:
     for p in plans:
         report.keys_seen += 1
@@ -315,6 +365,10 @@ async def _write_batch(
     plans = [p for p, _ in read]
     lines = [backup_line(p.record, at) for p, at in read if p.record.type in SUPPORTED]
     _append(run_dir / "backup.jsonl.gz", lines, compressed=True)
+    _append(
+        run_dir / "owners.jsonl",
+        [json.dumps([owner, cid]) for p in plans for owner, cid in p.claims],
+    )
     items = [item for p in plans for item in p.items]
     result = await kv.put_many(items)
     if result.unsuccessful_keys:

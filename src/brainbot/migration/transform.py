@@ -34,6 +34,20 @@ from brainbot.storage.codec import Item
 from brainbot.storage.conversations import legacy_messages, message_item, owner_item
 
 
+def owner_items(
+    claims: dict[str, set[str]], prefix: str, now_ms: int
+) -> tuple[list[PutItem], list[str]]:
+    """The owners' index entries for conversations exactly one user claims, and the
+    conversations several users claim (reachable by operators only)."""
+    items, conflicts = [], []
+    for cid, owners in sorted(claims.items()):
+        if len(owners) == 1:
+            items.append(owner_item(prefix, next(iter(owners)), cid, now_ms / 1000))
+        else:
+            conflicts.append(cid)
+    return items, conflicts
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     prefix: str = ""
@@ -59,7 +73,9 @@ class Options:
         if raw.count("{id}") != 1:
             raise InvalidInput(f"The {which} pattern must contain {{id}} once: {raw!r}")
         head, tail = raw.split("{id}")
-        return re.compile(re.escape(head) + r"(?P<id>[^/]+?)" + re.escape(tail) + r"\Z")
+        # a user may hold any character (a "/" included); a conversation id may not
+        body = r"(?P<id>.+?)" if which == "owner" else r"(?P<id>[^/]+?)"
+        return re.compile(re.escape(head) + body + re.escape(tail) + r"\Z", re.DOTALL)
 
 
 @dataclass(slots=True)
@@ -69,6 +85,10 @@ class Plan:
     record: Record
     kind: str = "generic"  # generic | conversation | session | owners
     items: list[PutItem] = field(default_factory=list)
+    claims: list[tuple[str, str]] = field(default_factory=list)
+    """(owner, conversation) the legacy data names: written once the whole source is read,
+    so a conversation two users claim (the old service let anyone add one to their set)
+    goes to nobody (operators only) instead of to both."""
     skipped: str | None = None
     note: str | None = None
 
@@ -176,7 +196,7 @@ def plan(record: Record, options: Options, now_ms: int) -> Plan:
             if _owner_and_conversation(owner, cid):
                 assert isinstance(owner, str)
                 assert isinstance(cid, str)
-                result.items.append(owner_item(options.prefix, owner, cid, now_ms / 1000))
+                result.claims.append((owner, cid))
                 result.note = "legacy session invalidated (log in again); its owner recorded"
             else:
                 result.note = "legacy session invalidated (log in again)"
@@ -189,7 +209,7 @@ def plan(record: Record, options: Options, now_ms: int) -> Plan:
         usable = [cid for cid in members if _owner_and_conversation(user, cid)]
         if usable and len(usable) == len(members):
             result.kind = "owners"
-            result.items += [owner_item(options.prefix, user, cid, now_ms / 1000) for cid in usable]
+            result.claims += [(user, cid) for cid in usable]
             return result
         result.note = "not a legacy owner set: migrated as a plain set"
     data: Any = record.value

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from brainbot.kv.namespace import Entry, KVNamespace, PutItem, iter_keys
-from brainbot.migration.source import connect, read, scan_batches
-from brainbot.migration.transform import Options, Plan, plan
+from brainbot.migration.source import Record, connect, read, scan_batches
+from brainbot.migration.transform import Options, Plan, owner_items, plan
 from brainbot.storage import codec
 
 
@@ -85,6 +85,7 @@ async def verify(
     redis = connect(source, tls_ca_file=tls_ca_file)
     kv = namespace
     missing: list[tuple[Plan, PutItem]] = []
+    claims: dict[str, set[str]] = {}
     try:
         async for _, keys in scan_batches(redis, match=match, type_=type_):
             now_ms = int(time.time() * 1000)
@@ -94,7 +95,12 @@ async def verify(
                     report.skipped[p.skipped] += 1
                     continue
                 report.checked += 1
+                for owner, cid in p.claims:
+                    claims.setdefault(cid, set()).add(owner)
                 missing += await _check(kv, p, report, ttl_tolerance_ms)
+        owners, _ = owner_items(claims, options.prefix, int(time.time() * 1000))
+        owned = Plan(Record(b"(owners)", "set", set(), -1), kind="owners", items=owners)
+        missing += await _check(kv, owned, report, ttl_tolerance_ms)
         if missing:  # eventual consistency: look again before calling anything lost
             await asyncio.sleep(recheck_after)
             found = await kv.get_many([item.key for _, item in missing])

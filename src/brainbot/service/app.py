@@ -3,10 +3,10 @@
     POST   /sessions            Bearer <identity token>        -> 201 {"session", "user", ...}
     DELETE /sessions            Bearer <session>                -> 204 (log out)
     POST   /conversations       Bearer <session>                -> 201 {"conversation": id}
-    GET    /conversations       Bearer <session>                -> {"conversations": [ids]}
+    GET    /conversations?limit=N&after=T                        -> {"conversations", "next_after"}
     POST   /chat                Bearer <session> {"message", "conversation"?}
                                                                 -> {"reply", "conversation", ...}
-    GET    /conversations/{id}/messages?limit=N&before=ID       -> {"messages", "next_before"}
+    GET    /conversations/{id}/messages?limit=N&before=T        -> {"messages", "next_before"}
     POST   /conversations/{id}/messages {"content", "metadata"?} -> 201 {"message"}
     DELETE /conversations/{id}                                  -> {"deleted": n}
     GET    /health                                              -> {"ok": true} or 503
@@ -29,6 +29,7 @@ Transport (timeouts, connection limits, trusted hosts) is ``service/transport.py
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 import time
@@ -57,7 +58,7 @@ from brainbot.errors import (
 from brainbot.responder import Responder, load_responder
 from brainbot.service import inputs
 from brainbot.service.auth import Identity, IdentityVerifier
-from brainbot.service.throttle import Kind, Throttle
+from brainbot.service.throttle import Throttle, address_key
 from brainbot.storage.conversations import ConversationStore, Message
 from brainbot.storage.protocol import Store
 from brainbot.storage.sessions import Session, SessionStore
@@ -91,6 +92,23 @@ def _error(status: int, message: str, retry_after: float | None = None) -> JSONR
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
+MAX_METADATA_BYTES = 4096
+
+
+def _query(request: Request, name: str) -> str | None:
+    value = request.query_params.get(name) or None
+    return None if value is None else inputs.text(value, name, max_bytes=4096)
+
+
+def _limit(request: Request, *, default: int) -> int:
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 4) or not 1 <= int(raw) <= 1000:
+        raise InvalidInput("'limit' must be an integer from 1 to 1000.")
+    return int(raw)
+
+
 def _bearer(request: Request) -> str:
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
@@ -107,6 +125,7 @@ class ChatService:
         responder: Responder | None = None,
         throttle: Throttle | None = None,
         limits: ServiceLimits | None = None,
+        session_key: bytes | None = None,
     ) -> None:
         self.limits = limits or ServiceLimits()
         self.store = store
@@ -122,6 +141,7 @@ class ChatService:
             store,
             lifetime=self.limits.session_lifetime,
             max_lifetime=self.limits.session_max_lifetime,
+            signing_key=session_key,
         )
         self.responder = responder or load_responder(None)
         self._outcome: tuple[float, Unavailable | None] = (-float("inf"), None)
@@ -188,27 +208,28 @@ class ChatService:
             app.add_middleware(HostCheck, allowed=allowed_hosts)
         return app
 
-    async def _session(self, request: Request) -> Session:
+    def _address(self, request: Request) -> str | None:
+        return address_key(request.client.host if request.client is not None else None)
+
+    async def _authenticated(self, request: Request) -> tuple[Session, Identity]:
+        """The caller's session and identity. A session id this service did not issue is
+        refused by its MAC, without a storage read; every failure is charged to the
+        address (429 past the limit), a success never is, so a flood from one address
+        neither spends the KV budget nor locks out the users behind it."""
         try:
             session = await self.sessions.get(_bearer(request))
-        except SessionError:
+        except (SessionError, Unauthenticated):
             session = None
-        if session is None:
+        user = None if session is None else session.data.get("user")
+        if session is None or not isinstance(user, str):
+            await self.throttle.hit("failed", self._address(request))
             raise Unauthenticated("unknown or expired session")
-        return session
+        # operator rights are read from the configuration now, not from the session
+        return session, Identity(user, user in self.identity.operators)
 
-    @staticmethod
-    def _who(session: Session) -> Identity:
-        user = session.data.get("user")
-        if not isinstance(user, str):
-            raise Unauthenticated("the session has no identity: log in again")
-        return Identity(user, session.data.get("operator") is True)
-
-    async def _throttle(
-        self, kind: Kind, request: Request, identity: str | None, *, by_address: bool = True
-    ) -> None:
-        address = request.client.host if request.client is not None and by_address else None
-        await self.throttle.check(kind, identity=identity, address=address)
+    async def _write_allowed(self, request: Request, who: Identity) -> None:
+        await self.throttle.hit("write", who.user)
+        await self.throttle.hit("write_address", self._address(request))
 
     async def _body(self, request: Request) -> dict[str, Any]:
         return await inputs.json_body(
@@ -236,7 +257,10 @@ class ChatService:
         fresher than ``health_interval``, else a probe write of this instance's own key
         (so an idle instance costs one write per interval, a busy one none)."""
         at, failure = self._outcome
-        if time.monotonic() - at >= self.limits.health_interval:
+        age = time.monotonic() - at
+        # a failure of real traffic is checked again at once (at most once a second), so one
+        # transient error does not flap a load balancer for a whole interval
+        if age >= self.limits.health_interval or (failure is not None and age >= 1.0):
             try:
                 await self.store.set(self._probe_key, "ok", ex=60)
                 failure = None
@@ -248,10 +272,13 @@ class ChatService:
         return JSONResponse({"ok": True})
 
     async def login(self, request: Request) -> Response:
-        await self._throttle("session", request, None)  # the address, before any work
-        who = self.identity.verify(_bearer(request))
-        await self._throttle("session", request, who.user, by_address=False)
-        session = await self.sessions.create({"user": who.user, "operator": who.operator})
+        try:  # a token is checked by its signature alone: no storage, no address state
+            who = self.identity.verify(_bearer(request))
+        except Unauthenticated:
+            await self.throttle.hit("failed", self._address(request))
+            raise
+        await self.throttle.hit("session", who.user)
+        session = await self.sessions.create({"user": who.user})
         self._wrote()
         return JSONResponse(
             {
@@ -264,21 +291,25 @@ class ChatService:
         )
 
     async def logout(self, request: Request) -> Response:
-        session = await self._session(request)
+        session, _ = await self._authenticated(request)
         await self.sessions.delete(session.id)
         return Response(status_code=204)
 
     async def conversations_endpoint(self, request: Request) -> Response:
-        who = self._who(await self._session(request))
+        _, who = await self._authenticated(request)
         if request.method == "GET":
-            return JSONResponse({"conversations": await self.conversations.conversations(who.user)})
-        await self._throttle("write", request, who.user)
+            await self.throttle.hit("read", who.user)
+            ids, after = await self.conversations.conversation_page(
+                who.user, limit=_limit(request, default=100), after=_query(request, "after")
+            )
+            return JSONResponse({"conversations": ids, "next_after": after})
+        await self._write_allowed(request, who)
         cid = await self.conversations.create(who.user)
         return JSONResponse({"conversation": cid}, status_code=201)
 
     async def chat(self, request: Request) -> Response:
-        who = self._who(await self._session(request))
-        await self._throttle("write", request, who.user)
+        _, who = await self._authenticated(request)
+        await self._write_allowed(request, who)
         body = await self._body(request)
         text = inputs.text(body.get("message"), "message", max_bytes=self.limits.max_message_bytes)
         if body.get("conversation") is None:
@@ -303,10 +334,13 @@ class ChatService:
         )
 
     async def messages(self, request: Request) -> Response:
-        who = self._who(await self._session(request))
+        _, who = await self._authenticated(request)
+        if request.method == "POST":
+            await self._write_allowed(request, who)
+        else:
+            await self.throttle.hit("read", who.user)
         cid = await self._owned(request.path_params["cid"], who)
         if request.method == "POST":
-            await self._throttle("write", request, who.user)
             body = await self._body(request)
             role = body.get("role", "user")
             if role != "user":
@@ -314,6 +348,8 @@ class ChatService:
             metadata = body.get("metadata")
             if metadata is not None and not isinstance(metadata, dict):
                 raise InvalidInput("'metadata' must be an object.")
+            if metadata is not None and len(json.dumps(metadata)) > MAX_METADATA_BYTES:
+                raise InvalidInput(f"'metadata' is over {MAX_METADATA_BYTES} bytes as JSON.")
             content = inputs.text(
                 body.get("content"), "content", max_bytes=self.limits.max_message_bytes
             )
@@ -322,14 +358,10 @@ class ChatService:
             )
             self._wrote()
             return JSONResponse({"message": stored.to_json()}, status_code=201)
-        raw_limit = request.query_params.get("limit", "50")
-        if not raw_limit.isdigit():
-            raise InvalidInput("'limit' must be an integer from 1 to 1000.")
-        before = request.query_params.get("before") or None
         page = await self.conversations.page(
             cid,
-            limit=int(raw_limit),
-            before=before,
+            limit=_limit(request, default=50),
+            before=_query(request, "before"),
             max_bytes=self.limits.max_response_bytes,
         )
         return JSONResponse(
@@ -337,9 +369,9 @@ class ChatService:
         )
 
     async def delete_conversation(self, request: Request) -> Response:
-        who = self._who(await self._session(request))
+        _, who = await self._authenticated(request)
+        await self._write_allowed(request, who)
         cid = await self._owned(request.path_params["cid"], who)
-        await self._throttle("write", request, who.user)
         removed = await self.conversations.delete(cid, who.user)
         return JSONResponse({"deleted": removed})
 
@@ -351,7 +383,7 @@ class HostCheck:
 
     def __init__(self, app: Any, allowed: list[str]) -> None:
         self.app = app
-        self.exact = {h.lower() for h in allowed if not h.startswith("*.")}
+        self.exact = {h.strip("[]").lower() for h in allowed if not h.startswith("*.")}
         self.suffixes = tuple(h[1:].lower() for h in allowed if h.startswith("*."))
         self.any = "*" in self.exact
 

@@ -32,7 +32,6 @@ import jwt
 
 from brainbot.errors import ConfigError, Unauthenticated
 
-ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "EdDSA", "PS256")
 MIN_SECRET_BYTES = 32
 MAX_TOKEN_BYTES = 8192
 MAX_SUBJECT_BYTES = 256
@@ -93,18 +92,23 @@ class IdentityVerifier:
         self.operators = operators
         self.leeway = leeway
         self.__secret = secret
-        self._keys: dict[str | None, Any] = {}
+        # kid -> (key, the one algorithm it verifies): a token cannot pick another algorithm
+        # for a key (no HS256 with a public key, no "none", no curve mix-ups)
+        self._keys: dict[str | None, tuple[Any, str]] = {}
         if public_key is not None:
             try:
-                self._keys[None] = _load_public_key(public_key)
+                key = _load_public_key(public_key)
             except (ValueError, TypeError) as exc:
                 raise ConfigError(f"The identity public key cannot be read: {exc}") from None
+            self._keys[None] = (key, _algorithm_of(key))
         if jwks is not None:
             try:
-                for key in jwt.PyJWKSet.from_json(jwks).keys:
-                    self._keys[key.key_id] = key.key
+                for jwk in jwt.PyJWKSet.from_json(jwks).keys:
+                    self._keys[jwk.key_id] = (jwk.key, jwk.algorithm_name)
             except (jwt.PyJWKError, jwt.PyJWKSetError, ValueError) as exc:
                 raise ConfigError(f"The identity JWKS cannot be read: {exc}") from None
+            if not self._keys:
+                raise ConfigError("The identity JWKS holds no usable key.")
 
     def __repr__(self) -> str:
         kind = "HS256" if self.__secret is not None else "public key"
@@ -122,10 +126,11 @@ class IdentityVerifier:
                 algorithms = ["HS256"]
             else:
                 kid = header.get("kid")
-                key = self._keys.get(kid if kid in self._keys else None)
-                if key is None:
+                found = self._keys.get(kid if isinstance(kid, str) else None)
+                if found is None:
                     raise Unauthenticated("the identity token names an unknown key")
-                algorithms = list(ASYMMETRIC)
+                key, algorithm = found
+                algorithms = [algorithm]
             claims = jwt.decode(
                 token,
                 key,
@@ -139,7 +144,7 @@ class IdentityVerifier:
             raise Unauthenticated("the identity token has expired") from None
         except jwt.InvalidAudienceError:
             raise Unauthenticated("the identity token is for another audience") from None
-        except (jwt.InvalidTokenError, ValueError, TypeError):
+        except (jwt.PyJWTError, ValueError, TypeError):  # InvalidKeyError included
             raise Unauthenticated("the identity token is not valid") from None
         subject = claims.get("sub")
         if not _good_subject(subject):
@@ -161,6 +166,21 @@ def _load_public_key(pem: str) -> Any:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     return load_pem_public_key(pem.encode())
+
+
+def _algorithm_of(key: Any) -> str:
+    """The one algorithm a PEM public key verifies (RSA: RS256; EC: by its curve)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, rsa
+
+    if isinstance(key, rsa.RSAPublicKey):
+        return "RS256"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        by_curve = {"secp256r1": "ES256", "secp384r1": "ES384", "secp521r1": "ES512"}
+        if key.curve.name in by_curve:
+            return by_curve[key.curve.name]
+    if isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
+        return "EdDSA"
+    raise ConfigError("The identity public key is of a kind brainbot does not verify.")
 
 
 def mint(

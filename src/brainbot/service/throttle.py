@@ -1,16 +1,27 @@
 """Rate limits per identity and per client address, with the ``limits`` library.
 
-Two kinds of request are limited, each per identity and per client address: logins
-(``POST /sessions``) and writes (turns, messages, new and deleted conversations). A request
-over a limit is refused before it costs a KV request, with 429 and ``Retry-After``.
+What is counted, and where (every bucket a moving window; over it: 429 with
+``Retry-After``):
 
-The counters live in this process's memory (``limits``' moving window): several instances
-each apply the limits on their own, so an operator running N instances behind one address
-gets up to N times the rate; a proxy in front should limit too (docs/security.md).
+* ``failed`` per **address**: failed authentications (a bad identity token at login, a
+  session id that is unknown). An address over it gets 429 before any token is checked
+  or any session read from KV, so random bearer tokens cannot spend the KV budget; a
+  user who authenticates is never charged here, so a flood from one address cannot lock
+  out the others behind the same proxy.
+* ``session`` per **identity**: logins.
+* ``write`` per identity and ``write_address`` per address: turns, messages, new and
+  deleted conversations.
+* ``read`` per identity: history pages and conversation lists.
+
+Addresses are the peer's (or, with ``BRAINBOT_FORWARDED_ALLOW_IPS``, what the trusted proxy
+says); IPv6 addresses count by their /64, the block one subscriber usually holds. The
+counters live in this process's memory: several instances each apply the limits on their
+own (docs/security.md).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from typing import Literal
@@ -21,7 +32,8 @@ from limits.aio.strategies import MovingWindowRateLimiter
 
 from brainbot.errors import ConfigError, Throttled
 
-Kind = Literal["session", "write"]
+Bucket = Literal["failed", "session", "write", "write_address", "read"]
+Kind = Literal["session", "write", "read"]
 
 
 def _rate(text: str, name: str) -> RateLimitItem:
@@ -31,33 +43,46 @@ def _rate(text: str, name: str) -> RateLimitItem:
         raise ConfigError(f"{name} must look like '10/minute' or '100 per hour'.") from None
 
 
+def address_key(host: str | None) -> str | None:
+    """The unit an address is counted by: an IPv4 address, or an IPv6 /64."""
+    if host is None:
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{address}/64", strict=False))
+    return str(address)
+
+
 class Throttle:
     def __init__(
         self,
         *,
         sessions: str = "10/minute",
-        sessions_per_address: str = "30/minute",
+        failed_per_address: str = "30/minute",
         writes: str = "120/minute",
         writes_per_address: str = "600/minute",
+        reads: str = "600/minute",
     ) -> None:
-        self._limits: dict[tuple[Kind, str], RateLimitItem] = {
-            ("session", "identity"): _rate(sessions, "BRAINBOT_RATE_SESSIONS"),
-            ("session", "address"): _rate(
-                sessions_per_address, "BRAINBOT_RATE_SESSIONS_PER_ADDRESS"
-            ),
-            ("write", "identity"): _rate(writes, "BRAINBOT_RATE_WRITES"),
-            ("write", "address"): _rate(writes_per_address, "BRAINBOT_RATE_WRITES_PER_ADDRESS"),
+        self._limits: dict[Bucket, RateLimitItem] = {
+            "session": _rate(sessions, "BRAINBOT_RATE_SESSIONS"),
+            "failed": _rate(failed_per_address, "BRAINBOT_RATE_FAILED_AUTH_PER_ADDRESS"),
+            "write": _rate(writes, "BRAINBOT_RATE_WRITES"),
+            "write_address": _rate(writes_per_address, "BRAINBOT_RATE_WRITES_PER_ADDRESS"),
+            "read": _rate(reads, "BRAINBOT_RATE_READS"),
         }
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
-    async def check(self, kind: Kind, *, identity: str | None, address: str | None) -> None:
-        """Count one request of ``kind``; raise ``Throttled`` (with the seconds to wait) if
-        it is over the identity's or the address's limit."""
-        for who, value in (("address", address), ("identity", identity)):
-            if value is None:
-                continue
-            item = self._limits[(kind, who)]
-            if not await self._limiter.hit(item, kind, who, value):
-                stats = await self._limiter.get_window_stats(item, kind, who, value)
-                wait = max(1, math.ceil(stats.reset_time - time.time()))
-                raise Throttled(f"too many {kind} requests from this {who}", retry_after=wait)
+    async def _refuse(self, bucket: Bucket, who: str) -> None:
+        stats = await self._limiter.get_window_stats(self._limits[bucket], bucket, who)
+        wait = max(1, math.ceil(stats.reset_time - time.time()))
+        raise Throttled(f"too many requests ({bucket})", retry_after=wait)
+
+    async def hit(self, bucket: Bucket, who: str | None) -> None:
+        """Count one request in ``bucket`` for ``who``; ``Throttled`` if it is over."""
+        if who is not None and not await self._limiter.hit(self._limits[bucket], bucket, who):
+            await self._refuse(bucket, who)

@@ -4,7 +4,8 @@
   starts only after a response), so 200 clients sending headers a byte at a time held 200
   connections open indefinitely. :class:`GuardedH11Protocol` closes a connection whose
   request line and headers are not complete ``header_timeout`` seconds after it opened (or
-  after its previous response).
+  after its previous response), and one whose request was answered before its body was
+  sent (uvicorn would wait for the rest of that body, however slowly it came).
 * **Body deadline.** The app reads bodies within ``BRAINBOT_BODY_TIMEOUT`` (408).
 * **Concurrency.** uvicorn's ``limit_concurrency``: beyond ``max_connections`` connections
   or requests at once, new requests get 503 at once instead of queueing.
@@ -66,9 +67,14 @@ class GuardedH11Protocol(H11Protocol):
             self._disarm()
 
     def on_response_complete(self) -> None:
+        unread = self.conn.their_state is h11.SEND_BODY  # answered before the body came
         super().on_response_complete()
-        if not self.transport.is_closing():
-            self._arm()  # the next request on this connection gets its own deadline
+        if self.transport.is_closing():
+            return
+        if unread:  # do not wait for a body nobody reads (a client could trickle it for ever)
+            self.transport.close()
+            return
+        self._arm()  # the next request on this connection gets its own deadline
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -115,6 +121,7 @@ async def serve(
     header_timeout: float = 10.0,
     max_connections: int = 1000,
     keep_alive: int = 5,
+    forwarded_allow_ips: list[str] | None = None,
     announce: Callable[[str], None] | None = None,
 ) -> None:
     """Run ``app`` until cancelled or signalled; announce ``READY http://host:port``."""
@@ -131,7 +138,9 @@ async def serve(
         http=guarded_protocol(header_timeout),
         limit_concurrency=max_connections,
         timeout_keep_alive=keep_alive,
-        proxy_headers=False,  # the client address is the peer's; see docs/security.md
+        # the client address is the peer's, unless a trusted proxy says (docs/security.md)
+        proxy_headers=bool(forwarded_allow_ips),
+        forwarded_allow_ips=forwarded_allow_ips or None,
         server_header=False,
     )
     server = uvicorn.Server(config)

@@ -39,6 +39,7 @@ layouts and reads KV.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -190,17 +191,47 @@ def message_item(prefix: str, cid: str, message: Message, ttl: int | None) -> Pu
     return PutItem(f"{prefix}conv/{cid}/{message.id}", text, None, ttl, metadata)
 
 
-def _listed_message(mid: str, meta: object) -> tuple[Message | None, int]:
-    """A message from its list entry (None: its body must be read) and its size."""
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where a listing goes on: after the name ``after``, reading from the list page at
+    ``cursor`` (the page that held the next, unreturned name). Handed to clients as an
+    opaque token, so each further page costs one list request instead of a rescan."""
+
+    after: str
+    cursor: str | None = None
+
+    def token(self) -> str:
+        text = json.dumps([self.after, self.cursor], separators=(",", ":"))
+        return _PAGE_MARK + base64.urlsafe_b64encode(text.encode()).decode().rstrip("=")
+
+    @staticmethod
+    def parse(token: str) -> Position:
+        try:
+            body = token[len(_PAGE_MARK) :]
+            after, cursor = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+            if not isinstance(after, str) or not (cursor is None or isinstance(cursor, str)):
+                raise ValueError("not a position")
+            after.encode("utf-8")
+        except (ValueError, TypeError, UnicodeError):  # binascii.Error is a ValueError
+            raise ConversationError("Not a page token of this service.") from None
+        return Position(after, cursor)
+
+
+_PAGE_MARK = "p1."
+
+
+def _listed_message(mid: str, meta: object) -> tuple[Message | None, int | None]:
+    """A message from its list entry (None: its body must be read) and its size (None:
+    unknown, a big message written before sizes were recorded)."""
     if not isinstance(meta, dict):
-        return None, _UNKNOWN_SIZE
+        return None, None
     if meta.get("big") or "c" not in meta:
         size = meta.get("s")
-        return None, size if isinstance(size, int) and size >= 0 else _UNKNOWN_SIZE
+        return None, size if isinstance(size, int) and size >= 0 else None
     try:
         message = Message(str(meta["r"]), str(meta["c"]), float(meta["t"]), meta.get("m"), mid)
     except (KeyError, TypeError, ValueError):
-        return None, _UNKNOWN_SIZE
+        return None, None
     return message, len(message.text().encode("utf-8", "replace"))
 
 
@@ -218,17 +249,26 @@ def _stored_message(mid: str, raw: bytes | str) -> Message | None:
         return None
 
 
+def _size(message: Message) -> int:
+    return len(message.text().encode("utf-8", "replace"))
+
+
 class _Layout(Protocol):
     async def create(self, cid: str, owner: str) -> None: ...
     async def owns(self, cid: str, owner: str) -> bool: ...
     async def append(self, cid: str, messages: Sequence[Message]) -> list[Message]: ...
     async def newest(
-        self, cid: str, limit: int, before: str | None, max_bytes: int | None
-    ) -> tuple[list[Message], bool]: ...
-    async def index(self, cid: str) -> list[tuple[str, float, int]]: ...
+        self, cid: str, limit: int, start: Position | None, max_bytes: int | None
+    ) -> tuple[list[Message], Position | None]: ...
+    async def index(self, cid: str, *, sizes: bool = False) -> list[tuple[str, float, int]]: ...
     async def remove(self, cid: str, ids: Sequence[str]) -> None: ...
     async def delete(self, cid: str, owner: str | None) -> int: ...
-    async def conversations(self, owner: str) -> list[str]: ...
+    async def conversations(
+        self, owner: str, limit: int, start: Position | None
+    ) -> tuple[list[str], Position | None]: ...
+
+
+_BODY_CHUNK = 16  # big message bodies read at a time: memory stays bounded
 
 
 class KVLayout:
@@ -258,8 +298,8 @@ class KVLayout:
         return await self.namespace.get(owner_key(self.prefix, owner, cid)) is not None
 
     async def append(self, cid: str, messages: Sequence[Message]) -> list[Message]:
-        """The messages written in one bulk request: all of them, or none (what landed of
-        a request the service refused in part is deleted again)."""
+        """The messages written in one bulk request: all of them, or none (whatever landed
+        of a request that failed, in part or whole, is deleted again)."""
         stored = [
             Message(m.role, m.content, m.timestamp, m.metadata, self._ids.next()) for m in messages
         ]
@@ -270,64 +310,110 @@ class KVLayout:
                 item.key, item.value, expiration_ttl=item.expiration_ttl, metadata=item.metadata
             )
             return stored
-        result = await self.namespace.put_many(items)
+        try:
+            result = await self.namespace.put_many(items)
+        except BaseException:
+            await self._discard(cid, items)
+            raise
         if result.unsuccessful_keys:
-            landed = [i.key for i in items if i.key not in set(result.unsuccessful_keys)]
-            if landed:
-                await self.namespace.delete_many(landed)
+            await self._discard(cid, items)
             raise Unavailable("KV did not take the whole turn; nothing of it is kept.")
         return stored
 
-    async def newest(
-        self, cid: str, limit: int, before: str | None, max_bytes: int | None
-    ) -> tuple[list[Message], bool]:
-        """Up to ``limit`` messages older than ``before``, newest first, within
-        ``max_bytes``; and whether older ones remain."""
-        prefix = self._key(cid)
-        chosen: list[tuple[str, Message | None]] = []
-        used, more = 0, False
-        async for info in iter_keys(
-            self.namespace, prefix=prefix, page_size=min(max(limit + 1, 10), 1000)
-        ):
-            mid = info.name[len(prefix) :]
-            if before is not None and mid <= before:
-                continue  # newer than (or equal to) the anchor
-            message, size = _listed_message(mid, info.metadata)
-            if len(chosen) >= limit or (
-                max_bytes is not None and chosen and used + size > max_bytes
-            ):
-                more = True
-                break
-            chosen.append((mid, message))
-            used += size
-        big = [mid for mid, message in chosen if message is None]
-        bodies = {}
-        if big:
-            entries = await self.namespace.get_many([self._key(cid, m) for m in big])
-            for mid in big:
-                entry = entries[self._key(cid, mid)]
-                bodies[mid] = None if entry is None else _stored_message(mid, entry.value)
-        found = []
-        for mid, message in chosen:
-            message = message if message is not None else bodies.get(mid)
-            if message is None:
-                if mid in bodies:
-                    log.warning("conversation %r: skipped an entry that is not a message", cid)
-                continue
-            found.append(message)
-        return found, more
+    async def _discard(self, cid: str, items: Sequence[PutItem]) -> None:
+        """Best effort: delete every message of a turn that did not land whole."""
+        try:
+            result = await self.namespace.delete_many([item.key for item in items])
+            failed = list(result.unsuccessful_keys)
+        except Exception:  # the namespace is down: nothing more can be done now
+            failed = [item.key for item in items]
+        if failed:
+            log.error("conversation %r: %d message(s) of a failed turn remain", cid, len(failed))
 
-    async def index(self, cid: str) -> list[tuple[str, float, int]]:
-        """Every message id with its time and size, newest first, from names and metadata."""
+    async def _bodies(self, cid: str, mids: Sequence[str]) -> dict[str, Message | None]:
+        entries = await self.namespace.get_many([self._key(cid, m) for m in mids])
+        found = {}
+        for mid in mids:
+            entry = entries[self._key(cid, mid)]
+            found[mid] = None if entry is None else _stored_message(mid, entry.value)
+            if entry is not None and found[mid] is None:
+                log.warning("conversation %r: skipped an entry that is not a message", cid)
+        return found
+
+    async def newest(
+        self, cid: str, limit: int, start: Position | None, max_bytes: int | None
+    ) -> tuple[list[Message], Position | None]:
+        """Up to ``limit`` messages after ``start`` (older ones: ids sort newest first),
+        newest first, within ``max_bytes`` (at least one); and where the next page starts.
+        Big messages are read in small chunks, only as far as the budget goes."""
+        prefix = self._key(cid)
+        cursor, after = (start.cursor, start.after) if start is not None else (None, None)
+        listed: list[tuple[str, Message | None, int | None, str | None]] = []
+        known, stopped = 0, False
+        page_size = min(max(limit, 10), 1000)
+        while not stopped:
+            page = await self.namespace.list(prefix=prefix, cursor=cursor, limit=page_size)
+            for info in page.keys:
+                mid = info.name[len(prefix) :]
+                if after is not None and mid <= after:
+                    continue
+                message, size = _listed_message(mid, info.metadata)
+                full = len(listed) >= limit
+                if full or (max_bytes is not None and listed and known + (size or 0) > max_bytes):
+                    stopped = True  # the next page starts here: on this page, after the last
+                    break
+                listed.append((mid, message, size, cursor))
+                known += size or 0
+            if not stopped:
+                if page.cursor is None:
+                    break
+                cursor = page.cursor
+                if len(listed) >= limit:  # this list page ended where the answer does: the
+                    stopped = True  # next page starts at its cursor (no re-read, no look ahead)
+        found: list[Message] = []
+        used = 0
+        bodies: dict[str, Message | None] = {}
+        for i, (mid, message, size, page_cursor) in enumerate(listed):
+            if message is None:
+                if mid not in bodies:  # read this one and the next few big ones
+                    ahead = [m for m, msg, _, _ in listed[i:] if msg is None][:_BODY_CHUNK]
+                    bodies.update(await self._bodies(cid, ahead))
+                message = bodies.pop(mid, None)
+                if message is None:
+                    continue
+                size = _size(message)
+            if max_bytes is not None and found and used + (size or 0) > max_bytes:
+                return found, Position(found[-1].id, page_cursor)
+            found.append(message)
+            used += size or 0
+        if stopped:
+            return found, Position(listed[-1][0] if listed else (after or ""), cursor)
+        return found, None
+
+    async def index(self, cid: str, *, sizes: bool = False) -> list[tuple[str, float, int]]:
+        """Every message id with its time and size, newest first, from names and metadata;
+        with ``sizes``, big messages of unknown size are read (in chunks) to learn theirs."""
         prefix = self._key(cid)
         listed = []
+        unknown = []
         async for info in iter_keys(self.namespace, prefix=prefix):
             mid = info.name[len(prefix) :]
             meta = info.metadata if isinstance(info.metadata, dict) else {}
             stamp = meta.get("t")
             _, size = _listed_message(mid, meta)
+            if size is None:
+                unknown.append(mid)
             listed.append((mid, float(stamp) if isinstance(stamp, int | float) else 0.0, size))
-        return sorted(listed)
+        learned: dict[str, int] = {}
+        if sizes:
+            for first in range(0, len(unknown), _BODY_CHUNK):
+                for mid, message in (
+                    await self._bodies(cid, unknown[first : first + _BODY_CHUNK])
+                ).items():
+                    learned[mid] = 0 if message is None else _size(message)
+        return sorted(
+            (mid, at, size if size is not None else learned.get(mid, 0)) for mid, at, size in listed
+        )
 
     async def remove(self, cid: str, ids: Sequence[str]) -> None:
         if ids:
@@ -342,12 +428,26 @@ class KVLayout:
             await self.namespace.delete_many(keys)
         return len(ids)
 
-    async def conversations(self, owner: str) -> list[str]:
+    async def conversations(
+        self, owner: str, limit: int, start: Position | None
+    ) -> tuple[list[str], Position | None]:
         prefix = f"{self.prefix}user/{owner_digest(owner)}/"
-        listed = {
-            info.name[len(prefix) :] async for info in iter_keys(self.namespace, prefix=prefix)
-        }
-        return sorted(listed, key=lambda c: c.encode())
+        cursor, after = (start.cursor, start.after) if start is not None else (None, None)
+        found: list[str] = []
+        while True:
+            page = await self.namespace.list(
+                prefix=prefix, cursor=cursor, limit=min(max(limit + 1, 10), 1000)
+            )
+            for info in page.keys:
+                cid = info.name[len(prefix) :]
+                if after is not None and cid.encode() <= after.encode():
+                    continue
+                if len(found) >= limit:
+                    return found, Position(found[-1], cursor)
+                found.append(cid)
+            if page.cursor is None:
+                return found, None
+            cursor = page.cursor
 
 
 LEGACY_WRITER = "legacy00"
@@ -441,10 +541,11 @@ class RedisLayout:
         return legacy_messages(raw, strict=False) or []
 
     async def newest(
-        self, cid: str, limit: int, before: str | None, max_bytes: int | None
-    ) -> tuple[list[Message], bool]:
-        """Newest first, like the KV layout."""
-        if before is None:
+        self, cid: str, limit: int, start: Position | None, max_bytes: int | None
+    ) -> tuple[list[Message], Position | None]:
+        """Newest first, like the KV layout (older pages read the whole list: the rollback
+        backend favours simplicity over cost)."""
+        if start is None:
             raw = await self.redis.lrange(f"conversation:{cid}", -(limit + self._SLACK), -1)
             ordered = sorted(
                 (m for _, m in legacy_messages(raw, strict=False) or []), key=lambda m: m.id
@@ -452,24 +553,21 @@ class RedisLayout:
             more = len(raw) >= limit + self._SLACK or len(ordered) > limit
         else:
             ordered = sorted(
-                (m for _, m in await self._all(cid) if m.id > before), key=lambda m: m.id
+                (m for _, m in await self._all(cid) if m.id > start.after), key=lambda m: m.id
             )
             more = len(ordered) > limit
         chosen: list[Message] = []
         used = 0
         for message in ordered[:limit]:
-            size = len(message.text().encode("utf-8", "replace"))
+            size = _size(message)
             if max_bytes is not None and chosen and used + size > max_bytes:
-                return chosen, True
+                return chosen, Position(chosen[-1].id)
             chosen.append(message)
             used += size
-        return chosen, more
+        return chosen, Position(chosen[-1].id) if more and chosen else None
 
-    async def index(self, cid: str) -> list[tuple[str, float, int]]:
-        return sorted(
-            (m.id, m.timestamp, len(m.text().encode("utf-8", "replace")))
-            for _, m in await self._all(cid)
-        )
+    async def index(self, cid: str, *, sizes: bool = False) -> list[tuple[str, float, int]]:
+        return sorted((m.id, m.timestamp, _size(m)) for _, m in await self._all(cid))
 
     async def remove(self, cid: str, ids: Sequence[str]) -> None:
         gone = set(ids)
@@ -484,9 +582,14 @@ class RedisLayout:
             await self.redis.srem(f"user:{owner}:conversations", cid)
         return count
 
-    async def conversations(self, owner: str) -> list[str]:
+    async def conversations(
+        self, owner: str, limit: int, start: Position | None
+    ) -> tuple[list[str], Position | None]:
         members = await self.redis.smembers(f"user:{owner}:conversations")
-        return sorted(m.decode() if isinstance(m, bytes) else m for m in members)
+        ids = sorted((m.decode() if isinstance(m, bytes) else m for m in members), key=str.encode)
+        if start is not None:
+            ids = [c for c in ids if c.encode() > start.after.encode()]
+        return ids[:limit], Position(ids[limit - 1]) if len(ids) > limit else None
 
 
 CONVERSATION_MEMORY = 60.0
@@ -576,9 +679,24 @@ class ConversationStore:
         return await self._primary.owns(_check_id("conversation", conversation_id), owner)
 
     async def conversations(self, owner: str) -> list[str]:
-        """The ids of the conversations ``owner`` owns."""
+        """The ids of every conversation ``owner`` owns (in UTF-8 order)."""
+        found, after = [], None
+        while True:
+            page, after = await self.conversation_page(owner, limit=1000, after=after)
+            found += page
+            if after is None:
+                return found
+
+    async def conversation_page(
+        self, owner: str, *, limit: int = 100, after: str | None = None
+    ) -> tuple[list[str], str | None]:
+        """Up to ``limit`` of ``owner``'s conversation ids after the token ``after``, and
+        the token of the next page (None: no more). One list request per page."""
         owner_digest(owner)
-        return await self._primary.conversations(owner)
+        limit = self._check_limit(limit)
+        start = Position.parse(after) if after is not None else None
+        ids, next_position = await self._primary.conversations(owner, limit, start)
+        return ids, next_position.token() if next_position is not None else None
 
     # -- messages ------------------------------------------------------------------------
 
@@ -601,7 +719,10 @@ class ConversationStore:
             before = self._appends.get(cid, 0)
             self._appends[cid] = before + len(stored)
             if before // self._trim_every != self._appends[cid] // self._trim_every:
-                await self.trim(cid)  # amortised: one listing per trim_every appends
+                try:  # amortised: one listing per trim_every appends; the turn is stored
+                    await self.trim(cid)
+                except Unavailable as exc:
+                    log.warning("conversation %r: trim postponed (%s)", cid, type(exc).__name__)
         return stored
 
     def _check_limit(self, limit: object) -> int:
@@ -617,29 +738,39 @@ class ConversationStore:
         before: str | None = None,
         max_bytes: int | None = None,
     ) -> HistoryPage:
-        """The newest ``limit`` messages (older than message id ``before``, if given), in
-        chronological order, as many as fit ``max_bytes`` (always at least one); and where
-        the older ones start. On KV: one list request, plus one bulk read when some of the
-        messages are too big to ride in metadata."""
+        """The newest ``limit`` messages (older than ``before``: a message id, or the token
+        of a previous page), in chronological order, as many as fit ``max_bytes`` (always
+        at least one); and the token of the next, older page. On KV: one list request
+        (plus one bulk read when some messages are too big for metadata); a further page
+        by token is one more, while a message id lists from the newest down to it.
+
+        Retention (``max_messages``, ``max_bytes``) bounds the first page exactly; older
+        pages show what is stored, which a trim brings back within retention every
+        ``trim_every`` appends."""
         cid = _check_id("conversation", conversation_id)
         limit = self._check_limit(limit)
-        if before is not None and (not isinstance(before, str) or not _ID_FORMAT.match(before)):
-            raise ConversationError("'before' must be a message id.")
-        capped = self.max_messages is not None or self.max_bytes is not None
-        if capped and before is None:  # retention counts from the newest: cap the read
+        start: Position | None = None
+        if before is not None:
+            if not isinstance(before, str):
+                raise ConversationError("'before' must be a message id or a page token.")
+            if before.startswith(_PAGE_MARK):
+                start = Position.parse(before)
+            elif _ID_FORMAT.match(before):
+                start = Position(before)
+            else:
+                raise ConversationError("'before' must be a message id or a page token.")
+        retained = start is None and (self.max_messages or self.max_bytes)
+        if retained:  # retention counts from the newest: cap the first page by it
             limit = min(limit, self.max_messages or limit)
             max_bytes = min(b for b in (max_bytes, self.max_bytes, 2**62) if b is not None)
-        newest, more = await self._primary.newest(cid, limit, before, max_bytes)
-        if capped and before is not None:  # older pages: only what retention keeps
-            allowed = set(await self._kept(cid))
-            kept = [m for m in newest if m.id in allowed]
-            more = more and len(kept) == len(newest)
-            newest = kept
+        newest, next_position = await self._primary.newest(cid, limit, start, max_bytes)
         messages = self._fresh(newest)
-        more = more and len(messages) == len(newest)
-        # the next page may come back empty when retention ends where this one did
-        next_before = messages[-1].id if more and messages else None
-        return HistoryPage(list(reversed(messages)), next_before)
+        if len(messages) < len(newest) or (
+            retained and len(messages) >= (self.max_messages or 2**62)
+        ):
+            next_position = None  # past the age limit, or at the retention cap: no more
+        token = next_position.token() if next_position is not None else None
+        return HistoryPage(list(reversed(messages)), token)
 
     async def history(
         self, conversation_id: str, *, limit: int = 50, before: str | None = None
@@ -649,7 +780,7 @@ class ConversationStore:
 
     async def _kept(self, cid: str) -> list[str]:
         """Ids within the retention limits (count, bytes, age), newest first."""
-        index = await self._primary.index(cid)
+        index = await self._primary.index(cid, sizes=self.max_bytes is not None)
         if self.max_age is not None:
             oldest = self._clock() - self.max_age
             index = [entry for entry in index if entry[1] >= oldest]

@@ -11,13 +11,17 @@ migration manifests and ``verify`` output see only that digest. The record is JS
 * ``ends`` does not: ``created + max_lifetime``, after which the session is gone however
   busy it was (log in again). The KV entry's TTL never outlives it.
 
-``regenerate`` issues a new id for the same data (against session fixation). Works on every
-backend of ``open_store()``.
+``regenerate`` issues a new id for the same data (against session fixation). With a
+``signing_key`` every id carries a MAC: an id the service did not issue is refused without a
+storage read, so random bearer tokens cannot spend the KV budget. Works on every backend of
+``open_store()``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -29,9 +33,9 @@ from brainbot.errors import SessionError, SessionNotFound
 from brainbot.kv.limits import JSON, MIN_EXPIRATION_TTL
 from brainbot.storage.protocol import Store
 
-# New ids are token_urlsafe(32) (256 bits, 43 characters); a format check only: ids are
-# issued by create(), never chosen by clients.
-_ID = re.compile(r"\A[A-Za-z0-9_-]{43}\Z")
+# Ids are token_urlsafe(32) (256 bits, 43 characters), then, when signed, "." and a
+# 144-bit MAC (24 characters). A format check only: ids are issued by create().
+_ID = re.compile(r"\A[A-Za-z0-9_-]{43}(\.[A-Za-z0-9_-]{24})?\Z")
 
 
 def session_key(prefix: str, session_id: str) -> str:
@@ -60,6 +64,7 @@ class SessionStore:
         max_lifetime: int = 86400,
         refresh_below: int | None = None,
         prefix: str = "session:",
+        signing_key: bytes | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if lifetime < MIN_EXPIRATION_TTL:
@@ -74,10 +79,35 @@ class SessionStore:
         self.max_lifetime = max_lifetime
         self.refresh_below = refresh
         self.prefix = prefix
+        self.__signing_key = signing_key
         self._clock = clock
 
-    def _key(self, session_id: str) -> str:
+    def __repr__(self) -> str:
+        return f"SessionStore(prefix={self.prefix!r}, lifetime={self.lifetime})"
+
+    def _mac(self, random_part: str) -> str:
+        assert self.__signing_key is not None
+        digest = hmac.new(self.__signing_key, random_part.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest[:18]).decode()
+
+    def _new_id(self) -> str:
+        random_part = secrets.token_urlsafe(32)
+        if self.__signing_key is None:
+            return random_part
+        return f"{random_part}.{self._mac(random_part)}"
+
+    def issued_here(self, session_id: object) -> bool:
+        """Whether ``session_id`` is well formed (and, when ids are signed, carries a MAC of
+        this service): decided without reading storage."""
         if not isinstance(session_id, str) or not _ID.match(session_id):
+            return False
+        random_part, _, mac = session_id.partition(".")
+        if self.__signing_key is None:
+            return not mac
+        return bool(mac) and hmac.compare_digest(mac, self._mac(random_part))
+
+    def _key(self, session_id: str) -> str:
+        if not self.issued_here(session_id):
             raise SessionError("Malformed session id.")
         return session_key(self.prefix, session_id)
 
@@ -100,9 +130,7 @@ class SessionStore:
         except (TypeError, ValueError) as exc:
             raise SessionError(f"Session data must be JSON: {exc}") from None
         now = self._clock()
-        return await self._write(
-            secrets.token_urlsafe(32), dict(data or {}), now, now + self.max_lifetime
-        )
+        return await self._write(self._new_id(), dict(data or {}), now, now + self.max_lifetime)
 
     async def _read(self, session_id: str) -> Session | None:
         raw = await self.store.get(self._key(session_id))
@@ -150,8 +178,6 @@ class SessionStore:
         current = await self._read(session_id)
         if current is None:
             raise SessionNotFound("no such session")
-        fresh = await self._write(
-            secrets.token_urlsafe(32), current.data, current.created, current.ends
-        )
+        fresh = await self._write(self._new_id(), current.data, current.created, current.ends)
         await self.delete(session_id)
         return fresh
