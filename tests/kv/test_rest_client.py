@@ -268,3 +268,25 @@ async def test_a_key_written_twice_in_a_second_is_retried_until_accepted(
     assert statuses[0] == 200
     assert 429 in statuses
     assert statuses[-1] == 200
+
+
+async def test_live_traffic_fails_fast_on_a_long_retry_after(
+    tmp_path: Path, api_token: str
+) -> None:
+    """A live client does not wait out Cloudflare's 5-minute lockout: it raises
+    BudgetExhausted at once with the Retry-After, for the service's 503."""
+    import time
+
+    from brainbot.errors import BudgetExhausted
+
+    faults = Faults(error_rate=1.0, error_429_share=1.0, retry_after=300.0)
+    service = start_kv_server(tmp_path / "srv", api_token, *fault_args(faults))
+    try:
+        async with rest_client(service.url, api_token, "live", live=True, budget_wait=1.0) as kv:
+            started = time.monotonic()
+            with pytest.raises(BudgetExhausted) as caught:
+                await kv.get("k")
+            assert time.monotonic() - started < 5
+            assert caught.value.retry_after == 300.0
+    finally:
+        service.stop()

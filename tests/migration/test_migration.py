@@ -133,7 +133,8 @@ async def test_every_type_and_edge_arrives_as_the_new_code_reads_it(
     manifest = [json.loads(line) for line in (run_dir / "manifest.jsonl").read_text().splitlines()]
     assert {m["key"] for m in manifest} >= {"queue", "user:1", "conversation:c0"}
     assert "legacy-session-id-0001" not in (run_dir / "manifest.jsonl").read_text()
-    assert all(set(m) >= {"key", "type", "size", "ttl_ms", "sha256", "run"} for m in manifest)
+    per_key = [m for m in manifest if m["kind"] != "owners"]  # the owners' entries: one line
+    assert all(set(m) >= {"key", "type", "size", "ttl_ms", "sha256", "run"} for m in per_key)
     assert "value" not in (run_dir / "manifest.jsonl").read_text()
     assert oct((run_dir / "backup.jsonl.gz").stat().st_mode & 0o777) == "0o600"
 
@@ -393,3 +394,25 @@ def test_rediss_source_with_password_and_test_certificate(tls_redis: Any, tmp_pa
     )
     assert untrusted.returncode != 0  # an unknown certificate is refused
     assert b"s3cret-pass" not in untrusted.stdout + untrusted.stderr
+
+
+async def test_a_conversation_two_users_claim_goes_to_operators_only(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """The old service let anyone add any conversation to their own set: a conversation in
+    two users' sets is owned by neither after the migration, and the report says so."""
+    await source.rpush("conversation:shared", json.dumps({"role": "user", "content": "hi"}))
+    await source.rpush("conversation:mine", json.dumps({"role": "user", "content": "mine"}))
+    await source.sadd("user:alice:conversations", "shared", "mine")
+    await source.sadd("user:mallory:conversations", "shared")
+    await source.sadd("user:o/dd:conversations", "odd-owner")  # any character in a user
+    settings = settings_for(tmp_path)
+    report = await migrate(redis_url, settings)
+    assert report.verify_differences == 0
+    assert report.notes["conversation several users claim: operators only"] == 1
+    async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as kv:
+        conversations = ConversationStore(kv)
+        assert await conversations.owns("mine", "alice")
+        assert not await conversations.owns("shared", "alice")
+        assert not await conversations.owns("shared", "mallory")
+        assert await conversations.owns("odd-owner", "o/dd")

@@ -9,6 +9,7 @@ import asyncio
 import json
 import os
 import resource
+import secrets
 import socket
 import sqlite3
 import stat
@@ -82,7 +83,7 @@ def test_another_user_cannot_read_write_or_delete_a_conversation(bot: Service) -
         # nothing of Alice's changed, and Mallory's own conversations do not touch hers
         http.post("/chat", json={"message": "mine"}, headers=mallory)
         assert len(http.get(url, headers=alice).json()["messages"]) == 2
-        assert http.get("/conversations", headers=alice).json() == {"conversations": [cid]}
+        assert http.get("/conversations", headers=alice).json()["conversations"] == [cid]
 
 
 def test_clients_cannot_write_system_or_assistant_messages(bot: Service) -> None:
@@ -169,29 +170,18 @@ def test_logins_and_writes_are_rate_limited_per_identity_and_address(tmp_path: P
     env = bot_env(
         tmp_path / "data",
         BRAINBOT_RATE_SESSIONS="3/minute",
-        BRAINBOT_RATE_SESSIONS_PER_ADDRESS="5/minute",
+        BRAINBOT_RATE_FAILED_AUTH_PER_ADDRESS="5/minute",
         BRAINBOT_RATE_WRITES="4/minute",
+        BRAINBOT_RATE_READS="6/minute",
     )
     bot = start_bot(env)
     try:
         with client(bot) as http:
-            codes = [
-                http.post(
-                    "/sessions", headers={"Authorization": f"Bearer {identity('alice')}"}
-                ).status_code
-                for _ in range(4)
-            ]
-            assert codes == [201, 201, 201, 429]
-            refused = http.post("/sessions", headers={"Authorization": f"Bearer {identity('a')}"})
-            assert refused.status_code == 201  # another identity, same address: 5th of 5
-            refused = http.post("/sessions", headers={"Authorization": f"Bearer {identity('b')}"})
-            assert refused.status_code == 429
-            assert int(refused.headers["Retry-After"]) >= 1
-    finally:
-        bot.stop()
-    bot = start_bot({**env, "BRAINBOT_RATE_SESSIONS_PER_ADDRESS": "100/minute"})
-    try:
-        with client(bot) as http:
+            alice = {"Authorization": f"Bearer {identity('alice')}"}
+            codes = [http.post("/sessions", headers=alice).status_code for _ in range(4)]
+            assert codes == [201, 201, 201, 429]  # per identity
+            assert int(http.post("/sessions", headers=alice).headers["Retry-After"]) >= 1
+            # other users from the same address are not held back by alice's logins
             bob = login(http, "bob")
             cid = new_conversation(http, bob)  # write 1
             turns = [
@@ -200,8 +190,17 @@ def test_logins_and_writes_are_rate_limited_per_identity_and_address(tmp_path: P
             ]
             assert [t.status_code for t in turns] == [200, 200, 200, 429]
             assert "Retry-After" in turns[-1].headers
+            reads = [http.get("/conversations", headers=bob).status_code for _ in range(7)]
+            assert reads == [200] * 6 + [429]
             carol = login(http, "carol")  # another identity is not held back by bob's
             assert http.post("/chat", json={"message": "x"}, headers=carol).status_code == 200
+            # failed authentications are counted per address: a flood of bad tokens and
+            # unknown sessions is refused, but the users who authenticate carry on
+            forged = {"Authorization": "Bearer " + "x" * 43}
+            flood = [http.get("/conversations", headers=forged).status_code for _ in range(7)]
+            assert flood == [401] * 5 + [429] * 2
+            dave = {"Authorization": f"Bearer {identity('dave')}"}
+            assert http.post("/sessions", headers=dave).status_code == 201
     finally:
         bot.stop()
 
@@ -226,6 +225,8 @@ def test_anonymous_floods_cost_no_api_requests_and_live_traffic_fails_fast(
             started = time.monotonic()
             for _ in range(40):
                 assert http.post("/sessions", json={"user": "x"}).status_code == 401
+                forged = {"Authorization": f"Bearer {secrets.token_urlsafe(32)}.{'A' * 24}"}
+                assert http.get("/conversations", headers=forged).status_code == 401
             stats = asyncio.run(server_stats(server.url, api_token))
             assert stats["requests"] == 0  # refused before any KV request
             alice = login(http, "alice")
@@ -337,7 +338,7 @@ def test_malformed_input_is_400_never_500(bot: Service) -> None:
         bad_bodies = [
             b'{"message": "\\ud800"}',
             b'{"message": "ok", "conversation": "\\udfff"}',
-            b"[" * 200_000 + b"]" * 200_000,
+            b"[" * 100_000 + b"]" * 100_000,  # under the body limit: the nesting is refused
             b'{"message": ' + b"[" * 1000 + b"]" * 1000 + b"}",
             b"\xff\xfe",
             b"",
@@ -456,3 +457,126 @@ def test_foreign_hosts_and_non_json_bodies_are_refused(bot: Service) -> None:
         assert answer.status_code == 415
         assert http.get("/health", headers={"Host": "[::1]:8080"}).status_code == 200
         assert http.get("/health", headers={"Host": "localhost"}).status_code == 200
+
+
+def test_a_body_trickled_after_the_answer_does_not_hold_the_connection(tmp_path: Path) -> None:
+    bot = start_bot(bot_env(tmp_path / "data", BRAINBOT_HEADER_TIMEOUT="2"))
+    try:
+        host, port = bot.url.removeprefix("http://").split(":")
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(
+            b"POST /sessions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000000\r\n\r\nx"
+        )
+        s.settimeout(5)
+        assert s.recv(4096).startswith(b"HTTP/1.1 401")  # answered without the body
+        closed = False
+        deadline = time.monotonic() + 8
+        while time.monotonic() < deadline:  # a byte a second, as an attacker would
+            try:
+                s.sendall(b"x")
+                if s.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed = True
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed = True
+                break
+            time.sleep(1)
+        assert closed  # was held open for as long as the bytes kept coming
+        s.close()
+    finally:
+        bot.stop()
+
+
+def test_identity_tokens_cannot_choose_their_algorithm_or_key(tmp_path: Path) -> None:
+    import base64
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public_pem = private.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (tmp_path / "front.pem").write_bytes(public_pem)
+    env = bot_env(tmp_path / "data", BRAINBOT_AUTH_PUBLIC_KEY_FILE=str(tmp_path / "front.pem"))
+    env.pop("BRAINBOT_AUTH_JWT_SECRET")
+    bot = start_bot(env)
+    claims = {"sub": "alice", "aud": "brainbot", "exp": int(time.time()) + 300}
+    try:
+        with client(bot) as http:
+
+            def login_with(token: str) -> int:
+                return http.post(
+                    "/sessions", headers={"Authorization": f"Bearer {token}"}
+                ).status_code
+
+            assert login_with(jwt.encode(claims, private, algorithm="RS256")) == 201
+            # HS256 signed with the public key itself: the classic algorithm confusion
+            confused = _hs256(claims, public_pem)
+            assert login_with(confused) == 401
+            unsigned = _unsigned(claims)  # alg "none"
+            assert login_with(unsigned) == 401
+            other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+            assert login_with(jwt.encode(claims, other, algorithm="RS256")) == 401
+            eddsa_header = _with_header({"alg": "EdDSA", "typ": "JWT"}, claims)
+            assert login_with(eddsa_header) == 401  # was a 500
+            assert login_with(base64.b64encode(b"garbage").decode()) == 401
+    finally:
+        bot.stop()
+
+
+def _b64(data: bytes) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _hs256(claims: dict[str, object], key: bytes) -> str:
+    import hashlib
+    import hmac
+
+    head = _b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = _b64(json.dumps(claims).encode())
+    mac = hmac.new(key, f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64(mac)}"
+
+
+def _unsigned(claims: dict[str, object]) -> str:
+    return _with_header({"alg": "none", "typ": "JWT"}, claims)
+
+
+def _with_header(header: dict[str, object], claims: dict[str, object]) -> str:
+    return (
+        f"{_b64(json.dumps(header).encode())}.{_b64(json.dumps(claims).encode())}.{_b64(b'x' * 64)}"
+    )
+
+
+def test_odd_limits_and_big_metadata_are_400(bot: Service) -> None:
+    with client(bot) as http:
+        alice = login(http, "alice")
+        cid = new_conversation(http, alice)
+        url = f"/conversations/{cid}/messages"
+        for limit in ("²", "1" * 5000, "-1", "1001", "0x10"):
+            assert http.get(url, params={"limit": limit}, headers=alice).status_code == 400
+        fat = {"content": "x", "metadata": {"blob": "y" * 5000}}
+        assert http.post(url, json=fat, headers=alice).status_code == 400
+
+
+def test_conversation_lists_come_in_pages(bot: Service) -> None:
+    with client(bot) as http:
+        alice = login(http, "alice")
+        made = {new_conversation(http, alice) for _ in range(25)}
+        seen, after = [], None
+        while True:
+            params = {"limit": 10, **({"after": after} if after else {})}
+            page = http.get("/conversations", params=params, headers=alice).json()
+            assert len(page["conversations"]) <= 10
+            seen += page["conversations"]
+            after = page["next_after"]
+            if after is None:
+                break
+        assert sorted(seen) == sorted(made)
+        assert len(seen) == 25

@@ -69,7 +69,8 @@ def test_chat_sessions_and_history_survive_kill_9(store_env: dict[str, str]) -> 
             assert http.post(url, json=note, headers=auth).status_code == 201
             before = http.get(url, params={"limit": 50}, headers=auth).json()["messages"]
             assert len(before) == 7
-            assert http.get("/conversations", headers=auth).json() == {"conversations": [cid]}
+            listed = http.get("/conversations", headers=auth).json()
+            assert listed == {"conversations": [cid], "next_after": None}
     finally:
         kill_9(bot)  # no shutdown, no flush: what was acknowledged must be on disk already
 
@@ -83,7 +84,8 @@ def test_chat_sessions_and_history_survive_kill_9(store_env: dict[str, str]) -> 
             assert reply.json()["reply"] == "brainbot heard: back (turn 5)"  # 3 turns, a note
             assert http.delete(f"/conversations/{cid}", headers=auth).json() == {"deleted": 9}
             assert http.get(url, headers=auth).status_code == 404  # gone, index entry too
-            assert http.get("/conversations", headers=auth).json() == {"conversations": []}
+            listed = http.get("/conversations", headers=auth).json()
+            assert listed == {"conversations": [], "next_after": None}
             assert http.delete("/sessions", headers=auth).status_code == 204
             refused = http.post("/chat", json={"message": "x"}, headers=auth)
             assert refused.status_code == 401

@@ -103,7 +103,7 @@ async def test_pages_keep_to_a_byte_budget(backend: Any) -> None:
         await conversations.append(cid, Message("user", f"{i:02d}" + "z" * 3000))
     page = await conversations.page(cid, limit=1000, max_bytes=10_000)
     assert [m.content[:2] for m in page.messages] == ["17", "18", "19"]
-    assert page.next_before == page.messages[0].id
+    assert page.next_before is not None  # a token: the next page needs no rescan
     seen = [m.content[:2] for m in page.messages]
     while page.next_before is not None:
         page = await conversations.page(cid, limit=1000, before=page.next_before, max_bytes=10_000)
@@ -362,3 +362,50 @@ async def test_old_bot_entries_without_ids_read_in_list_order(redis_url: str) ->
     assert history[0].metadata == {"user": "alice"}  # unknown fields kept, not fatal
     await redis.flushdb()
     await redis.aclose()
+
+
+async def test_big_messages_of_unknown_size_are_measured_not_guessed(tmp_path: Path) -> None:
+    """Messages written before sizes were recorded: neither retention nor a page counts
+    them as 1 MiB each (which deleted and hid history)."""
+    store = KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0)
+    conversations = ConversationStore(store, max_bytes=100_000, trim_every=10_000)
+    cid = await conversations.create("alice")
+    for i in range(20):
+        stored = await conversations.append(cid, Message("assistant", f"{i:02d}" + "w" * 2000))
+        key = f"conv/{cid}/{stored.id}"
+        entry = await store.namespace.get(key)
+        assert entry is not None
+        legacy = {k: v for k, v in entry.metadata.items() if k != "s"}  # type: ignore[union-attr]
+        await store.namespace.put(key, entry.value, metadata=legacy)  # as an older version
+    assert await conversations.count(cid) == 20
+    assert await conversations.trim(cid) == 0
+    page = await conversations.page(cid, limit=50, max_bytes=50_000)
+    assert len(page.messages) == 20
+    await store.aclose()
+
+
+async def test_each_further_page_costs_one_list_request(tmp_path: Path, api_token: str) -> None:
+    data = tmp_path / "srv"
+    service = start_kv_server(data, api_token)
+    try:
+        async with KVStore(
+            EmbeddedKV(data / "pages.sqlite3", durable=False), write_interval=0
+        ) as local:
+            writer = ConversationStore(local)
+            for i in range(3000):
+                await writer.append("deep", Message("user", f"m{i}"))
+        client = rest_client(service.url, api_token, "pages")
+        async with KVStore(client, write_interval=0, recent_window=0) as store:
+            conversations = ConversationStore(store)
+            page = await conversations.page("deep", limit=100)
+            pages, costs = 1, []
+            while page.next_before is not None:
+                before = client.budget.requests
+                page = await conversations.page("deep", limit=100, before=page.next_before)
+                costs.append(client.budget.requests - before)
+                pages += 1
+            assert pages == 30
+            assert max(costs) <= 2  # never a rescan from the newest message
+            assert sum(costs) <= 30 + 3  # about one list request per page
+    finally:
+        service.stop()

@@ -22,7 +22,8 @@ def bot_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "BRAINBOT_AUTH_JWT_SECRET": SECRET,
         "BRAINBOT_KV_KEY_WRITE_INTERVAL": "0",
         "BRAINBOT_RATE_SESSIONS": "10000/minute",
-        "BRAINBOT_RATE_SESSIONS_PER_ADDRESS": "10000/minute",
+        "BRAINBOT_RATE_FAILED_AUTH_PER_ADDRESS": "10000/minute",
+        "BRAINBOT_RATE_READS": "100000/minute",
         "BRAINBOT_RATE_WRITES": "100000/minute",
         "BRAINBOT_RATE_WRITES_PER_ADDRESS": "100000/minute",
         "PYTHONPATH": str(ROOT),  # tests.support.responders
