@@ -6,27 +6,16 @@ Requests are the REST client's HTTP requests, the calls that spend Cloudflare's 
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from rich.table import Table
 
+from benchmarks.timing import median_ms
 from brainbot.kv import CloudflareKV, EmbeddedKV, RequestBudget
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore, Message
-
-
-async def _median_ms(n: int, call: Callable[[int], Awaitable[object]]) -> float:
-    samples = []
-    for i in range(n):
-        start = time.perf_counter()
-        await call(i)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 async def _measure(
@@ -48,12 +37,12 @@ async def _measure(
         return counter.budget.requests if counter is not None else 0
 
     r0 = requests()
-    append_ms = await _median_ms(
+    append_ms = await median_ms(
         n, lambda i: conversations.append("bench", Message("user", f"m{i}"))
     )
     append_req = (requests() - r0) / n
     r0 = requests()
-    history_ms = await _median_ms(n, lambda i: conversations.history("long", limit=50))
+    history_ms = await median_ms(n, lambda i: conversations.history("long", limit=50))
     history_req = (requests() - r0) / n
     return append_ms, append_req, history_ms, history_req
 

@@ -7,14 +7,12 @@ Requests are the REST client's HTTP requests, the calls that spend Cloudflare's 
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import httpx
 from rich.table import Table
 
+from benchmarks.timing import median_ms
 from brainbot.kv import CloudflareKV, EmbeddedKV, RequestBudget
 from brainbot.service import ChatService, IdentityVerifier, Throttle
 from brainbot.service.auth import mint
@@ -23,15 +21,6 @@ from brainbot.storage.conversations import ConversationStore, Message
 from brainbot.storage.sessions import SessionStore
 
 SECRET = "bench-identity-secret-" + "b" * 32
-
-
-async def _median_ms(n: int, call: Callable[[int], Awaitable[object]]) -> float:
-    samples = []
-    for i in range(n):
-        start = time.perf_counter()
-        await call(i)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
 
 
 async def _measure(
@@ -93,7 +82,7 @@ async def _measure(
             ("now: POST /chat through the service", over_http),
         ):
             r0 = requests()
-            ms = await _median_ms(n, turn)
+            ms = await median_ms(n, turn)
             rows.append((name, ms, (requests() - r0) / n))
     return rows
 

@@ -22,8 +22,6 @@ import hmac
 import json
 import logging
 import re
-import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,6 +38,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from brainbot import serving
 from brainbot.kv.embedded import EmbeddedKV
 from brainbot.kv.errors import (
     BulkTooLarge,
@@ -538,29 +537,9 @@ async def serve(
     announce: Callable[[str], None] | None = None,
 ) -> None:
     """Run until cancelled or signalled; announce ``READY <base-url>`` once accepting."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
         server.app(), log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
     )
-    uv = uvicorn.Server(config)
-    task = asyncio.create_task(uv.serve(sockets=[sock]))
-    while not uv.started:
-        if task.done():
-            await task
-            return
-        await asyncio.sleep(0.01)
-    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
-    line = f"READY http://{shown_host}:{bound_port}/client/v4"
-    if announce is not None:
-        announce(line)
-    else:
-        print(line, flush=True)
-        sys.stdout.flush()
-    await task
+    await serving.run(
+        config, host=host, port=port, path="/client/v4", backlog=2048, announce=announce
+    )

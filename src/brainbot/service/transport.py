@@ -21,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +28,8 @@ from typing import Any
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from brainbot import serving
 
 log = logging.getLogger("brainbot.service")
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -126,11 +126,6 @@ async def serve(
 ) -> None:
     """Run ``app`` until cancelled or signalled; announce ``READY http://host:port``."""
     asyncio.get_running_loop().set_exception_handler(QuietAcceptErrors())
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
     config = uvicorn.Config(
         app,
         log_level="warning",
@@ -143,18 +138,4 @@ async def serve(
         forwarded_allow_ips=forwarded_allow_ips or None,
         server_header=False,
     )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            await task
-            return
-        await asyncio.sleep(0.01)
-    shown = f"[{host}]" if ":" in host else host
-    line = f"READY http://{shown}:{sock.getsockname()[1]}"
-    if announce is not None:
-        announce(line)
-    else:
-        print(line, flush=True)
-        sys.stdout.flush()
-    await task
+    await serving.run(config, host=host, port=port, announce=announce)
