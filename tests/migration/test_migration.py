@@ -134,7 +134,7 @@ async def test_every_type_and_edge_arrives_as_the_new_code_reads_it(
     assert {m["key"] for m in manifest} >= {"queue", "user:1", "conversation:c0"}
     assert "legacy-session-id-0001" not in (run_dir / "manifest.jsonl").read_text()
     per_key = [m for m in manifest if m["kind"] != "owners"]  # the owners' entries: one line
-    assert all(set(m) >= {"key", "type", "size", "ttl_ms", "sha256", "run"} for m in per_key)
+    assert all(set(m) >= {"key", "type", "size", "ttl_ms", "kv", "run"} for m in per_key)
     assert "value" not in (run_dir / "manifest.jsonl").read_text()
     assert oct((run_dir / "backup.jsonl.gz").stat().st_mode & 0o777) == "0o600"
 

@@ -14,6 +14,7 @@ from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from brainbot.composition import load_settings
 from brainbot.config import Settings
@@ -63,3 +64,27 @@ def run(work: Coroutine[Any, Any, T]) -> T:
     with handled():
         return asyncio.run(work)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+_SHORT_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def safe_name(text: str) -> str:
+    """``text`` (a key name, a URL, a run id, a message quoting them) fit for one console
+    line in Rich markup: each control or non-printable character (``str.isprintable()``:
+    terminal escapes, bidi overrides, line breaks, odd spaces, lone surrogates) shown as a
+    Python escape (``\\x1b``, ``\\n``, ``\\u202e``), a backslash doubled so the escapes stay
+    unambiguous, then Rich markup escaped, so ``[/x]`` prints as itself."""
+    out = []
+    for char in text:
+        if char in _SHORT_ESCAPES:
+            out.append(_SHORT_ESCAPES[char])
+        elif char.isprintable():
+            out.append(char)
+        elif ord(char) < 0x100:
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    return escape("".join(out))

@@ -1,14 +1,25 @@
 """``brainbot migrate``, ``brainbot verify`` and ``brainbot rollback``.
 
-The source URL may hold a password: it is shown redacted everywhere. Exit codes: 0 done
-(and verified), 1 differences found or the run stopped (resume with --resume), 2 bad input
-or configuration, 3 not found.
+The source URL is validated before anything connects (``SourceURL``) and shown redacted
+everywhere. Its password is better given outside the URL, which every local user can read
+in the process list: ``BRAINBOT_SOURCE_PASSWORD`` or ``--source-password-file`` (mode 0600)
+(``BRAINBOT_RESTORE_PASSWORD`` / ``--restore-password-file`` for ``rollback --restore-to``);
+a URL that holds one still works, with a warning. Both are read here and handed to the
+library as ``source_password`` / ``restore_password``. Every key name, URL, run id and
+message printed on the console goes through ``safe_name`` (control characters as escapes,
+Rich markup escaped). Exit codes: 0 done (and verified), 1 differences found or the run
+stopped (resume with --resume), 2 bad input or configuration, 3 not found.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from typing import Annotated, Any
+import os
+import stat
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,16 +33,34 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from brainbot.cli.common import fail, handled, run, settings
+from brainbot.cli.common import describe, fail, safe_name, settings
 from brainbot.composition import bulk_process, migration_runs, open_namespace
 from brainbot.config import Settings
+from brainbot.errors import BrainbotError, InvalidInput, NotFound
 from brainbot.migration import Options, migrate_redis_to_kv, rollback, verify
-from brainbot.migration.source import redacted
+from brainbot.migration.url import SourceURL
 
+T = TypeVar("T")
 console = Console(stderr=True, highlight=False)
 
+SOURCE_PASSWORD_ENV = "BRAINBOT_SOURCE_PASSWORD"  # noqa: S105 (a name, not a password)
+RESTORE_PASSWORD_ENV = "BRAINBOT_RESTORE_PASSWORD"  # noqa: S105
+PASSWORD_FILE_MAX_BYTES = 4096
+
 Source = Annotated[
-    str, typer.Option("--source", help="redis:// or rediss:// URL (db in the path).")
+    str,
+    typer.Option(
+        "--source",
+        help="redis:// or rediss:// URL (db in the path); its password is better given in "
+        f"{SOURCE_PASSWORD_ENV} or --source-password-file.",
+    ),
+]
+SourcePasswordFile = Annotated[
+    str | None,
+    typer.Option(
+        "--source-password-file",
+        help="A file (not readable by group or others) holding the source's password.",
+    ),
 ]
 Match = Annotated[str | None, typer.Option(help="Only keys matching this SCAN pattern.")]
 Type = Annotated[str | None, typer.Option("--type", help="Only keys of this Redis type.")]
@@ -43,12 +72,99 @@ SessionPattern = Annotated[str, typer.Option(help="Legacy session strings.")]
 OwnerPattern = Annotated[str, typer.Option(help="Legacy sets of a user's conversation ids.")]
 
 
+@contextmanager
+def _handled() -> Iterator[None]:
+    """``common.handled()``, with each message made safe: they may quote key names."""
+    try:
+        yield
+    except InvalidInput as exc:
+        fail(safe_name(describe(exc)), 2)
+    except NotFound as exc:
+        fail(safe_name(describe(exc)), 3)
+    except BrainbotError as exc:
+        fail(safe_name(describe(exc)), 1)
+    except OSError as exc:  # a run directory, a backup file: name the file, not a traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        fail(safe_name(f"{exc.strerror or type(exc).__name__}{where}"), 1)
+
+
+def _run(work: Coroutine[Any, Any, T]) -> T:
+    with _handled():
+        return asyncio.run(work)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_password_file(path: str, option: str) -> str:
+    """The password in ``path``: one line (a final newline is dropped), in a regular file
+    that neither group nor others may read."""
+    shown = safe_name(path)
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                fail(f"{option} {shown} is not a regular file.", 2)
+            if mode & 0o044:
+                fail(
+                    f"{option} {shown} is readable by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}): run chmod 600 on it.",
+                    2,
+                )
+            data = file.read(PASSWORD_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        fail(f"cannot read {option} {shown}: {safe_name(exc.strerror or type(exc).__name__)}", 2)
+    if len(data) > PASSWORD_FILE_MAX_BYTES:
+        fail(f"{option} {shown} is over {PASSWORD_FILE_MAX_BYTES} bytes: not a password.", 2)
+    try:
+        password = data.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        fail(f"{option} {shown} is not UTF-8 text.", 2)
+    if not password:
+        fail(f"{option} {shown} is empty.", 2)
+    return password
+
+
+def _password(file: str | None, env: str, option: str) -> str | None:
+    """The password given outside the URL: in the environment variable ``env`` or in the
+    file of ``option``, not both; ``None`` when neither (an empty variable counts as unset)."""
+    from_env = os.environ.get(env) or None
+    if file is not None and from_env is not None:
+        fail(f"give the password either in {env} or with {option}, not both", 2)
+    return _read_password_file(file, option) if file is not None else from_env
+
+
+def _url(url: str, password: str | None, *, option: str, env: str, file_option: str) -> SourceURL:
+    """``url`` validated (exit 2 before anything connects); a warning when it holds a
+    password, which every local user can read in the process list while the command runs."""
+    with _handled():
+        parsed = SourceURL.parse(url, password=password)
+    if parsed.has_password_in_url:
+        console.print(
+            f"[yellow]warning:[/] the password in {option} is visible to every local user in "
+            f"the process list (ps); give it in {env} or with {file_option} instead.",
+            soft_wrap=True,
+        )
+    return parsed
+
+
+def _source(url: str, password_file: str | None) -> tuple[SourceURL, str | None]:
+    """The validated ``--source`` and the password given outside it (``None``: none)."""
+    password = _password(password_file, SOURCE_PASSWORD_ENV, "--source-password-file")
+    parsed = _url(
+        url,
+        password,
+        option="--source",
+        env=SOURCE_PASSWORD_ENV,
+        file_option="--source-password-file",
+    )
+    return parsed, password
+
+
 def _options(
     settings: Settings, conversation: str, session: str, owner: str, short_ttl: str
 ) -> Options:
     if short_ttl not in ("clamp", "skip"):
         fail("--short-ttl must be clamp or skip", 2)
-    with handled():  # a bad pattern is refused here, before anything is read
+    with _handled():  # a bad pattern is refused here, before anything is read
         return Options(
             prefix=settings.kv_prefix,
             conversation_pattern=conversation,
@@ -59,19 +175,22 @@ def _options(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _report_table(report: Any) -> Table:
-    table = Table(title=f"migration {report.run_id} of {report.source}")
+def _report_table(report: Any, source: SourceURL) -> Table:
+    table = Table(title=f"migration {safe_name(str(report.run_id))} of {safe_name(str(source))}")
     table.add_column("what")
     table.add_column("count", justify="right")
     table.add_row("keys seen", str(report.keys_seen))
     for kind, n in sorted(report.migrated.items()):
-        table.add_row(f"migrated {kind}", str(n))
-    table.add_row("KV entries written", str(report.kv_entries))
+        table.add_row(f"migrated {safe_name(str(kind))}", str(n))
+    table.add_row("KV entries planned", str(report.kv_entries))
+    for outcome, n in sorted(report.entries.items()):
+        table.add_row(f"entries {safe_name(str(outcome))}", str(n))
     for reason, n in sorted(report.skipped.items()):
-        table.add_row(f"skipped: {reason}", str(n))
+        table.add_row(f"skipped: {safe_name(str(reason))}", str(n))
     for note, n in sorted(report.notes.items()):
-        table.add_row(f"note: {note}", str(n))
+        table.add_row(f"note: {safe_name(str(note))}", str(n))
     table.add_row("API requests", str(report.api_requests))
+    table.add_row("bulk writes", str(report.bulk_writes))
     table.add_row("seconds", f"{report.seconds:.1f}")
     if report.verify_differences is not None:
         table.add_row("verify: differences", str(report.verify_differences))
@@ -89,6 +208,7 @@ def migrate(
     session_pattern: SessionPattern = "session:{id}",
     owner_pattern: OwnerPattern = "user:{id}:conversations",
     tls_ca_file: TLSCA = None,
+    source_password_file: SourcePasswordFile = None,
     verify_after: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
     scan_count: Annotated[int, typer.Option(help="SCAN COUNT per batch.", min=10)] = 1000,
     batch_entries: Annotated[
@@ -96,6 +216,7 @@ def migrate(
     ] = 10_000,
 ) -> None:
     """Migrate Redis/Upstash into the configured KV namespace (embedded by default)."""
+    url, password = _source(source, source_password_file)
     config = bulk_process(settings())
     options = _options(config, conversation_pattern, session_pattern, owner_pattern, short_ttl)
     with Progress(
@@ -125,17 +246,21 @@ def migrate(
                     dry_run=dry_run,
                     resume=resume,
                     tls_ca_file=tls_ca_file,
+                    source_password=password,
                     progress=progress,
                     verify_after=verify_after,
                     scan_count=scan_count,
                     batch_entries=batch_entries,
                 )
 
-        report = run(work())
-    console.print(_report_table(report))
+        report = _run(work())
+    console.print(_report_table(report, url))
     if dry_run:
         console.print("[yellow]dry run: nothing was written[/]")
-    print(json.dumps(report.to_json()))
+    out = report.to_json()
+    if "source" in out:  # the library redacts it too; stdout is the CLI's to guarantee
+        out["source"] = url.redacted
+    print(json.dumps(out))
     if report.verify_differences:
         fail(
             f"verify found {report.verify_differences} difference(s): see the run's verify.json", 1
@@ -150,8 +275,10 @@ def verify_command(
     session_pattern: SessionPattern = "session:{id}",
     owner_pattern: OwnerPattern = "user:{id}:conversations",
     tls_ca_file: TLSCA = None,
+    source_password_file: SourcePasswordFile = None,
 ) -> None:
     """Compare every key of the source with KV (type, value, TTL) and list differences."""
+    url, password = _source(source, source_password_file)
     config = bulk_process(settings())
     options = _options(config, conversation_pattern, session_pattern, owner_pattern, "clamp")
 
@@ -164,14 +291,19 @@ def verify_command(
                 match=match,
                 type_=type_,
                 tls_ca_file=tls_ca_file,
+                source_password=password,
             )
 
-    report = run(work())
+    report = _run(work())
     for difference in report.differences:
-        console.print(f"[red]DIFF[/] {difference.key}: {difference.problem}")
+        console.print(
+            f"[red]DIFF[/] {safe_name(str(difference.key))}: {safe_name(str(difference.problem))}",
+            soft_wrap=True,
+        )
     console.print(
-        f"checked {report.checked} key(s) of {redacted(source)}: "
-        f"{len(report.differences)} difference(s); skipped {sum(report.skipped.values())}"
+        f"checked {report.checked} key(s) of {safe_name(url.redacted)}: "
+        f"{len(report.differences)} difference(s); skipped {sum(report.skipped.values())}",
+        soft_wrap=True,
     )
     print(json.dumps(report.to_json()))
     if report.differences:
@@ -187,8 +319,28 @@ def rollback_command(
         str | None, typer.Option(help="Restore the run's backup into this Redis URL.")
     ] = None,
     tls_ca_file: TLSCA = None,
+    restore_password_file: Annotated[
+        str | None,
+        typer.Option(
+            "--restore-password-file",
+            help="A file (not readable by group or others) holding --restore-to's password; "
+            f"or set {RESTORE_PASSWORD_ENV}.",
+        ),
+    ] = None,
 ) -> None:
     """Undo a migration run: delete its KV writes and/or restore Redis from its backup."""
+    if restore_password_file is not None and restore_to is None:
+        fail("--restore-password-file is the password of --restore-to: give both", 2)
+    target: SourceURL | None = None
+    password = _password(restore_password_file, RESTORE_PASSWORD_ENV, "--restore-password-file")
+    if restore_to is not None:
+        target = _url(
+            restore_to,
+            password,
+            option="--restore-to",
+            env=RESTORE_PASSWORD_ENV,
+            file_option="--restore-password-file",
+        )
     config = bulk_process(settings())
 
     async def work() -> Any:
@@ -201,15 +353,32 @@ def rollback_command(
                 delete_kv=delete_kv,
                 restore_to=restore_to,
                 tls_ca_file=tls_ca_file,
+                restore_password=password,
             )
         finally:
             if kv is not None:
                 await kv.aclose()
 
-    report = run(work())
-    console.print(
-        f"run {run_id}: deleted {report.kv_deleted} KV entries, restored {report.redis_restored} "
-        f"Redis keys ({report.redis_expired} had expired since the backup)"
-    )
+    report = _run(work())
+    if delete_kv:
+        console.print(
+            f"run {safe_name(run_id)}: deleted {report.kv_deleted} KV entries, gave "
+            f"{report.kv_restored} their earlier value back, {report.kv_absent} were gone",
+            soft_wrap=True,
+        )
+        for reason, n in sorted(report.kv_kept.items()):
+            console.print(f"  kept {n} KV entries: {safe_name(reason)}", soft_wrap=True)
+    if target is not None:
+        console.print(
+            f"run {safe_name(run_id)}: restored {report.redis_restored} Redis keys into "
+            f"{safe_name(target.redacted)}, {report.redis_unchanged} were unchanged, "
+            f"kept {report.redis_kept} changed since the run, {report.redis_expired} had "
+            "expired since the backup",
+            soft_wrap=True,
+        )
+    if report.kept_names:
+        shown = ", ".join(safe_name(name) for name in report.kept_names[:20])
+        more = len(report.kept_names) - 20
+        console.print(f"  kept: {shown}{f' and {more} more' if more > 0 else ''}", soft_wrap=True)
     if report.kv_unsuccessful:
         fail(f"{len(report.kv_unsuccessful)} KV entries could not be deleted; run it again", 1)

@@ -1,79 +1,95 @@
-"""``brainbot rollback``: undo a migration run, from its own records.
+"""``brainbot rollback``: undo one migration run, from its own records, and only where
+nothing has changed since.
 
-* ``delete_kv``: delete from KV exactly the entries the run wrote (its manifest lists
-  them), nothing else;
-* ``restore_to``: write the run's backup back into a Redis (the source, or another one):
-  each key is replaced by its backed-up value and type, with its TTL counted from the
-  moment of the backup. Keys whose TTL has run out since are reported, not restored.
+* ``delete_kv``: for each KV entry the run's manifest lists, KV is looked at first (one
+  listing under the prefix, 1,000 entries a request, metadata only). An entry that still
+  carries this run's tag and the digest the run wrote is deleted, or, if the run replaced
+  a value with ``--overwrite``, given that value back (``kv-backup.jsonl.gz``). An entry the
+  bot changed since (no tag, another digest) or a later run rewrote is kept and reported.
+* ``restore_to``: the run's backup of Redis is written back into a Redis (the source, or
+  another one) key by key, only where that Redis does not hold the key or holds exactly
+  the backed-up value (the TTL is then set again, counted from the backup). A key that
+  changed there since is kept and reported; one whose TTL ran out since is counted.
+
+A run id is only ever a run id of this data directory (``files.run_dir``), and every line
+of the manifest must name that run: a path, or a manifest copied from elsewhere, is refused.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import json
+import hashlib
+import secrets
 import time
+from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from brainbot.errors import RollbackError
-from brainbot.kv.namespace import KVNamespace
-from brainbot.migration.source import connect, translated
+from brainbot.kv.namespace import KVNamespace, PutItem
+from brainbot.migration import files
+from brainbot.migration.ledger import Ledger
+from brainbot.migration.source import Reader, Record, connect, translated
+
+CHUNK = 1_000
+SHOWN = 100  # names of kept entries listed in the report
 
 
 @dataclass
 class RollbackReport:
     run_id: str
     kv_deleted: int = 0
+    kv_restored: int = 0
+    """Entries the run had overwritten, given their earlier value back."""
+    kv_absent: int = 0
+    kv_kept: Counter[str] = field(default_factory=Counter)
+    """Entries left as they are, by reason (changed since the run...)."""
     kv_unsuccessful: list[str] = field(default_factory=list)
     redis_restored: int = 0
+    redis_unchanged: int = 0
+    redis_kept: int = 0
+    """Keys that changed in the target Redis since the run: not touched."""
     redis_expired: int = 0
+    kept_names: list[str] = field(default_factory=list)
+    """The first names of what was kept (KV keys, or Redis keys as text)."""
+
+    def keep(self, reason: str, name: str) -> None:
+        if reason.startswith("redis"):
+            self.redis_kept += 1
+        else:
+            self.kv_kept[reason] += 1
+        if len(self.kept_names) < SHOWN:
+            self.kept_names.append(name)
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: dict(v) if isinstance(v, Counter) else v for k, v in vars(self).items()}
 
 
-def _run_dir(runs: Path, run_id: str) -> Path:
-    path = runs / run_id
-    if not (path / "state.json").exists():
-        raise RollbackError(f"No migration run {run_id!r} under {runs}.")
-    return path
+CHANGED_ON_KV = "changed on KV since the run"
+REWRITTEN = "rewritten by a later run"
+CHANGED_IN_REDIS = "redis: changed since the run"
 
 
-def backup_records(path: Path) -> dict[bytes, dict[str, Any]]:
-    """The last backed-up record of each key (a resumed batch may appear twice)."""
-    records: dict[bytes, dict[str, Any]] = {}
-    if not path.exists():
-        return records
-    with gzip.open(path, "rt") as lines:
-        for line in lines:
-            record = json.loads(line)
-            records[base64.b64decode(record["key"])] = record
-    return records
+def _manifest(run_path: Path, run_id: str) -> Iterator[dict[str, Any]]:
+    for line in files.lines(run_path / "manifest.jsonl"):
+        if line.get("run") != run_id or not isinstance(line.get("kv", []), list):
+            raise RollbackError(
+                f"The manifest of {run_id} has lines of another run (or of an older version of "
+                "brainbot, without digests): refusing to act on it."
+            )
+        yield line
 
 
-async def _restore(redis: Any, key: bytes, record: dict[str, Any]) -> bool:
-    def raw(text: str) -> bytes:
-        return base64.b64decode(text)
-
-    expire_at = record["at_ms"] + record["pttl"] if record["pttl"] > 0 else None
-    if expire_at is not None and expire_at <= time.time() * 1000:
-        return False
-    kind, value = record["type"], record["value"]
-    pipe = redis.pipeline(transaction=True)
-    pipe.delete(key)
-    if kind == "string":
-        pipe.set(key, raw(value))
-    elif kind == "list":
-        pipe.rpush(key, *[raw(v) for v in value])
-    elif kind == "hash":
-        pipe.hset(key, mapping={raw(k): raw(v) for k, v in value.items()})
-    elif kind == "set":
-        pipe.sadd(key, *[raw(v) for v in value])
-    elif kind == "zset":
-        pipe.zadd(key, {raw(m): s for m, s in value})
-    if expire_at is not None:
-        pipe.pexpireat(key, int(expire_at))
-    await pipe.execute()
-    return True
+def _prefix(state: dict[str, Any]) -> str:
+    """The prefix the run wrote under (from its fingerprint)."""
+    try:
+        options = orjson.loads(state["fingerprint"])[3]
+        return str(options.get("prefix", ""))
+    except (KeyError, IndexError, TypeError, orjson.JSONDecodeError):
+        raise RollbackError("The run's state file does not say where it wrote.") from None
 
 
 async def rollback(
@@ -84,35 +100,191 @@ async def rollback(
     delete_kv: bool = False,
     restore_to: str | None = None,
     tls_ca_file: str | None = None,
+    restore_password: str | None = None,
 ) -> RollbackReport:
     """Undo run ``run_id`` (its files under ``runs``): ``delete_kv`` deletes from
-    ``namespace`` what the run wrote; ``restore_to`` writes its backup into that Redis."""
+    ``namespace`` what the run wrote and nobody changed since; ``restore_to`` writes its
+    backup into that Redis where the key is absent or unchanged."""
     if not delete_kv and restore_to is None:
         raise RollbackError("Nothing to do: choose delete_kv and/or restore_to.")
     if delete_kv and namespace is None:
         raise RollbackError("Deleting a run's KV entries needs the namespace it wrote to.")
-    run_dir = _run_dir(runs, run_id)
+    run_path = files.run_dir(runs, run_id)
+    state = files.read_json(run_path / "state.json")
     report = RollbackReport(run_id)
     if delete_kv:
-        keys: list[str] = []
-        manifest = run_dir / "manifest.jsonl"
-        if manifest.exists():
-            for line in manifest.read_text().splitlines():
-                keys += json.loads(line)["kv_keys"]
-        keys = list(dict.fromkeys(keys))
         assert namespace is not None
-        result = await namespace.delete_many(keys)
-        report.kv_deleted = result.successful_key_count
-        report.kv_unsuccessful = list(result.unsuccessful_keys)
+        written = {k: d for line in _manifest(run_path, run_id) for k, d in line.get("kv", [])}
+        await _undo_kv(namespace, run_path, _prefix(state), files.run_tag(run_id), written, report)
     if restore_to is not None:
-        redis = connect(restore_to, tls_ca_file=tls_ca_file)
-        try:
-            with translated():
-                for key, record in backup_records(run_dir / "backup.jsonl.gz").items():
-                    if await _restore(redis, key, record):
-                        report.redis_restored += 1
-                    else:
-                        report.redis_expired += 1
-        finally:
-            await redis.aclose()
+        list(_manifest(run_path, run_id))  # refuse a foreign manifest before touching Redis
+        await _restore_redis(restore_to, run_path, report, tls_ca_file, restore_password)
+    files.write_json(run_path / f"rollback-{int(time.time())}.json", report.to_json())
     return report
+
+
+async def _undo_kv(
+    kv: KVNamespace,
+    run_path: Path,
+    prefix: str,
+    tag: str,
+    written: dict[str, str | None],
+    report: RollbackReport,
+) -> None:
+    ledger = Ledger(run_path / "rollback-kv-state.sqlite3")
+    try:
+        await ledger.load(kv, prefix)
+        earlier = {
+            line["key"]: line
+            for line in files.lines(run_path / "kv-backup.jsonl.gz", compressed=True)
+        }
+        names = list(written)
+        for start in range(0, len(names), CHUNK):
+            chunk = names[start : start + CHUNK]
+            seen = ledger.lookup(chunk)
+            delete: list[str] = []
+            restore: list[PutItem] = []
+            now = time.time()
+            for name in chunk:
+                entry = seen.get(name)
+                if entry is None:
+                    report.kv_absent += 1
+                elif entry.run == tag and entry.digest == written[name]:
+                    before = earlier.get(name)
+                    expiration = before.get("expiration") if before else None
+                    if before is None or (expiration is not None and expiration <= now):
+                        delete.append(name)
+                    else:
+                        restore.append(
+                            PutItem(
+                                name,
+                                files.unb64(before["value"]),
+                                expiration=expiration,
+                                metadata=before.get("metadata"),
+                            )
+                        )
+                elif entry.run is not None and entry.digest is not None and entry.run != tag:
+                    report.keep(REWRITTEN, name)
+                else:
+                    report.keep(CHANGED_ON_KV, name)
+            if delete:
+                result = await kv.delete_many(delete)
+                report.kv_deleted += result.successful_key_count
+                report.kv_unsuccessful += list(result.unsuccessful_keys)
+            if restore:
+                result = await kv.put_many(restore)
+                report.kv_restored += result.successful_key_count
+                report.kv_unsuccessful += list(result.unsuccessful_keys)
+    finally:
+        ledger.discard()
+
+
+def _backup(run_path: Path) -> Iterator[dict[str, Any]]:
+    """The last backed-up record of each key (a resumed run may have backed a key up
+    twice), streamed: memory holds an 8-byte digest per key, not the values."""
+    path = run_path / "backup.jsonl.gz"
+    last: dict[bytes, int] = {}
+    for n, record in enumerate(files.lines(path, compressed=True)):
+        last[hashlib.blake2b(record["key"].encode(), digest_size=8).digest()] = n
+    for n, record in enumerate(files.lines(path, compressed=True)):
+        if last.get(hashlib.blake2b(record["key"].encode(), digest_size=8).digest()) == n:
+            yield record
+
+
+def _encoded(record: Record) -> Any:
+    """A record's value in the backup's form (base64), to compare with a backed-up one."""
+    from brainbot.migration.run import backup_line
+
+    return orjson.loads(backup_line(record, 0))["value"]
+
+
+def _same(backed_up: dict[str, Any], current: Record) -> bool:
+    if current.type != backed_up["type"]:
+        return False
+    now, then = _encoded(current), backed_up["value"]
+    if isinstance(now, list) and current.type in ("set", "zset"):
+        return sorted(map(orjson.dumps, now)) == sorted(map(orjson.dumps, then))
+    return bool(now == then)
+
+
+async def _restore_redis(
+    url: str,
+    run_path: Path,
+    report: RollbackReport,
+    tls_ca_file: str | None,
+    password: str | None,
+) -> None:
+    redis = connect(url, tls_ca_file=tls_ca_file, password=password)
+    reader = Reader(redis)
+    try:
+        with translated():
+            chunk: list[dict[str, Any]] = []
+            for record in _backup(run_path):
+                chunk.append(record)
+                if len(chunk) >= CHUNK:
+                    await _restore_chunk(redis, reader, chunk, report)
+                    chunk = []
+            if chunk:
+                await _restore_chunk(redis, reader, chunk, report)
+    finally:
+        await redis.aclose()
+
+
+async def _restore_chunk(
+    redis: Any, reader: Reader, records: list[dict[str, Any]], report: RollbackReport
+) -> None:
+    now_ms = time.time() * 1000
+    keys = [files.unb64(r["key"]) for r in records]
+    current = {r.key: r for r in await reader.read(keys)}
+    pipe = redis.pipeline(transaction=False)
+    renames: list[tuple[int, bytes]] = []  # (reply index of RENAMENX, key)
+    for key, record in zip(keys, records, strict=True):
+        expire_at = record["at_ms"] + record["pttl"] if record["pttl"] > 0 else None
+        if expire_at is not None and expire_at <= now_ms:
+            report.redis_expired += 1
+            continue
+        there = current.get(key)
+        if there is not None and there.type != "none":
+            if there.value is None or not _same(record, there):
+                report.keep(CHANGED_IN_REDIS, _shown(key))
+                continue
+            report.redis_unchanged += 1
+            if expire_at is not None:
+                pipe.pexpireat(key, int(expire_at))
+            continue
+        renames.append((_write(pipe, key, record, expire_at), key))
+    replies = await pipe.execute()
+    for index, key in renames:
+        if replies[index]:
+            report.redis_restored += 1
+        else:  # created there between our read and our write: theirs stays
+            report.keep(CHANGED_IN_REDIS, _shown(key))
+
+
+def _shown(key: bytes) -> str:
+    return key.decode("utf-8", "backslashreplace")
+
+
+def _write(pipe: Any, key: bytes, record: dict[str, Any], expire_at: float | None) -> int:
+    """Queue the key's value under a scratch name, then ``RENAMENX`` it into place: the
+    key appears whole and only if it is still absent. Returns the RENAMENX's reply index."""
+    raw = files.unb64
+    kind, value = record["type"], record["value"]
+    scratch = key + b"\x00brainbot-restore-" + secrets.token_hex(4).encode()
+    key, final = scratch, key
+    if kind == "string":
+        pipe.set(key, raw(value))
+    elif kind == "list":
+        pipe.rpush(key, *[raw(v) for v in value])
+    elif kind == "hash":
+        pipe.hset(key, mapping={raw(k): raw(v) for k, v in value.items()})
+    elif kind == "set":
+        pipe.sadd(key, *[raw(v) for v in value])
+    elif kind == "zset":
+        pipe.zadd(key, {raw(m): float(s) for m, s in value})
+    if expire_at is not None:
+        pipe.pexpireat(key, int(expire_at))
+    pipe.renamenx(key, final)
+    index = len(pipe.command_stack) - 1
+    pipe.delete(key)  # still there only if the rename was refused
+    return index

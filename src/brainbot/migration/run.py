@@ -1,56 +1,77 @@
-"""``migrate_redis_to_kv()``: Redis/Upstash into KV, resumable, verified, documented.
+"""``migrate_redis_to_kv()``: Redis/Upstash into KV, at the speed of reading Redis, resumable
+from anywhere, verified, documented, and never over live data.
 
-Keys are read SCAN step by SCAN step and written in batches of up to 10,000 KV entries (one
-full bulk request; less when values are big) that end on a SCAN step, so that the checkpoint,
-a SCAN cursor, never moves past a key KV has not acknowledged. For each batch, in an order
-that survives kill -9:
+**Pipeline.** A reader task reads SCAN steps ahead (one script call per step,
+``source.Reader``); the planner turns their records into KV entries; full bulk writes of
+10,000 entries go out as soon as they fill, several in flight (``in_flight``, within the
+API budget), while the next steps are read and planned. Batches fill across SCAN steps, so
+every bulk request but the last is full.
 
-1. read the keys (type, TTL, value) and plan their KV writes (pre-flight checks included);
-2. append the source records to the run's **backup** (gzip, mode 0600) and fsync it;
-3. write the planned entries to KV in bulk (packed by count and bytes, paced to the API
-   budget, unsuccessful keys retried by the namespace layer);
-4. append the batch to the **manifest** (key, type, size, TTL, checksum; never values);
-5. replace the **checkpoint** (the SCAN cursor and the counts) atomically.
+**Kill -9 anywhere.** ``state.json`` is written before anything else, so even a run killed
+in its first second resumes. For each batch, in an order that survives a crash: the
+backup of its keys (gzip, 0600, fsync), the bulk write, then, for the SCAN steps whose
+entries are now all acknowledged (and every step before them), their manifest lines and
+the checkpoint (the SCAN cursor after them). A resumed run reads again from the checkpoint;
+what it finds already written by this migration is not written twice.
 
-A run killed anywhere resumes from its last checkpoint (``resume=True``); the batch in
-flight is read and written again, which is harmless: the same keys get the same values, and
-legacy messages get the same ids. Files live in ``<runs>/<run id>/`` (the CLI passes
-``$BRAINBOT_DATA_DIR/migrations``).
+**Never over live data.** Every entry carries the migration's mark, the run's tag and a
+digest of its value (``transform.marked``). Before writing, a run looks at what KV holds
+(a listing into the run's ledger: 1,000 keys a request, none when KV is empty): it writes
+a key KV does not hold; it skips a key that still holds exactly what this migration wrote;
+it rewrites one this migration wrote whose source changed; it keeps a key that holds
+anything else (the bot wrote it since: reported, or replaced with ``overwrite`` after its
+KV value is backed up); and it does not re-create a key an earlier run of this migration
+wrote that KV no longer holds (the bot deleted it). The listing is of the moment the run
+starts: a key the bot first creates while the run is under way is not protected.
 """
 
 from __future__ import annotations
 
-import base64
-import gzip
-import json
-import os
-import secrets
-import shutil
+import asyncio
+import contextlib
+import functools
+import hashlib
+import itertools
+import math
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from brainbot.errors import MigrationError
 from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.kv.overlay import ReadYourWrites
 from brainbot.kv.rest import CloudflareKV
+from brainbot.migration import files
+from brainbot.migration.ledger import Ledger
 from brainbot.migration.source import (
     SUPPORTED,
+    Reader,
     Record,
     connect,
-    read,
     redacted,
     scan_batches,
     translated,
 )
-from brainbot.migration.transform import Options, Plan, checksum, owner_items, plan, size_of
+from brainbot.migration.transform import (
+    Options,
+    Plan,
+    digest,
+    owner_items,
+    plan,
+    size_of,
+    stamp_of,
+)
 
 BACKUP_RETENTION_DAYS = 30
 WRITE_ENTRIES = 10_000  # one full bulk request
 WRITE_BYTES = 64 * 1024 * 1024  # or sooner, so memory stays bounded with big values
+READ_AHEAD = 4  # SCAN steps read before the planner takes them
 
 
 @dataclass
@@ -62,10 +83,14 @@ class Report:
     migrated: Counter[str] = field(default_factory=Counter)
     """Keys migrated, by Redis type and kind (e.g. ``list/conversation``)."""
     kv_entries: int = 0
+    """KV entries planned for the migrated keys."""
+    entries: Counter[str] = field(default_factory=Counter)
+    """What became of the planned entries: written, unchanged, kept (live on KV)..."""
     skipped: Counter[str] = field(default_factory=Counter)
     """Keys not migrated, by reason (expired during the run is one of them)."""
     notes: Counter[str] = field(default_factory=Counter)
     api_requests: int = 0
+    bulk_writes: int = 0
     seconds: float = 0.0
     resumed: bool = False
     verify_differences: int | None = None
@@ -79,46 +104,40 @@ class Report:
         out["expired_during_run"] = self.expired_during_run
         return out
 
+    def add(self, other: Report) -> None:
+        """Count ``other``'s keys and entries in too (a step's tally into the run's)."""
+        self.keys_seen += other.keys_seen
+        self.kv_entries += other.kv_entries
+        for name in ("migrated", "entries", "skipped", "notes"):
+            getattr(self, name).update(getattr(other, name))
 
-def _fsync_write(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-    os.replace(tmp, path)
+    def restore(self, saved: dict[str, Any]) -> None:
+        for name in ("keys_seen", "kv_entries", "api_requests", "bulk_writes"):
+            setattr(self, name, saved.get(name, 0))
+        for name in ("migrated", "entries", "skipped", "notes"):
+            getattr(self, name).update(saved.get(name, {}))
 
 
-def _append(path: Path, lines: list[str], *, compressed: bool = False) -> None:
-    if not lines:
-        return
-    data = ("\n".join(lines) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    with os.fdopen(fd, "ab") as out:
-        out.write(gzip.compress(data) if compressed else data)  # gzip members concatenate
-        out.flush()
-        os.fsync(out.fileno())
+KEPT = "kept: changed on KV since the migration (--overwrite replaces it)"
+NOT_RECREATED = "not re-created: deleted on KV since an earlier run"
 
 
 def _encode_value(record: Record) -> Any:
-    def b(x: bytes) -> str:
-        return base64.b64encode(x).decode()
-
+    b64 = files.b64
     value = record.value
     if isinstance(value, bytes):
-        return b(value)
+        return b64(value)
     if isinstance(value, dict):
-        return {b(k): b(v) for k, v in value.items()}
-    if record.type == "zset":
-        return [[b(m), s] for m, s in value]
-    return [b(v) for v in value]
+        return {b64(k): b64(v) for k, v in value.items()}
+    if record.type == "zset":  # JSON has no infinity: those scores are "inf" / "-inf"
+        return [[b64(m), s if math.isfinite(s) else repr(s)] for m, s in value]
+    return [b64(v) for v in value]
 
 
-def backup_line(record: Record, now_ms: int) -> str:
-    return json.dumps(
+def backup_line(record: Record, now_ms: int) -> bytes:
+    return orjson.dumps(
         {
-            "key": base64.b64encode(record.key).decode(),
+            "key": files.b64(record.key),
             "type": record.type,
             "value": _encode_value(record),
             "pttl": record.pttl,
@@ -132,7 +151,7 @@ def prune_backups(runs: Path, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
     pruned = []
     cutoff = time.time() - days * 86400
     for state_file in runs.glob("*/state.json"):
-        state = json.loads(state_file.read_text())
+        state = files.read_json(state_file)
         backup = state_file.parent / "backup.jsonl.gz"
         if state.get("done") and state.get("finished_at", time.time()) < cutoff and backup.exists():
             backup.unlink()
@@ -140,21 +159,281 @@ def prune_backups(runs: Path, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
     return pruned
 
 
-def _fingerprint(source: str, match: str | None, type_: str | None, options: Options) -> str:
-    return json.dumps([redacted(source), match, type_, asdict(options)], sort_keys=True)
+def fingerprint(source: str, match: str | None, type_: str | None, options: Options) -> str:
+    """What makes runs the same migration: the source (redacted), the selection, options."""
+    return orjson.dumps(
+        [redacted(source), match, type_, asdict(options)], option=orjson.OPT_SORT_KEYS
+    ).decode()
 
 
-def _find_resumable(runs: Path, fingerprint: str) -> dict[str, Any] | None:
-    candidates = []
+def mark_of(fingerprint_text: str) -> str:
+    """The migration's mark in its entries' metadata (``g``): the same for all its runs."""
+    return hashlib.sha256(fingerprint_text.encode()).hexdigest()[:8]
+
+
+def _states(runs: Path, fingerprint_text: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    if not runs.exists():
+        return found
     for state_file in runs.glob("*/state.json"):
-        state = json.loads(state_file.read_text())
-        if state.get("fingerprint") == fingerprint and not state.get("done"):
-            candidates.append(state)
-    return max(candidates, key=lambda s: s["started_at"]) if candidates else None
+        try:
+            state = files.read_json(state_file)
+        except (OSError, orjson.JSONDecodeError):
+            continue
+        if state.get("fingerprint") == fingerprint_text:
+            found.append(state)
+    return sorted(found, key=lambda s: s.get("started_at", 0))
 
 
 ProgressHook = Callable[[int, int | None], None]
-"""Called with (keys handled so far, estimated total) after each batch."""
+"""Called with (keys handled so far, estimated total) after each SCAN step."""
+
+
+@dataclass
+class _Step:
+    """One SCAN step on its way to the checkpoint."""
+
+    cursor: int
+    tally: Report
+    pending: int = 0  # its entries not acknowledged yet
+    closed: bool = False  # all its entries handed to batches
+    manifest: list[bytes] = field(default_factory=list)
+
+
+@dataclass
+class _Batch:
+    items: list[PutItem] = field(default_factory=list)
+    steps: Counter[int] = field(default_factory=Counter)  # step index -> entries in here
+    volume: int = 0
+
+
+class _Run:
+    """The moving parts of one run: batches in flight, steps, checkpoint, files."""
+
+    def __init__(
+        self,
+        kv: KVNamespace,
+        report: Report,
+        state: dict[str, Any],
+        run_path: Path | None,
+        ledger: Ledger | None,
+        *,
+        mark: str,
+        tag: str,
+        overwrite: bool,
+        batch_entries: int,
+        in_flight: int,
+    ) -> None:
+        self.kv = kv
+        self.report = report
+        self.state = state
+        self.path = run_path
+        self.ledger = ledger
+        self.mark = mark
+        self.tag = tag
+        self.overwrite = overwrite
+        self.batch_entries = batch_entries
+        self.steps: list[_Step] = []
+        self.done_steps = 0  # steps up to here are checkpointed
+        self.batch = _Batch()
+        self.backup: list[bytes] = []
+        self.claims: list[bytes] = []
+        self.slots = asyncio.Semaphore(in_flight)
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.failure: BaseException | None = None
+        self.requests_before = _requests(kv)
+        self.earlier_requests = report.api_requests
+        self.saved = Report(report.run_id, report.source, report.dry_run)
+        """What the checkpointed steps counted (the live report counts steps in flight)."""
+        self.saved.restore(state["report"] or {})
+        self.checkpointing = asyncio.Lock()
+        self.to_back_up: list[str] = []
+
+    # -- planning ---------------------------------------------------------------------
+
+    def keep(self, items: list[PutItem], tally: Report) -> list[PutItem]:
+        """The items to write, after looking at what KV holds (see the module docstring)."""
+        if self.ledger is None:
+            tally.entries["written"] += len(items)
+            return items
+        names = [i.key for i in items]
+        seen = self.ledger.lookup(names)
+        earlier = self.ledger.written_before([n for n in names if n not in seen])
+        keep = []
+        for item in items:
+            now = seen.get(item.key)
+            if now is None:
+                if item.key in earlier:
+                    tally.entries[NOT_RECREATED] += 1
+                    continue
+            elif now.mark == self.mark:
+                if now.digest == _digest_of(item):
+                    tally.entries["unchanged (already written by this migration)"] += 1
+                    continue
+            elif not self.overwrite:
+                tally.entries[KEPT] += 1
+                continue
+            else:
+                tally.entries["overwritten (its KV value backed up)"] += 1
+                self.to_back_up.append(item.key)
+                keep.append(item)
+                continue
+            tally.entries["written"] += 1
+            keep.append(item)
+        return keep
+
+    async def add_step(self, cursor: int, plans: list[Plan], read_ms: int) -> None:
+        index = len(self.steps)
+        tally = Report(self.report.run_id, self.report.source, self.report.dry_run)
+        _tally(tally, plans)
+        step = _Step(cursor, tally)
+        self.steps.append(step)
+        self.to_back_up = []
+        for p in plans:
+            if self.path is not None and p.record.type in SUPPORTED and p.record.value is not None:
+                self.backup.append(backup_line(p.record, read_ms))  # skipped ones too
+            if p.skipped:
+                continue
+            items = self.keep(p.items, tally)
+            self.claims += [orjson.dumps([owner, cid]) for owner, cid in p.claims]
+            step.manifest.append(
+                orjson.dumps(
+                    {
+                        "run": self.state["run_id"],
+                        "key": p.name,
+                        "type": p.record.type,
+                        "kind": p.kind,
+                        "size": size_of(p.record),
+                        "ttl_ms": p.record.pttl,
+                        "kv": [[i.key, _digest_of(i)] for i in items],
+                        "note": p.note,
+                    }
+                )
+            )
+            for item in items:
+                if self.path is None:
+                    continue  # a dry run writes nothing
+                size = len(item.value) + 256
+                if self.batch.items and (
+                    len(self.batch.items) >= self.batch_entries
+                    or self.batch.volume + size > WRITE_BYTES
+                ):
+                    await self.dispatch()
+                self.batch.items.append(item)
+                self.batch.steps[index] += 1
+                self.batch.volume += size
+                step.pending += 1
+        if self.to_back_up:
+            await self.back_up_kv(self.to_back_up)
+        self.report.add(tally)
+        step.closed = True
+        if len(self.batch.items) >= self.batch_entries:
+            await self.dispatch()
+        await self.advance()
+
+    # -- writing ----------------------------------------------------------------------
+
+    async def back_up_kv(self, keys: list[str]) -> None:
+        """Keep the KV values ``overwrite`` is about to replace (for rollback)."""
+        assert self.path is not None
+        found = await self.kv.get_many(keys)
+        lines = [
+            orjson.dumps(
+                {
+                    "key": key,
+                    "value": files.b64(entry.value),
+                    "expiration": entry.expiration,
+                    "metadata": entry.metadata,
+                }
+            )
+            for key, entry in found.items()
+            if entry is not None
+        ]
+        files.append(self.path / "kv-backup.jsonl.gz", lines, compressed=True)
+
+    async def dispatch(self) -> None:
+        """Send the current batch (after its keys' backup is on disk)."""
+        batch, self.batch = self.batch, _Batch()
+        self.raise_failure()
+        await self.flush_files()  # before the entries they cover are written
+        if not batch.items:
+            return
+        loop = asyncio.get_running_loop()
+        await self.slots.acquire()
+        task = loop.create_task(self._write(batch))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def flush_files(self) -> None:
+        """Put the backup and the owner claims read so far on disk."""
+        if self.path is None:
+            return  # a dry run keeps its claims in memory, and no backup
+        backup, self.backup = self.backup, []
+        claims, self.claims = self.claims, []
+        loop = asyncio.get_running_loop()
+        backup_file = self.path / "backup.jsonl.gz"
+        await loop.run_in_executor(
+            None, functools.partial(files.append, backup_file, backup, compressed=True)
+        )
+        await loop.run_in_executor(None, files.append, self.path / "owners.jsonl", claims)
+
+    async def _write(self, batch: _Batch) -> None:
+        try:
+            result = await self.kv.put_many(batch.items)
+            self.report.bulk_writes += 1
+            if result.unsuccessful_keys:
+                raise MigrationError(
+                    f"KV did not accept {len(result.unsuccessful_keys)} key(s) after retries; "
+                    "run again with --resume to continue from the last checkpoint."
+                )
+            for index, n in batch.steps.items():
+                self.steps[index].pending -= n
+            await self.advance()
+        except BaseException as exc:
+            self.failure = self.failure or exc
+        finally:
+            self.slots.release()
+
+    def raise_failure(self) -> None:
+        if self.failure is not None:
+            raise self.failure
+
+    async def advance(self) -> None:
+        """Move the checkpoint past the steps whose entries are all acknowledged (one
+        writer of the run's files at a time: writes complete concurrently)."""
+        async with self.checkpointing:
+            await self._advance()
+
+    async def _advance(self) -> None:
+        first = self.done_steps
+        while self.done_steps < len(self.steps):
+            step = self.steps[self.done_steps]
+            if not step.closed or step.pending:
+                break
+            self.done_steps += 1
+        if self.done_steps == first or self.path is None:
+            return
+        await self.flush_files()  # the steps' backups before their checkpoint
+        manifest = [line for step in self.steps[first : self.done_steps] for line in step.manifest]
+        for step in self.steps[first : self.done_steps]:
+            step.manifest = []
+            self.saved.add(step.tally)
+        self.state["cursor"] = self.steps[self.done_steps - 1].cursor
+        self.report.api_requests = self.earlier_requests + _requests(self.kv) - self.requests_before
+        self.saved.api_requests = self.report.api_requests
+        self.saved.bulk_writes = self.report.bulk_writes
+        self.state["report"] = self.saved.to_json()
+        path, state = self.path, dict(self.state)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, files.append, path / "manifest.jsonl", manifest)
+        await loop.run_in_executor(None, files.write_json, path / "state.json", state)
+
+    async def finish(self) -> None:
+        await self.dispatch()
+        while self.tasks:
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.raise_failure()
+        await self.advance()
 
 
 async def migrate_redis_to_kv(
@@ -169,7 +448,10 @@ async def migrate_redis_to_kv(
     resume: bool = False,
     scan_count: int = 1000,
     batch_entries: int = WRITE_ENTRIES,
+    in_flight: int = 4,
+    overwrite: bool = False,
     tls_ca_file: str | None = None,
+    source_password: str | None = None,
     progress: ProgressHook | None = None,
     verify_after: bool = True,
 ) -> Report:
@@ -177,15 +459,24 @@ async def migrate_redis_to_kv(
     (the caller opens and closes it), keeping the run's files under ``runs``."""
     options = options or Options()
     started = time.monotonic()
-    fingerprint = _fingerprint(source, match, type_, options)
-    state = _find_resumable(runs, fingerprint) if resume and not dry_run else None
-    if resume and not dry_run and state is None:
-        raise MigrationError("Nothing to resume: no unfinished run with these options.")
+    print_text = fingerprint(source, match, type_, options)
+    mark = mark_of(print_text)
+    earlier_states = _states(runs, print_text)
+    state: dict[str, Any] | None = None
+    if resume and not dry_run:
+        unfinished = [s for s in earlier_states if not s.get("done")]
+        if not unfinished:
+            raise MigrationError(
+                "Nothing to resume: no unfinished run of this migration. Run the same "
+                "command without --resume to start a fresh run."
+            )
+        state = unfinished[-1]
     if state is None:
-        run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
+        run_id = files.new_run_id()
         state = {
             "run_id": run_id,
-            "fingerprint": fingerprint,
+            "fingerprint": print_text,
+            "mark": mark,
             "cursor": 0,
             "done": False,
             "started_at": time.time(),
@@ -193,72 +484,90 @@ async def migrate_redis_to_kv(
         }
     report = Report(state["run_id"], redacted(source), dry_run, resumed=state["report"] is not None)
     if state["report"]:
-        saved = state["report"]
-        report.keys_seen = saved["keys_seen"]
-        report.kv_entries = saved["kv_entries"]
-        report.migrated.update(saved["migrated"])
-        report.skipped.update(saved["skipped"])
-        report.notes.update(saved["notes"])
-        report.api_requests = saved["api_requests"]
-    run_dir = runs / state["run_id"]
-    if not dry_run:
-        run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        prune_backups(runs)
+        report.restore(state["report"])
+    run_path = None if dry_run else _open_run(runs, state)
 
-    redis = connect(source, tls_ca_file=tls_ca_file)
+    redis = connect(source, tls_ca_file=tls_ca_file, password=source_password)
     kv = namespace
-    budget_before, earlier_requests = _requests(kv), report.api_requests
-
-    async def checkpoint(batch: _Pending) -> None:
-        await _write_batch(kv, run_dir, state["run_id"], batch.plans)
-        state["cursor"] = batch.cursor
-        report.api_requests = earlier_requests + _requests(kv) - budget_before
-        state["report"] = report.to_json()
-        _fsync_write(run_dir / "state.json", json.dumps(state).encode())
-        batch.clear()
-
+    ledger: Ledger | None = None
+    scratch = contextlib.ExitStack()
     try:
+        earlier = _earlier_keys(runs, earlier_states, state["run_id"])
+        first = next(earlier, None)
+        if first is not None or (await kv.list(prefix=options.prefix, limit=10)).keys:
+            where = run_path or Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+            ledger = Ledger(where / "kv-state.sqlite3")
+            ledger.remember(itertools.chain([first] if first else [], earlier))
+            await ledger.load(kv, options.prefix)
+        run = _Run(
+            kv,
+            report,
+            state,
+            run_path,
+            ledger,
+            mark=mark,
+            tag=files.run_tag(state["run_id"]),
+            overwrite=overwrite,
+            batch_entries=batch_entries,
+            in_flight=in_flight,
+        )
         with translated():
             total = None if match or type_ else int(await redis.dbsize())
-        pending = _Pending()  # planned, not yet written
-        dry_plans: list[Plan] = []  # a dry run's owner claims, counted at the end
-        async for cursor, keys in scan_batches(
-            redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
-        ):
-            now_ms = int(time.time() * 1000)
-            plans = [plan(r, options, now_ms) for r in await read(redis, keys)]
-            entries = sum(len(p.items) for p in plans)
-            volume = sum(size_of(p.record) for p in plans if not p.skipped)
-            # Bulk requests hold 10,000 entries and end on a SCAN step, so the checkpoint
-            # (a cursor) moves only past what KV has acknowledged: close the batch before a
-            # step would overflow it, write it once full, big, or at the end.
-            if not dry_run and pending.plans and pending.overflows(entries, volume, batch_entries):
-                await checkpoint(pending)
-            _tally(report, plans)
-            if dry_run:
-                dry_plans += [p for p in plans if p.claims]
-            if not dry_run:
-                pending.add(plans, now_ms, entries, volume, cursor)
-                if pending.full(batch_entries) or cursor == 0:
-                    await checkpoint(pending)
-            if progress is not None:
-                progress(report.keys_seen, total)
-        claims = _claims(dry_plans) if dry_run else _claims_of(run_dir / "owners.jsonl")
-        owners, conflicts = owner_items(claims, options.prefix, int(time.time() * 1000))
+        await _pipeline(
+            redis,
+            run,
+            options,
+            mark,
+            files.run_tag(state["run_id"]),
+            state,
+            match,
+            type_,
+            scan_count,
+            progress,
+            total,
+        )
+        await run.finish()
+        claims = (
+            _claims(run.claims) if dry_run else _claims(files.lines(run_path / "owners.jsonl"))  # type: ignore[operator]
+        )
+        owners, conflicts = owner_items(
+            claims, options.prefix, int(time.time() * 1000), mark, files.run_tag(state["run_id"])
+        )
         report.kv_entries += len(owners)
         if conflicts:
             report.notes["conversation several users claim: operators only"] += len(conflicts)
-        if owners and not dry_run:
-            await _write_owners(kv, run_dir, state["run_id"], owners)
-        report.api_requests = earlier_requests + _requests(kv) - budget_before
+        kept = run.keep(owners, report)
+        if kept and not dry_run:
+            assert run_path is not None
+            result = await kv.put_many(kept)
+            report.bulk_writes += 1
+            if result.unsuccessful_keys:
+                raise MigrationError("KV did not accept the owners' entries; run with --resume.")
+            files.append(
+                run_path / "manifest.jsonl",
+                [
+                    orjson.dumps(
+                        {
+                            "run": state["run_id"],
+                            "key": "(owners)",
+                            "kind": "owners",
+                            "kv": [[i.key, _digest_of(i)] for i in kept],
+                        }
+                    )
+                ],
+            )
+        report.api_requests = run.earlier_requests + _requests(kv) - run.requests_before
         report.seconds = time.monotonic() - started
-        if not dry_run:
+        if run_path is not None:
             state["done"], state["finished_at"] = True, time.time()
             state["report"] = report.to_json()
-            _fsync_write(run_dir / "state.json", json.dumps(state).encode())
-            (run_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2))
+            files.write_json(run_path / "state.json", state)
+            files.write_json(run_path / "report.json", report.to_json())
     finally:
         await redis.aclose()
+        if ledger is not None:
+            ledger.discard()
+        scratch.close()
     if verify_after and not dry_run:
         from brainbot.migration.verify import verify
 
@@ -269,35 +578,87 @@ async def migrate_redis_to_kv(
             match=match,
             type_=type_,
             tls_ca_file=tls_ca_file,
+            source_password=source_password,
+            work_dir=run_path,
         )
         report.verify_differences = len(differences.differences)
-        (run_dir / "verify.json").write_text(json.dumps(differences.to_json(), indent=2))
+        assert run_path is not None
+        files.write_json(run_path / "verify.json", differences.to_json())
     return report
 
 
-@dataclass
-class _Pending:
-    """Planned records not yet written, and the SCAN cursor just past them."""
+async def _pipeline(
+    redis: Any,
+    run: _Run,
+    options: Options,
+    mark: str,
+    tag: str,
+    state: dict[str, Any],
+    match: str | None,
+    type_: str | None,
+    scan_count: int,
+    progress: ProgressHook | None,
+    total: int | None,
+) -> None:
+    """Read ahead in a task; plan and write here, as the steps come."""
+    queue: asyncio.Queue[tuple[int, list[Record], int] | None] = asyncio.Queue(READ_AHEAD)
+    reader = Reader(redis)
 
-    plans: list[tuple[Plan, int]] = field(default_factory=list)  # (plan, read time)
-    entries: int = 0
-    volume: int = 0
-    cursor: int = 0
+    async def read_ahead() -> None:
+        async for cursor, keys in scan_batches(
+            redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
+        ):
+            records = await reader.read(keys)
+            await queue.put((cursor, records, int(time.time() * 1000)))
+        await queue.put(None)
 
-    def add(self, plans: list[Plan], read_ms: int, entries: int, volume: int, cursor: int) -> None:
-        self.plans += [(p, read_ms) for p in plans]
-        self.entries += entries
-        self.volume += volume
-        self.cursor = cursor
+    reading = asyncio.get_running_loop().create_task(read_ahead())
+    try:
+        while (step := await queue.get()) is not None:
+            cursor, records, read_ms = step
+            plans = [plan(r, options, read_ms, mark, tag) for r in records]
+            await run.add_step(cursor, plans, read_ms)
+            if progress is not None:
+                progress(run.report.keys_seen, total)
+        await reading
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
 
-    def overflows(self, entries: int, volume: int, batch_entries: int) -> bool:
-        return self.entries + entries > batch_entries or self.volume + volume > WRITE_BYTES
 
-    def full(self, batch_entries: int) -> bool:
-        return self.entries >= batch_entries or self.volume >= WRITE_BYTES
+def _digest_of(item: PutItem) -> str | None:
+    stamp = stamp_of(item.metadata)
+    return stamp.digest if stamp else None
 
-    def clear(self) -> None:
-        self.plans, self.entries, self.volume = [], 0, 0
+
+def _open_run(runs: Path, state: dict[str, Any]) -> Path:
+    """The run's directory, with its state file written first: resumable from here on."""
+    runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_path = Path(runs, str(state["run_id"]))
+    run_path.mkdir(exist_ok=True, mode=0o700)
+    files.write_json(run_path / "state.json", state)
+    prune_backups(runs)
+    return run_path
+
+
+def _earlier_keys(runs: Path, states: list[dict[str, Any]], run_id: str) -> Iterator[str]:
+    """KV keys earlier runs of this migration wrote (from their manifests)."""
+    for state in states:
+        if state.get("run_id") == run_id:
+            continue
+        for line in files.lines(runs / state["run_id"] / "manifest.jsonl"):
+            yield from (k for k, _ in line.get("kv", ()))
+            yield from line.get("kv_keys", ())  # manifests of older versions
+
+
+def _claims(lines: Iterable[Any]) -> dict[str, set[str]]:
+    claims: dict[str, set[str]] = {}
+    for line in lines:
+        owner, cid = orjson.loads(line) if isinstance(line, bytes) else line
+        claims.setdefault(cid, set()).add(owner)
+    return claims
 
 
 def _requests(kv: KVNamespace) -> int:
@@ -305,46 +666,6 @@ def _requests(kv: KVNamespace) -> int:
     while isinstance(kv, ReadYourWrites):
         kv = kv.inner
     return kv.budget.requests if isinstance(kv, CloudflareKV) else 0
-
-
-def _claims(plans: Iterable[Plan]) -> dict[str, set[str]]:
-    claims: dict[str, set[str]] = {}
-    for p in plans:
-        for owner, cid in p.claims:
-            claims.setdefault(cid, set()).add(owner)
-    return claims
-
-
-def _claims_of(path: Path) -> dict[str, set[str]]:
-    """The owner claims a run has read so far (kept on disk: a resumed run has them all)."""
-    claims: dict[str, set[str]] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            owner, cid = json.loads(line)
-            claims.setdefault(cid, set()).add(owner)
-    return claims
-
-
-async def _write_owners(kv: KVNamespace, run_dir: Path, run_id: str, items: list[PutItem]) -> None:
-    result = await kv.put_many(items)
-    if result.unsuccessful_keys:
-        raise MigrationError(
-            f"KV did not accept {len(result.unsuccessful_keys)} owner entries after retries; "
-            "run again with --resume to finish."
-        )
-    _append(
-        run_dir / "manifest.jsonl",
-        [
-            json.dumps(
-                {
-                    "run": run_id,
-                    "key": "(owners)",
-                    "kind": "owners",
-                    "kv_keys": [i.key for i in items],
-                }
-            )
-        ],
-    )
 
 
 def _tally(report: Report, plans: list[Plan]) -> None:
@@ -359,45 +680,10 @@ def _tally(report: Report, plans: list[Plan]) -> None:
             report.notes[p.note] += 1
 
 
-async def _write_batch(
-    kv: KVNamespace, run_dir: Path, run_id: str, read: list[tuple[Plan, int]]
-) -> None:
-    plans = [p for p, _ in read]
-    lines = [backup_line(p.record, at) for p, at in read if p.record.type in SUPPORTED]
-    _append(run_dir / "backup.jsonl.gz", lines, compressed=True)
-    _append(
-        run_dir / "owners.jsonl",
-        [json.dumps([owner, cid]) for p in plans for owner, cid in p.claims],
-    )
-    items = [item for p in plans for item in p.items]
-    result = await kv.put_many(items)
-    if result.unsuccessful_keys:
-        raise MigrationError(
-            f"KV did not accept {len(result.unsuccessful_keys)} key(s) after retries; "
-            "run again with --resume to continue from the last checkpoint."
-        )
-    _append(
-        run_dir / "manifest.jsonl",
-        [
-            json.dumps(
-                {
-                    "run": run_id,
-                    "key": p.name,
-                    "type": p.record.type,
-                    "kind": p.kind,
-                    "size": size_of(p.record),
-                    "ttl_ms": p.record.pttl,
-                    "sha256": checksum(p.record),
-                    "kv_keys": [i.key for i in p.items],
-                    "note": p.note,
-                },
-                ensure_ascii=False,
-            )
-            for p in plans
-            if not p.skipped
-        ],
-    )
-
-
 def remove_run(runs: Path, run_id: str) -> None:
-    shutil.rmtree(runs / run_id, ignore_errors=True)
+    import shutil
+
+    shutil.rmtree(files.run_dir(runs, run_id), ignore_errors=True)
+
+
+__all__ = ["Report", "backup_line", "digest", "migrate_redis_to_kv", "prune_backups"]

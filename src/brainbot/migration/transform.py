@@ -13,16 +13,28 @@
 
 A conversation no legacy record names an owner for stays reachable by operators only.
 The patterns are options. A key under those patterns that does not hold the legacy format
-is migrated as a generic key instead, and reported, so nothing is dropped.
+is migrated as a generic key instead, and reported, so nothing is dropped. A generic key
+whose name falls under the bot's own layouts (``conv/``, ``user/``, ``session:``) is
+refused and reported: written, it would read as a message, an owner or a session.
+
+Every entry carries, in its metadata, a **stamp** (``"_m": "<mark>.<run tag>.<digest>"``,
+about 50 bytes, under a name none of the bot's own layouts uses): the migration's mark (the
+same for every run of one migration: the source, the patterns, the prefix), the run's tag,
+and a digest of the value. The bot's writes build their metadata afresh, so a stamp says
+"this migration wrote it and nobody changed it since". That is how a later run, ``verify``
+and ``rollback`` tell such entries from live data, with a listing (1,000 entries a request)
+instead of reading values.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Literal
+
+import orjson
 
 from brainbot.errors import InvalidInput
 from brainbot.kv.errors import KVValidationError
@@ -33,19 +45,65 @@ from brainbot.storage import codec
 from brainbot.storage.codec import Item
 from brainbot.storage.conversations import legacy_messages, message_item, owner_item
 
+RESERVED = ("conv/", "user/", "session:", "__brainbot_health__")
+"""Where the bot's own layouts live: a generic key here would read as something else."""
+
+
+def digest(value: bytes | str) -> str:
+    """The digest a migrated entry carries of its value (96 bits of BLAKE2b)."""
+    data = value.encode() if isinstance(value, str) else value
+    return hashlib.blake2b(data, digest_size=12).hexdigest()
+
+
+STAMP = "_m"
+
+
+@dataclass(frozen=True, slots=True)
+class Stamp:
+    """What a migrated entry's metadata says of it."""
+
+    mark: str
+    run: str
+    digest: str
+
+
+def stamp_of(metadata: object) -> Stamp | None:
+    """The stamp in an entry's metadata, if it has a well-formed one."""
+    text = metadata.get(STAMP) if isinstance(metadata, dict) else None
+    if not isinstance(text, str):
+        return None
+    parts = text.split(".")
+    return Stamp(*parts) if len(parts) == 3 else None
+
+
+def marked(item: PutItem, mark: str, tag: str) -> PutItem:
+    """``item`` stamped with the migration's mark, the run's tag and its value's digest."""
+    meta = dict(item.metadata) if isinstance(item.metadata, dict) else {}
+    meta[STAMP] = f"{mark}.{tag}.{digest(item.value)}"
+    return PutItem(item.key, item.value, item.expiration, item.expiration_ttl, meta)
+
 
 def owner_items(
-    claims: dict[str, set[str]], prefix: str, now_ms: int
+    claims: dict[str, set[str]], prefix: str, now_ms: int, mark: str = "", tag: str = ""
 ) -> tuple[list[PutItem], list[str]]:
     """The owners' index entries for conversations exactly one user claims, and the
     conversations several users claim (reachable by operators only)."""
     items, conflicts = [], []
     for cid, owners in sorted(claims.items()):
         if len(owners) == 1:
-            items.append(owner_item(prefix, next(iter(owners)), cid, now_ms / 1000))
+            item = owner_item(prefix, next(iter(owners)), cid, now_ms / 1000)
+            items.append(marked(item, mark, tag) if mark else item)
         else:
             conflicts.append(cid)
     return items, conflicts
+
+
+@cache
+def _pattern(raw: str, owner: bool) -> re.Pattern[str]:
+    head, tail = raw.split("{id}")
+    # a user may hold any character (a "/" included); a conversation id may not
+    body = r"(?P<id>.+?)" if owner else r"(?P<id>[^/]+?)"
+    return re.compile(re.escape(head) + body + re.escape(tail) + r"\Z", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +130,7 @@ class Options:
         }[which]
         if raw.count("{id}") != 1:
             raise InvalidInput(f"The {which} pattern must contain {{id}} once: {raw!r}")
-        head, tail = raw.split("{id}")
-        # a user may hold any character (a "/" included); a conversation id may not
-        body = r"(?P<id>.+?)" if which == "owner" else r"(?P<id>[^/]+?)"
-        return re.compile(re.escape(head) + body + re.escape(tail) + r"\Z", re.DOTALL)
+        return _pattern(raw, which == "owner")
 
 
 @dataclass(slots=True)
@@ -101,27 +156,11 @@ class Plan:
         return self.record.key.decode("utf-8", "backslashreplace")
 
 
-def checksum(record: Record) -> str:
-    """A digest of the value, independent of the order Redis returned members in."""
-    value = record.value
-    if isinstance(value, bytes):
-        parts: list[bytes] = [value]
-    elif isinstance(value, dict):
-        parts = sorted(k + b"\0" + v for k, v in value.items())
-    elif isinstance(value, set):
-        parts = sorted(value)
-    elif record.type == "zset":
-        parts = [m + b"\0" + repr(s).encode() for m, s in value]
-    else:
-        parts = list(value)
-    digest = hashlib.sha256(record.type.encode())
-    for part in parts:
-        digest.update(len(part).to_bytes(8, "big") + part)
-    return digest.hexdigest()
-
-
 def size_of(record: Record) -> int:
+    """The bytes of a record's data (its size as read, when it was not read)."""
     value = record.value
+    if value is None:
+        return record.size
     if isinstance(value, bytes):
         return len(value)
     if isinstance(value, dict):
@@ -141,7 +180,15 @@ def _owner_and_conversation(owner: object, cid: object) -> bool:
         return False
 
 
-def plan(record: Record, options: Options, now_ms: int) -> Plan:
+def plan(record: Record, options: Options, now_ms: int, mark: str = "", tag: str = "") -> Plan:
+    """What to write for ``record``; with ``mark``, every item marked (``marked``)."""
+    result = _plan(record, options, now_ms)
+    if mark and result.items:
+        result.items = [marked(item, mark, tag) for item in result.items]
+    return result
+
+
+def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     result = Plan(record)
     if record.type == "none":
         result.skipped = "expired during the run"
@@ -151,6 +198,9 @@ def plan(record: Record, options: Options, now_ms: int) -> Plan:
         return result
     if record.type not in SUPPORTED:
         result.skipped = f"unsupported type: {record.type}"
+        return result
+    if record.oversize:
+        result.skipped = "value over KV's 25 MiB (not read)"
         return result
     try:
         name = record.key.decode("utf-8")
@@ -187,8 +237,8 @@ def plan(record: Record, options: Options, now_ms: int) -> Plan:
     session = options.pattern("session").match(name)
     if session and record.type == "string":
         try:
-            legacy = json.loads(record.value)
-        except ValueError:
+            legacy = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
             legacy = None
         if isinstance(legacy, dict):
             result.kind = "session"
@@ -212,9 +262,13 @@ def plan(record: Record, options: Options, now_ms: int) -> Plan:
             result.claims += [(user, cid) for cid in usable]
             return result
         result.note = "not a legacy owner set: migrated as a plain set"
+    if name.startswith(RESERVED):
+        result.note = None
+        result.skipped = "reserved name: the bot's own layout (rename it in Redis to migrate it)"
+        return result
     data: Any = record.value
     if record.type == "zset":
-        data = {m: float(s) for m, s in record.value}
+        data = dict(record.value)
     elif record.type == "list":
         data = list(record.value)
     value, metadata = codec.encode(Item(record.type, data, expire_ms))  # type: ignore[arg-type]

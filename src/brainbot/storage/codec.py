@@ -15,10 +15,11 @@ reads back exactly as Redis held it.
 from __future__ import annotations
 
 import base64
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import orjson
 
 from brainbot.kv.limits import MAX_EXPIRATION
 from brainbot.kv.namespace import Entry
@@ -74,8 +75,7 @@ def encode(item: Item) -> tuple[bytes, dict[str, Any]]:
         ordered = sorted(item.data.items(), key=lambda p: (p[1], p[0]))
         members, binary = _texts([m for m, _ in ordered])
         body = [[m, _score_json(s)] for m, (_, s) in zip(members, ordered, strict=True)]
-    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
-    return text.encode("utf-8"), item.metadata(binary=binary)
+    return orjson.dumps(body), item.metadata(binary=binary)  # compact UTF-8 JSON
 
 
 def decode(entry: Entry) -> Item:
@@ -90,7 +90,7 @@ def decode(entry: Entry) -> Item:
     def raw(text: str) -> bytes:
         return base64.b64decode(text) if binary else text.encode("utf-8")
 
-    body = json.loads(entry.value)
+    body = orjson.loads(entry.value)
     if kind == "list":
         return Item("list", [raw(e) for e in body], expire_ms)
     if kind == "set":

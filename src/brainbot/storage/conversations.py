@@ -47,8 +47,10 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+import orjson
 
 from brainbot.errors import ConversationError, Unavailable
 from brainbot.kv.limits import JSON, MAX_METADATA_BYTES, MIN_EXPIRATION_TTL
@@ -77,11 +79,16 @@ class Message:
     """Set by the store on append; sorts newest first within a conversation."""
 
     def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        out["timestamp"] = self.timestamp
+        if self.metadata is not None:
+            out["metadata"] = self.metadata
+        out["id"] = self.id
+        return out
 
     def text(self) -> str:
         """The stored form (and, give or take, its size in a response)."""
-        return json.dumps(self.to_json(), separators=(",", ":"), ensure_ascii=False)
+        return orjson.dumps(self.to_json()).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +189,12 @@ def message_item(prefix: str, cid: str, message: Message, ttl: int | None) -> Pu
     small: dict[str, Any] = {"r": message.role, "t": message.timestamp, "c": message.content}
     if message.metadata is not None:
         small["m"] = message.metadata
-    fits = len(json.dumps(small, separators=(",", ":"), ensure_ascii=False).encode())
+    # room for the migration's mark and digest (about 60 bytes), so a migrated message
+    # is stored exactly as the bot would store it
+    fits = len(orjson.dumps(small)) <= MAX_METADATA_BYTES - 64
     metadata: dict[str, Any] = (
         small
-        if fits <= MAX_METADATA_BYTES
+        if fits
         else {"r": message.role, "t": message.timestamp, "big": 1, "s": len(text.encode())}
     )
     return PutItem(f"{prefix}conv/{cid}/{message.id}", text, None, ttl, metadata)
@@ -465,8 +474,8 @@ def legacy_messages(
     last_ms = 0
     for raw in raws:
         try:
-            body = json.loads(raw)
-        except ValueError:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
             body = None
         ok = (
             isinstance(body, dict)
