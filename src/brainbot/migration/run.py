@@ -51,6 +51,7 @@ from brainbot.migration import files
 from brainbot.migration.ledger import Ledger
 from brainbot.migration.source import (
     SUPPORTED,
+    Encoded,
     Reader,
     Record,
     connect,
@@ -70,8 +71,9 @@ from brainbot.migration.transform import (
 
 BACKUP_RETENTION_DAYS = 30
 WRITE_ENTRIES = 10_000  # one full bulk request
-WRITE_BYTES = 64 * 1024 * 1024  # or sooner, so memory stays bounded with big values
-READ_AHEAD = 4  # SCAN steps read before the planner takes them
+WRITE_BYTES = 32 * 1024 * 1024  # or sooner, so memory stays bounded with big values
+BACKUP_BYTES = 16 * 1024 * 1024  # backup lines held before they go to disk
+READ_AHEAD = 2  # pieces of SCAN steps read before the planner takes them
 
 
 @dataclass
@@ -135,6 +137,10 @@ def _encode_value(record: Record) -> Any:
 
 
 def backup_line(record: Record, now_ms: int) -> bytes:
+    if isinstance(record.value, Encoded):  # its backup form is ready: spliced in, not parsed
+        head = orjson.dumps({"key": files.b64(record.key), "type": record.type})
+        tail = orjson.dumps({"pttl": record.pttl, "at_ms": now_ms})
+        return head[:-1] + b',"value":' + record.value.backup + b"," + tail[1:]
     return orjson.dumps(
         {
             "key": files.b64(record.key),
@@ -237,6 +243,7 @@ class _Run:
         self.done_steps = 0  # steps up to here are checkpointed
         self.batch = _Batch()
         self.backup: list[bytes] = []
+        self.backup_bytes = 0
         self.claims: list[bytes] = []
         self.slots = asyncio.Semaphore(in_flight)
         self.tasks: set[asyncio.Task[None]] = set()
@@ -292,6 +299,9 @@ class _Run:
         for p in plans:
             if self.path is not None and p.record.type in SUPPORTED and p.record.value is not None:
                 self.backup.append(backup_line(p.record, read_ms))  # skipped ones too
+                self.backup_bytes += len(self.backup[-1])
+                if self.backup_bytes > BACKUP_BYTES:
+                    await self.flush_files()
             if p.skipped:
                 continue
             items = self.keep(p.items, tally)
@@ -370,6 +380,7 @@ class _Run:
             return  # a dry run keeps its claims in memory, and no backup
         backup, self.backup = self.backup, []
         claims, self.claims = self.claims, []
+        self.backup_bytes = 0
         loop = asyncio.get_running_loop()
         backup_file = self.path / "backup.jsonl.gz"
         await loop.run_in_executor(
@@ -602,14 +613,23 @@ async def _pipeline(
 ) -> None:
     """Read ahead in a task; plan and write here, as the steps come."""
     queue: asyncio.Queue[tuple[int, list[Record], int] | None] = asyncio.Queue(READ_AHEAD)
-    reader = Reader(redis)
+    reader = Reader(redis, whole=options.whole)
 
     async def read_ahead() -> None:
+        before = int(state["cursor"])
         async for cursor, keys in scan_batches(
-            redis, cursor=int(state["cursor"]), match=match, type_=type_, count=scan_count
+            redis, cursor=before, match=match, type_=type_, count=scan_count
         ):
-            records = await reader.read(keys)
-            await queue.put((cursor, records, int(time.time() * 1000)))
+            pieces = reader.pieces(keys)
+            piece = await anext(pieces, None)
+            while piece is not None:
+                following = await anext(pieces, None)
+                # a step of big values comes in pieces: only its last one moves the
+                # checkpoint past it (a resumed run reads the whole step again)
+                at = cursor if following is None else before
+                await queue.put((at, piece, int(time.time() * 1000)))
+                piece = following
+            before = cursor
         await queue.put(None)
 
     reading = asyncio.get_running_loop().create_task(read_ahead())

@@ -9,11 +9,15 @@ makes the read fast (redis-py spends about 20 µs on each pipelined command), an
 TTL and value come from one moment.
 
 What the script does not read is read after it, one key at a time: a string up to KV's
-25 MiB with ``GET``; a container in slices (``LRANGE``, ``HSCAN``, ``SSCAN``, ``ZSCAN`` of
-10,000 elements: no single reply is large, so no read times out and memory stays
-bounded). A string over 25 MiB, or a container whose size estimate is far beyond it, is
-reported without being read. Where scripts are not allowed, the same checks run as
-pipelined commands (slower).
+25 MiB with ``GET``; a container in slices (``LRANGE``, ``ZRANGE``, ``HSCAN``, ``SSCAN`` of
+10,000 elements: no single reply is large, so no read times out). A big container is
+never held as Python objects: each slice goes straight into the two JSON forms the
+migration needs (KV's value and the backup's), an ``Encoded``, and the read stops as soon
+as KV's form passes 25 MiB. Only containers the caller must see element by element
+(legacy conversations and owner sets: ``whole``) are read into Python, up to a bound.
+A string over 25 MiB, or a container whose size estimate is far beyond it, is reported
+without being read. Where scripts are not allowed, the same checks run as pipelined
+commands (slower).
 
 redis-py's errors are translated here, where Redis's data enters: a refused or dropped
 connection is ``RedisUnavailable``, a wrong password a ``ConfigError``, any other error reply
@@ -22,11 +26,15 @@ a ``MigrationError``.
 
 from __future__ import annotations
 
+import base64
+import math
 import ssl
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from brainbot.errors import (
     BrainbotError,
@@ -122,6 +130,11 @@ SLICE = 10_000
 OVERSIZE_ESTIMATE = 4 * MAX_VALUE_BYTES
 """A container whose memory estimate passes this is not read: it cannot fit KV's 25 MiB
 (its JSON is at least about a quarter of Redis's memory for it)."""
+PIECE_BYTES = 32 * 1024 * 1024
+"""About the most value bytes handed on at once (a SCAN step of big values is split)."""
+WHOLE_ESTIMATE = 2 * MAX_VALUE_BYTES
+"""The most a container ``whole`` asks for is read into Python (some 150 MB of objects);
+a bigger one is streamed like any other container."""
 
 READ_SCRIPT = """
 local small, many, budget = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
@@ -176,6 +189,105 @@ class Record:
     oversize: bool = False
 
 
+@dataclass(slots=True)
+class Encoded:
+    """A big container, read slice by slice into the JSON KV stores for it (the layout of
+    ``storage.codec``: elements as text, or all base64 when one is not UTF-8) and into the
+    backup's JSON (base64 elements), never into Python objects."""
+
+    kv: bytes
+    binary: bool
+    backup: bytes
+    count: int
+    size: int
+    """Bytes of data (elements, fields and values) as Redis holds them."""
+
+
+def weight_of(record: Record) -> int:
+    """About the memory a record's value takes (its JSON forms, or its data)."""
+    value = record.value
+    if value is None:
+        return 0
+    if isinstance(value, Encoded):
+        return len(value.kv) + len(value.backup)
+    if isinstance(value, bytes):
+        return len(value)
+    # Python objects of a container read whole (a few times its data)
+    return 3 * record.size or 64 * len(value)
+
+
+class _NotText(Exception):
+    """An element is not UTF-8: encode the container again, base64."""
+
+
+class _TooBig(Exception):
+    """KV's form passed 25 MiB: stop reading."""
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _utf8(data: bytes) -> str:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _NotText from None
+
+
+def _score(score: float, *, backup: bool) -> float | str:
+    if math.isfinite(score):
+        return score
+    return repr(score) if backup else ("inf" if score > 0 else "-inf")
+
+
+class _Stream:
+    """The two JSON forms of one container, built piece by piece."""
+
+    def __init__(self, binary: bool) -> None:
+        self.binary = binary
+        self.text: Callable[[bytes], str] = _b64 if binary else _utf8
+        self.kv: list[bytes] = []
+        self.backup: list[bytes] = []
+        self.kv_bytes = 2
+        self.count = 0
+        self.size = 0
+
+    def add(self, kv: Any, backup: Any, count: int, size: int) -> None:
+        """One slice, as a JSON array or object whose brackets are dropped."""
+        piece = orjson.dumps(kv)[1:-1]
+        if not piece:
+            return
+        self.kv_bytes += len(piece) + 1
+        if self.kv_bytes > MAX_VALUE_BYTES:
+            raise _TooBig
+        self.kv.append(piece)
+        self.backup.append(orjson.dumps(backup)[1:-1])
+        self.count += count
+        self.size += size
+
+    def result(self, brackets: bytes) -> Encoded:
+        open_, close = brackets[:1], brackets[1:]
+        return Encoded(
+            open_ + b",".join(self.kv) + close,
+            self.binary,
+            open_ + b",".join(self.backup) + close,
+            self.count,
+            self.size,
+        )
+
+
+def _chunks(items: Iterable[Any], n: int) -> Iterator[list[Any]]:
+    chunk: list[Any] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) >= n:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -195,29 +307,60 @@ class Reader:
     """Reads batches of keys: the batch script where the server runs scripts, pipelined
     commands where it does not (the first refusal switches for the rest of the run)."""
 
-    def __init__(self, redis: Any, *, slice_size: int = SLICE) -> None:
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        slice_size: int = SLICE,
+        whole: Callable[[bytes, str], bool] | None = None,
+    ) -> None:
         self.redis = redis
         self.slice_size = slice_size
+        self.whole = whole or (lambda key, kind: False)
+        """Which containers the caller must see as Python values (legacy layouts)."""
         self._script: Any = redis.register_script(READ_SCRIPT)
         self._scripts_allowed = True
 
     async def read(self, keys: Sequence[bytes]) -> list[Record]:
         """Type, TTL, size and (unless oversize) value of each key."""
-        if not keys:
-            return []
-        with translated():
-            if self._scripts_allowed:
-                try:
-                    return await self._read_scripted(keys)
-                except Exception as exc:
-                    if not _scripts_refused(exc):
-                        raise
-                    self._scripts_allowed = False
-            return await self._read_pipelined(keys)
+        return [r async for piece in self.pieces(keys, budget=None) for r in piece]
 
-    async def _read_scripted(self, keys: Sequence[bytes]) -> list[Record]:
+    async def pieces(
+        self, keys: Sequence[bytes], *, budget: int | None = PIECE_BYTES
+    ) -> AsyncIterator[list[Record]]:
+        """The records of ``keys``, in order, in pieces of about ``budget`` bytes of values
+        (so a SCAN step of big values is never in memory at once)."""
+        if not keys:
+            return
+        with translated():
+            records, alone = await self._first_pass(keys)
+            start, weight = 0, sum(weight_of(r) for r in records)
+            for index, count in alone:
+                if budget is not None and weight > budget and index > start:
+                    yield records[start:index]
+                    start, weight = index, 0
+                await self._read_alone(records[index], count)
+                weight += weight_of(records[index])
+            yield records[start:]
+
+    async def _first_pass(
+        self, keys: Sequence[bytes]
+    ) -> tuple[list[Record], list[tuple[int, int]]]:
+        """The records, and (index, element count) of those left to read one by one."""
+        if self._scripts_allowed:
+            try:
+                return await self._read_scripted(keys)
+            except Exception as exc:
+                if not _scripts_refused(exc):
+                    raise
+                self._scripts_allowed = False
+        return await self._read_pipelined(keys)
+
+    async def _read_scripted(
+        self, keys: Sequence[bytes]
+    ) -> tuple[list[Record], list[tuple[int, int]]]:
         reply = await self._script(args=[SMALL_BYTES, self.slice_size, BATCH_BYTES, *keys])
-        records = []
+        records, alone = [], []
         for i, key in enumerate(keys):
             kind, ttl, size, count, raw = reply[5 * i : 5 * i + 5]
             kind = _text(kind)
@@ -225,11 +368,13 @@ class Reader:
             if raw is not None:
                 record.value = _value(kind, raw)
             elif kind in SUPPORTED:
-                await self._read_alone(record, int(count))
+                alone.append((i, int(count)))
             records.append(record)
-        return records
+        return records, alone
 
-    async def _read_pipelined(self, keys: Sequence[bytes]) -> list[Record]:
+    async def _read_pipelined(
+        self, keys: Sequence[bytes]
+    ) -> tuple[list[Record], list[tuple[int, int]]]:
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.type(key)
@@ -250,14 +395,15 @@ class Reader:
         for record in records:
             getattr(pipe, counters.get(record.type, "exists"))(record.key)
         counts = await pipe.execute(raise_on_error=False)
-        for record, count in zip(records, counts, strict=True):
+        alone = []
+        for i, (record, count) in enumerate(zip(records, counts, strict=True)):
             if record.type in SUPPORTED and isinstance(count, int):
                 if record.type == "string":
                     record.size = count
-                await self._read_alone(record, 0 if record.type == "string" else count)
+                alone.append((i, 0 if record.type == "string" else count))
             elif record.type in SUPPORTED:
                 record.type = "changed"
-        return records
+        return records, alone
 
     async def _read_alone(self, record: Record, count: int) -> None:
         """A key the batch did not read: a string whole (unless over KV's limit), a
@@ -270,6 +416,15 @@ class Reader:
             value = await self.redis.get(key)
         elif record.size > OVERSIZE_ESTIMATE:
             record.oversize = True
+            return
+        elif not self.whole(key, kind) or record.size > WHOLE_ESTIMATE:
+            encoded = await self._stream(key, kind)
+            if encoded is None:
+                record.oversize = True
+            elif not encoded.count:
+                record.type, record.value = "none", None  # expired or deleted meanwhile
+            else:
+                record.value = encoded
             return
         elif kind == "list":
             value = []
@@ -297,6 +452,70 @@ class Reader:
             record.type, record.value = "none", None  # expired or deleted meanwhile
         else:
             record.value = value
+
+    async def _stream(self, key: bytes, kind: str) -> Encoded | None:
+        """A container read in slices into its JSON forms (None: over 25 MiB as KV holds
+        it). Elements are text until one is not UTF-8; then it is read again, base64."""
+        for binary in (False, True):
+            stream = _Stream(binary)
+            try:
+                await self._fill(stream, key, kind)
+            except _NotText:
+                continue
+            except _TooBig:
+                return None
+            brackets = b"{}" if kind == "hash" else b"[]"
+            return stream.result(brackets)
+        raise AssertionError("base64 is always text")  # pragma: no cover
+
+    async def _fill(self, stream: _Stream, key: bytes, kind: str) -> None:
+        text, n, redis = stream.text, self.slice_size, self.redis
+        if kind == "list":
+            start = 0
+            while part := await redis.lrange(key, start, start + n - 1):
+                size = sum(map(len, part))
+                stream.add([text(e) for e in part], [_b64(e) for e in part], len(part), size)
+                start += len(part)
+        elif kind == "zset":  # by rank: Redis's order is the codec's, (score, member)
+            start = 0
+            while part := await redis.zrange(key, start, start + n - 1, withscores=True):
+                stream.add(
+                    [[text(m), _score(s, backup=False)] for m, s in part],
+                    [[_b64(m), _score(s, backup=True)] for m, s in part],
+                    len(part),
+                    sum(len(m) + 8 for m, _ in part),
+                )
+                start += len(part)
+        elif kind == "hash":  # HSCAN may repeat a field while Redis rehashes: once each
+            seen: set[bytes] = set()
+            cursor = 0
+            while True:
+                cursor, part = await redis.hscan(key, cursor=cursor, count=n)
+                fresh = [(f, v) for f, v in part.items() if f not in seen]
+                seen.update(f for f, _ in fresh)
+                stream.add(
+                    {text(f): text(v) for f, v in fresh},
+                    {_b64(f): _b64(v) for f, v in fresh},
+                    len(fresh),
+                    sum(len(f) + len(v) for f, v in fresh),
+                )
+                if int(cursor) == 0:
+                    break
+        else:  # a set is stored sorted: its members are gathered first
+            members: set[bytes] = set()
+            cursor = 0
+            while True:
+                cursor, part = await redis.sscan(key, cursor=cursor, count=n)
+                members.update(part)
+                if int(cursor) == 0:
+                    break
+            for chunk in _chunks(sorted(members), n):
+                stream.add(
+                    [text(m) for m in chunk],
+                    [_b64(m) for m in chunk],
+                    len(chunk),
+                    sum(map(len, chunk)),
+                )
 
 
 def _scripts_refused(exc: Exception) -> bool:

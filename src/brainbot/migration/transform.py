@@ -40,7 +40,7 @@ from brainbot.errors import InvalidInput
 from brainbot.kv.errors import KVValidationError
 from brainbot.kv.limits import MAX_VALUE_BYTES, key_bytes
 from brainbot.kv.namespace import PutItem
-from brainbot.migration.source import SUPPORTED, Record
+from brainbot.migration.source import SUPPORTED, Encoded, Record
 from brainbot.storage import codec
 from brainbot.storage.codec import Item
 from brainbot.storage.conversations import legacy_messages, message_item, owner_item
@@ -122,6 +122,13 @@ class Options:
         for which in ("conversation", "session", "owner"):
             self.pattern(which)  # a bad pattern is refused before anything is read
 
+    def whole(self, key: bytes, kind: str) -> bool:
+        """Whether the migration must see a container's elements: a legacy layout's."""
+        which = {"list": "conversation", "set": "owner"}.get(kind)
+        if which is None:
+            return False
+        return bool(self.pattern(which).match(key.decode("utf-8", "replace")))
+
     def pattern(self, which: str) -> re.Pattern[str]:
         raw = {
             "conversation": self.conversation_pattern,
@@ -161,6 +168,8 @@ def size_of(record: Record) -> int:
     value = record.value
     if value is None:
         return record.size
+    if isinstance(value, Encoded):
+        return value.size
     if isinstance(value, bytes):
         return len(value)
     if isinstance(value, dict):
@@ -222,8 +231,11 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
         result.note = "under 60 s left: clamped"
     kv_expiration = codec.kv_expiration(expire_ms, now_ms)
 
+    streamed = isinstance(record.value, Encoded)  # too big to be read as Python values
     conversation = options.pattern("conversation").match(name)
-    if conversation and record.type == "list":
+    if conversation and record.type == "list" and streamed:
+        result.note = "too big to read as legacy messages: migrated as a plain list"
+    elif conversation and record.type == "list":
         decoded = legacy_messages(record.value, strict=True)
         if decoded is not None:
             result.kind = "conversation"
@@ -253,7 +265,9 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
             return result
         result.note = "not a legacy JSON session: migrated as a plain string"
     owners = options.pattern("owner").match(name)
-    if owners and record.type == "set":
+    if owners and record.type == "set" and streamed:
+        result.note = "too big to read as a legacy owner set: migrated as a plain set"
+    elif owners and record.type == "set":
         user = owners["id"]
         members = [m.decode("utf-8", "replace") for m in record.value]
         usable = [cid for cid in members if _owner_and_conversation(user, cid)]
@@ -267,10 +281,16 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
         result.skipped = "reserved name: the bot's own layout (rename it in Redis to migrate it)"
         return result
     data: Any = record.value
-    if record.type == "zset":
-        data = dict(record.value)
-    elif record.type == "list":
-        data = list(record.value)
-    value, metadata = codec.encode(Item(record.type, data, expire_ms))  # type: ignore[arg-type]
+    if isinstance(data, Encoded):
+        value, metadata = data.kv, Item(record.type, None, expire_ms).metadata(binary=data.binary)  # type: ignore[arg-type]
+    else:
+        if record.type == "zset":
+            data = dict(record.value)
+        elif record.type == "list":
+            data = list(record.value)
+        value, metadata = codec.encode(Item(record.type, data, expire_ms))  # type: ignore[arg-type]
+    if len(value) > MAX_VALUE_BYTES:
+        result.skipped = "value over KV's 25 MiB (as KV stores it)"
+        return result
     result.items.append(PutItem(options.prefix + name, value, kv_expiration, None, metadata))
     return result

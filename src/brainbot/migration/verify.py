@@ -117,7 +117,7 @@ async def verify(
         try:
             await ledger.load(namespace, options.prefix)
             check = _Check(namespace, ledger, report, ttl_tolerance_ms, sample)
-            reader = Reader(redis)
+            reader = Reader(redis, whole=options.whole)
             async for _, keys in scan_batches(redis, match=match, type_=type_):
                 now_ms = int(time.time() * 1000)
                 check.step([plan(r, options, now_ms) for r in await reader.read(keys)])

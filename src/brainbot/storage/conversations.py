@@ -146,13 +146,12 @@ def _check_message(message: Message, max_bytes: int) -> Message:
     if size > max_bytes:
         raise ConversationError(f"Message content is {size} bytes; the limit is {max_bytes}.")
     if message.metadata is not None:
-        try:
+        try:  # what orjson (the stored form) takes and gives back unchanged
             ok = (
                 isinstance(message.metadata, dict)
-                and json.loads(json.dumps(message.metadata, allow_nan=False)) == message.metadata
+                and orjson.loads(orjson.dumps(message.metadata)) == message.metadata
             )
-            json.dumps(message.metadata, ensure_ascii=False).encode("utf-8")
-        except (TypeError, ValueError):  # UnicodeEncodeError included
+        except (TypeError, ValueError):  # orjson's errors: non-text keys, huge ints, surrogates
             ok = False
         if not ok:
             raise ConversationError("Message metadata must be a JSON object with text keys.")

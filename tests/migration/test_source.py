@@ -1,0 +1,146 @@
+"""Reading the source: big containers streamed into exactly the JSON the codec writes and
+the backup holds, steps of big values handed on in pieces, scripts refused."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from brainbot.migration.run import backup_line
+from brainbot.migration.source import Encoded, Reader, connect
+from brainbot.migration.transform import Options, plan
+
+
+@pytest.fixture
+async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = connect(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+elements = st.binary(min_size=0, max_size=12) | st.text(max_size=8).map(str.encode)
+scores = st.floats(allow_nan=False) | st.sampled_from([float("inf"), float("-inf")])
+
+
+async def _both(source: aioredis.Redis, key: bytes) -> tuple[object, object]:
+    """The key read whole (as the batch script reads it) and streamed (slices of 3)."""
+    whole = (await Reader(source).read([key]))[0]
+    streamed = (await Reader(source, slice_size=3).read([key]))[0]
+    return whole, streamed
+
+
+def _same_forms(whole: object, streamed: object) -> None:
+    assert isinstance(streamed.value, Encoded)  # type: ignore[attr-defined]
+    assert not isinstance(whole.value, Encoded)  # type: ignore[attr-defined]
+    now = int(time.time() * 1000)
+    a, b = plan(whole, Options(), now), plan(streamed, Options(), now)  # type: ignore[arg-type]
+    assert [(i.key, i.value, i.metadata) for i in a.items] == [
+        (i.key, i.value, i.metadata) for i in b.items
+    ]
+    back_a, back_b = orjson.loads(backup_line(whole, 0)), orjson.loads(backup_line(streamed, 0))  # type: ignore[arg-type]
+    if back_a["type"] in ("set",):
+        back_a["value"], back_b["value"] = sorted(back_a["value"]), sorted(back_b["value"])
+    assert back_a == back_b
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kind=st.sampled_from(["list", "hash", "set", "zset"]),
+    data=st.lists(st.tuples(elements, elements, scores), min_size=4, max_size=30),
+)
+async def test_a_streamed_container_is_stored_and_backed_up_exactly_as_a_whole_one(
+    source: aioredis.Redis, kind: str, data: list[tuple[bytes, bytes, float]]
+) -> None:
+    key = b"k"
+    await source.delete(key)
+    if kind == "list":
+        await source.rpush(key, *[a for a, _, _ in data])
+    elif kind == "hash":
+        await source.hset(key, mapping={a: b for a, b, _ in data})
+    elif kind == "set":
+        await source.sadd(key, *[a for a, _, _ in data])
+    else:
+        await source.zadd(key, {a: s for a, _, s in data})
+    count = {"list": source.llen, "hash": source.hlen, "set": source.scard, "zset": source.zcard}
+    if await count[kind](key) <= 3:
+        return  # small enough for the batch script even with slices of 3
+    whole, streamed = await _both(source, key)
+    _same_forms(whole, streamed)
+
+
+async def test_a_non_utf8_element_late_in_a_container_turns_it_all_base64(
+    source: aioredis.Redis,
+) -> None:
+    await source.rpush(b"l", *[f"e{i}".encode() for i in range(20)], b"\xff")
+    whole, streamed = await _both(source, b"l")
+    assert streamed.value.binary  # type: ignore[attr-defined]
+    _same_forms(whole, streamed)
+
+
+async def test_a_container_past_25_mib_as_kv_stores_it_is_not_held(
+    source: aioredis.Redis,
+) -> None:
+    """Its JSON passes KV's limit while it is read: the read stops there, nothing kept."""
+    chunk = [b"x" * 1000] * 1000
+    for _ in range(27):
+        await source.rpush(b"big", *chunk)  # 27 MB of elements, a few MB more as JSON
+    (record,) = await Reader(source).read([b"big"])
+    assert record.oversize
+    assert record.value is None
+    assert plan(record, Options(), 0).skipped == "value over KV's 25 MiB (not read)"
+
+
+async def test_a_step_of_big_values_comes_in_pieces(source: aioredis.Redis) -> None:
+    for i in range(6):
+        await source.set(f"s{i}", b"v" * (2 * 1024 * 1024))  # over the script's 1 MB
+    keys = [f"s{i}".encode() for i in range(6)]
+    pieces = [p async for p in Reader(source).pieces(keys, budget=5 * 1024 * 1024)]
+    assert len(pieces) >= 2
+    assert [r.key for p in pieces for r in p] == keys
+    assert all(len(r.value) == 2 * 1024 * 1024 for p in pieces for r in p)
+
+
+async def test_where_scripts_are_refused_the_same_records_come_pipelined(
+    source: aioredis.Redis, redis_url: str
+) -> None:
+    """Some hosted Redis forbid EVAL: the reader notices and reads the same records."""
+    await source.set("s", "v")
+    await source.rpush("l", "a", "b")
+    await source.hset("h", mapping={"f": "v"})
+    await source.rpush("big", *[f"e{i}" for i in range(50)])
+    await source.xadd("stream", {"a": "1"})
+    await source.execute_command(
+        "ACL", "SETUSER", "noscripts", "on", ">pw-noscripts", "~*", "+@all", "-@scripting"
+    )
+    keys = [b"s", b"l", b"h", b"big", b"stream", b"gone"]
+    scripted = await Reader(source, slice_size=10).read(keys)
+    url = redis_url.replace("redis://", "redis://noscripts:pw-noscripts@")
+    limited = connect(url)
+    try:
+        reader = Reader(limited, slice_size=10)
+        pipelined = await reader.read(keys)
+        assert not reader._scripts_allowed
+    finally:
+        await limited.aclose()
+        await source.execute_command("ACL", "DELUSER", "noscripts")
+
+    def shown(records: list) -> list:  # type: ignore[type-arg]
+        """What the migration makes of each record: KV entries and backup."""
+        out = []
+        for r in records:
+            items = [(i.key, i.value, i.metadata) for i in plan(r, Options(), 0).items]
+            backup = orjson.loads(backup_line(r, 0)) if r.value is not None else None
+            out.append((r.key, r.type, r.pttl > 0, items, backup))
+        return out
+
+    assert shown(pipelined) == shown(scripted)
