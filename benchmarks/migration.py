@@ -1,21 +1,43 @@
-"""The migration at scale: mixed keys from a real redis-server into the embedded KV and
-into the local KV API server, next to the time it takes only to read the same keys from
-Redis (the floor), and the API requests used against the minimum (keys / 10,000)."""
+"""The migration at scale, as a user runs it: ``brainbot migrate`` and ``brainbot verify``
+(each in its own process, its peak RSS read from /proc) on mixed keys of a real
+redis-server, into the embedded KV and through the REST client to ``brainbot kv serve``,
+against the floor: the fastest honest read of the same keys (SCAN plus the batch reader
+the migration uses), measured in the same run. Through REST it also runs with 1 s of
+latency added to every bulk request, to show writes in flight hide it."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import redis.asyncio as aioredis
 from rich.table import Table
+from tests.support.processes import start_kv_server
 
-from brainbot.config import Settings
-from brainbot.kv import CloudflareKV, EmbeddedKV, RequestBudget
-from brainbot.migration import migrate_redis_to_kv
-from brainbot.migration.source import read, scan_batches
+from brainbot.migration.source import Reader, connect, scan_batches
+
+# the CLI in a fresh interpreter that reports its own peak RSS (VmHWM) on stderr
+PROBE = """
+import re, sys
+from brainbot.cli import main
+sys.argv = ["brainbot", *sys.argv[1:]]
+try:
+    main()
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+status = open("/proc/self/status").read()
+print("PEAK_RSS_KB", re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1), file=sys.stderr)
+sys.exit(code)
+"""
 
 
 async def fill(redis: aioredis.Redis, n: int) -> None:
@@ -58,77 +80,184 @@ async def fill(redis: aioredis.Redis, n: int) -> None:
 
 
 async def read_floor(url: str) -> float:
-    redis = aioredis.Redis.from_url(url)
+    """SCAN and read every key as the migration must (type, TTL, size, value), nothing more."""
+    redis = connect(url)
+    reader = Reader(redis)
     start = time.perf_counter()
     async for _, keys in scan_batches(redis, count=1000):
-        await read(redis, keys)
+        async for _ in reader.pieces(keys):
+            pass
+    seconds = time.perf_counter() - start
     await redis.aclose()
-    return time.perf_counter() - start
+    return seconds
+
+
+@dataclass
+class Run:
+    target: str
+    command: str
+    keys: int
+    seconds: float
+    entries: int | None
+    requests: int | None
+    bulk_writes: int | None
+    peak_mb: float
+
+
+def cli(args: list[str], env: dict[str, str]) -> tuple[dict[str, object], float, float]:
+    """Run ``brainbot *args``: its JSON answer, wall seconds and peak RSS in MB."""
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args], env=env, capture_output=True, timeout=3600
+    )
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        raise RuntimeError(f"brainbot {args[0]} failed: {done.stderr.decode()[-2000:]}")
+    peak = re.search(rb"PEAK_RSS_KB (\d+)", done.stderr)
+    assert peak is not None
+    answer: dict[str, object] = json.loads(done.stdout)
+    return answer, seconds, int(peak.group(1)) / 1024
+
+
+def _int(value: object) -> int:
+    return int(value) if isinstance(value, int | float | str) else 0
 
 
 async def run(
     tmp: Path, redis_port: int, server_url: str, token: str, quick: bool
 ) -> tuple[Table, str]:
-    n = 50_000 if quick else 1_000_000
+    sizes = (20_000, 50_000) if quick else (200_000, 1_000_000)
     url = f"redis://127.0.0.1:{redis_port}/1"
     redis = aioredis.Redis.from_url(url)
-    await fill(redis, n)
-    floor = await read_floor(url)
-    rows = []
-    for name in ("embedded KV", "REST client → kv serve"):
-        settings = Settings(BRAINBOT_DATA_DIR=tmp / f"mig-{len(rows)}")  # type: ignore[call-arg]
-        if name == "embedded KV":
-            namespace: EmbeddedKV | CloudflareKV = EmbeddedKV(settings.embedded_kv_path)
-        else:
-            namespace = CloudflareKV(
-                account_id="bench",
-                namespace_id="migration",
-                api_token=token,
-                base_url=server_url,
-                budget=RequestBudget(10**9, 1.0),
-            )
-        start = time.perf_counter()
-        report = await migrate_redis_to_kv(
-            url, namespace=namespace, runs=settings.data_dir / "migrations", verify_after=False
-        )
-        seconds = time.perf_counter() - start
-        await namespace.aclose()
-        minimum = math.ceil(report.kv_entries / 10_000)
-        requests = report.api_requests if name != "embedded KV" else None
-        rows.append((name, report.keys_seen, report.kv_entries, seconds, requests, minimum))
-    await redis.flushdb()
-    await redis.aclose()
+    slow = start_kv_server(tmp / "serve-slow", token, "--bulk-latency", "1")
+    base_env = {**os.environ, "CLOUDFLARE_API_BUDGET": str(10**9)}
+    for name in list(base_env):
+        if name.startswith(("CLOUDFLARE_KV", "CLOUDFLARE_ACCOUNT", "BRAINBOT_")):
+            del base_env[name]
+    floors: dict[int, float] = {}
+    runs: list[Run] = []
+    previous_env = base_env
+    try:
+        for n in sizes:
+            await fill(redis, n)
+            floors[n] = await read_floor(url)
+            targets = [("embedded KV", None), ("REST → kv serve", server_url)]
+            if n == sizes[0]:
+                targets.append(("REST → kv serve, 1 s bulk latency", slow.url))
+            for target, base_url in targets:
+                for command in ("migrate --no-verify", "verify", "migrate"):
+                    if base_url == slow.url and command != "migrate --no-verify":
+                        continue
+                    env = {**base_env, "BRAINBOT_DATA_DIR": str(tmp / f"mig-{len(runs)}")}
+                    if base_url is not None:
+                        env |= {
+                            "CLOUDFLARE_ACCOUNT_ID": "bench",
+                            "CLOUDFLARE_KV_NAMESPACE_ID": f"mig-{n}-{len(runs)}",
+                            "CLOUDFLARE_KV_API_TOKEN": token,
+                            "CLOUDFLARE_API_BASE_URL": base_url,
+                        }
+                    if command == "verify":  # of what the run before wrote
+                        env = previous_env
+                    answer, seconds, peak = cli([*command.split(), "--source", url], env)
+                    previous_env = env
+                    remote = base_url is not None
+                    runs.append(
+                        Run(
+                            target,
+                            command,
+                            n,
+                            seconds,
+                            _int(answer.get("kv_entries", answer.get("entries"))),
+                            _int(answer.get("api_requests")) if remote else None,
+                            _int(answer["bulk_writes"]) if "bulk_writes" in answer else None,
+                            peak,
+                        )
+                    )
+    finally:
+        slow.stop()
+        await redis.flushdb()
+        await redis.aclose()
+    return _render(runs, floors, sizes)
 
+
+def _render(runs: list[Run], floors: dict[int, float], sizes: tuple[int, int]) -> tuple[Table, str]:
     table = Table(
-        "target", "keys", "KV entries", "s", "keys/s", "× read floor", "API requests", "minimum"
+        "keys",
+        "target",
+        "command",
+        "s",
+        "× floor",
+        "keys/s",
+        "KV entries",
+        "API requests",
+        "bulk writes",
+        "peak RSS MB",
     )
     lines = [
-        "| target | keys | KV entries | seconds | keys/s | time vs reading Redis only "
-        "| API requests | minimum (entries / 10,000) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| read Redis only (the floor) | {n:,} | - | {floor:.1f} | {n / floor:,.0f} | 1.0× "
-        "| - | - |",
+        "| keys | target | command | seconds | × floor | keys/s | KV entries | API requests "
+        "| bulk writes (minimum) | peak RSS |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, keys, entries, seconds, requests, minimum in rows:
+    for n in sizes:
         cells = [
-            name,
-            f"{keys:,}",
-            f"{entries:,}",
-            f"{seconds:.1f}",
-            f"{keys / seconds:,.0f}",
-            f"{seconds / floor:.1f}×",
-            "-" if requests is None else f"{requests:,}",
-            f"{minimum:,}",
+            f"{n:,}",
+            "Redis",
+            "read: SCAN + batch reader (the floor)",
+            f"{floors[n]:.1f}",
+            "1.0×",
+            f"{n / floors[n]:,.0f}",
+            "-",
+            "-",
+            "-",
+            "-",
         ]
         table.add_row(*cells)
         lines.append("| " + " | ".join(cells) + " |")
+        for r in (r for r in runs if r.keys == n):
+            minimum = math.ceil(r.entries / 10_000) if r.entries else 0
+            cells = [
+                f"{n:,}",
+                r.target,
+                f"`{r.command}`",
+                f"{r.seconds:.1f}",
+                f"{r.seconds / floors[n]:.2f}×",
+                f"{n / r.seconds:,.0f}",
+                f"{r.entries:,}" if r.entries else "-",
+                "-" if r.requests is None else f"{r.requests:,}",
+                "-" if r.bulk_writes is None else f"{r.bulk_writes:,} ({minimum:,})",
+                f"{r.peak_mb:.0f} MB",
+            ]
+            table.add_row(*cells)
+            lines.append("| " + " | ".join(cells) + " |")
+    latency = [r for r in runs if "latency" in r.target]
+    plain = [
+        r
+        for r in runs
+        if r.target == "REST → kv serve"
+        and r.command == "migrate --no-verify"
+        and r.keys == sizes[0]
+    ]
+    ratio = ""
+    if latency and plain:
+        ratio = (
+            f"\n\nWith 1 s added to every bulk request the REST migration keeps "
+            f"{plain[0].seconds / latency[0].seconds:.2f}× the keys per second it has without "
+            "(several bulk writes in flight while Redis is read)."
+        )
     text = (
         "## Migration: Redis to KV\n\n"
-        f"{n:,} mixed keys (strings with and without TTLs, counters, hashes, lists, sets, sorted "
+        "Mixed keys (strings with and without TTLs, counters, hashes, lists, sets, sorted "
         "sets, and legacy conversations of 10 messages, which become one KV entry per message) "
-        "migrated from a real redis-server on loopback, backup, manifest and checkpoints "
-        "included, verification off. The floor is the time to SCAN and read the same keys "
-        "from Redis and nothing else. API requests count the REST client's HTTP requests.\n\n"
+        "from a real redis-server on loopback. Each command runs as a user runs it, "
+        "`brainbot <command> --source redis://...` in its own process (interpreter start "
+        "included; peak RSS from /proc). `migrate --no-verify` writes (backup, manifest, "
+        "checkpoints included); `verify` checks what it wrote; `migrate` is both, into a "
+        "fresh namespace. The floor is the fastest honest read of the same keys: SCAN plus "
+        "the batch reader the migration uses (type, TTL, size and value of every key), "
+        "measured in the same run. API requests are the REST client's HTTP requests; the "
+        "minimum of bulk writes is ceil(entries / 10,000)."
+        + ratio
+        + "\n\n"
         + "\n".join(lines)
         + "\n"
     )

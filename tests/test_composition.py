@@ -99,9 +99,9 @@ async def test_every_namespace_of_one_token_shares_one_budget(tmp_path: Path) ->
 
 @pytest.fixture
 def budgeted_server(tmp_path: Path, api_token: str) -> Service:
-    """`kv serve` that locks a client out, as Cloudflare does, past 25 requests in 4 s."""
+    """`kv serve` that locks a client out, as Cloudflare does, past 4 requests in 2 s."""
     service = start_kv_server(
-        tmp_path / "srv", api_token, *fault_args(Faults(budget=25, budget_window=4.0))
+        tmp_path / "srv", api_token, *fault_args(Faults(budget=4, budget_window=2.0))
     )
     yield service  # type: ignore[misc]
     service.stop()
@@ -110,8 +110,9 @@ def budgeted_server(tmp_path: Path, api_token: str) -> Service:
 def test_migrate_and_its_verify_stay_within_one_budget(
     budgeted_server: Service, api_token: str, redis_url: str, tmp_path: Path
 ) -> None:
-    """`brainbot migrate` writes in a few bulk requests, then its verify reads key by key:
-    with one budget for both, the server never counts more than the budget in a window."""
+    """`brainbot migrate` writes in bulk requests (small ones here), then its verify lists
+    and samples: with one budget for both, the server never counts more than the budget in
+    a window."""
 
     async def fill() -> None:
         async with aioredis.Redis.from_url(redis_url) as redis:
@@ -126,18 +127,27 @@ def test_migrate_and_its_verify_stay_within_one_budget(
         "CLOUDFLARE_KV_NAMESPACE_ID": "budgeted",
         "CLOUDFLARE_KV_API_TOKEN": api_token,
         "CLOUDFLARE_API_BASE_URL": budgeted_server.url,
-        "CLOUDFLARE_API_BUDGET": "25",
-        "CLOUDFLARE_API_BUDGET_WINDOW": "4",
+        "CLOUDFLARE_API_BUDGET": "4",
+        "CLOUDFLARE_API_BUDGET_WINDOW": "2",
     }
     done = subprocess.run(
-        [sys.executable, "-m", "brainbot", "migrate", "--source", redis_url],
+        [
+            sys.executable,
+            "-m",
+            "brainbot",
+            "migrate",
+            "--source",
+            redis_url,
+            "--batch-entries",
+            "5",
+        ],
         env=env,
         capture_output=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr.decode()[-2000:]
     stats = asyncio.run(server_stats(budgeted_server.url, api_token))
-    assert stats["requests"] > 25  # the run needed more than one window's worth
+    assert stats["requests"] > 4  # the run needed more than one window's worth
     assert stats["budget_rejections"] == 0  # and never went over, so never locked out
 
 

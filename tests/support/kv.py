@@ -34,6 +34,7 @@ def fault_args(faults: Faults) -> list[str]:
         ("--budget", faults.budget),
         ("--budget-window", faults.budget_window),
         ("--list-lag", faults.list_lag),
+        ("--bulk-latency", faults.bulk_latency),
         ("--seed", faults.seed),
     ):
         if value is not None:

@@ -168,6 +168,9 @@ def serve_command(
     key_write_limit: Annotated[
         bool, typer.Option(help="Refuse a 2nd write of one key within 1 s (429), as Cloudflare.")
     ] = False,
+    bulk_latency: Annotated[
+        float, typer.Option(help="Seconds added to every bulk request (a far-away API).")
+    ] = 0.0,
     seed: Annotated[int | None, typer.Option(help="Seed for the fault dice.")] = None,
     test_clock: Annotated[
         bool, typer.Option(help="Accept POST /__brainbot/clock to advance time (tests only).")
@@ -195,6 +198,7 @@ def serve_command(
             budget_window=budget_window,
             list_lag=list_lag,
             key_write_limit=key_write_limit,
+            bulk_latency=bulk_latency,
             seed=seed,
         )
     except ValueError as exc:

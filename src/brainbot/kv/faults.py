@@ -36,6 +36,9 @@ class Faults:
     second is answered 429 (code 10048, ``Retry-After: 1``)."""
     list_lag: float = 0.0
     """Seconds by which list results trail writes: new keys stay hidden, deleted ones linger."""
+    bulk_latency: float = 0.0
+    """Seconds added to every bulk request (write, delete, get): a far-away API, for
+    measuring how well a client keeps several requests in flight."""
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -43,7 +46,7 @@ class Faults:
             share = getattr(self, name)
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {share}.")
-        for name in ("retry_after", "slow_seconds", "budget_window", "list_lag"):
+        for name in ("retry_after", "slow_seconds", "budget_window", "list_lag", "bulk_latency"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative.")
         if self.budget is not None and self.budget < 1:
@@ -58,6 +61,7 @@ class Faults:
             or self.budget is not None
             or self.list_lag
             or self.key_write_limit
+            or self.bulk_latency
         )
 
 

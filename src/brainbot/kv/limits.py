@@ -7,10 +7,11 @@ the error for one that breaks a rule is the same typed error with Cloudflare's t
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Protocol
+
+import orjson
 
 from brainbot.kv.errors import (
     InvalidCursor,
@@ -87,12 +88,12 @@ def metadata_json(metadata: object) -> str | None:
     """Serialise metadata the way Workers does (compact JSON) and check its size."""
     if metadata is None:
         return None
-    try:
-        text = json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-        encoded = text.encode("utf-8")
-    except (TypeError, ValueError) as exc:  # UnicodeEncodeError (lone surrogate) included
+    try:  # orjson: compact UTF-8 JSON, as Workers writes it, several times faster than json
+        encoded = orjson.dumps(metadata)
+    except TypeError as exc:  # non-text keys, huge ints, lone surrogates, other types
         raise InvalidMetadata(f"Metadata must be JSON-serialisable: {exc}.") from None
-    if json.loads(text) != metadata:  # e.g. int dict keys silently turned into strings
+    text = encoded.decode("utf-8")
+    if orjson.loads(encoded) != metadata:  # NaN and infinities (null), tuples (lists)...
         raise InvalidMetadata(
             "Metadata must be plain JSON values (dicts with str keys, lists, str, numbers, "
             "bool, None): it would not read back equal."

@@ -179,7 +179,8 @@ class LocalKVServer:
     async def _guard(self, request: Request) -> Response | None:
         """Authentication first, then the injected faults, as Cloudflare's edge would."""
         self.requests += 1
-        self.by_route[_route_name(request)] += 1
+        route = _route_name(request)
+        self.by_route[route] += 1
         if not self._authorised(request):
             return envelope(errors=[(10000, "Authentication error")], status=401)
         lockout = self._injector.over_budget()
@@ -191,6 +192,8 @@ class LocalKVServer:
             response.headers["Retry-After"] = str(max(1, round(lockout)))
             return response
         delay = self._injector.delay()
+        if route.split(" ", 1)[1].startswith("bulk"):
+            delay += self.faults.bulk_latency
         if delay:
             await asyncio.sleep(delay)
         status = self._injector.error_status()

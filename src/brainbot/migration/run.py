@@ -63,10 +63,10 @@ from brainbot.migration.transform import (
     Options,
     Plan,
     digest,
+    digest_of,
     owner_items,
     plan,
     size_of,
-    stamp_of,
 )
 
 BACKUP_RETENTION_DAYS = 30
@@ -274,7 +274,7 @@ class _Run:
                     tally.entries[NOT_RECREATED] += 1
                     continue
             elif now.mark == self.mark:
-                if now.digest == _digest_of(item):
+                if now.digest == digest_of(item):
                     tally.entries["unchanged (already written by this migration)"] += 1
                     continue
             elif not self.overwrite:
@@ -315,14 +315,25 @@ class _Run:
                         "kind": p.kind,
                         "size": size_of(p.record),
                         "ttl_ms": p.record.pttl,
-                        "kv": [[i.key, _digest_of(i)] for i in items],
+                        "kv": [[i.key, digest_of(i)] for i in items],
                         "note": p.note,
                     }
                 )
             )
+            if self.path is None or not items:
+                continue  # a dry run writes nothing
+            batch = self.batch
+            volume = sum(len(item.value) for item in items) + 256 * len(items)
+            if (
+                len(batch.items) + len(items) <= self.batch_entries
+                and batch.volume + volume <= WRITE_BYTES
+            ):  # the whole key fits in the batch: in at once
+                batch.items += items
+                batch.steps[index] += len(items)
+                batch.volume += volume
+                step.pending += len(items)
+                continue
             for item in items:
-                if self.path is None:
-                    continue  # a dry run writes nothing
                 size = len(item.value) + 256
                 if self.batch.items and (
                     len(self.batch.items) >= self.batch_entries
@@ -562,7 +573,7 @@ async def migrate_redis_to_kv(
                             "run": state["run_id"],
                             "key": "(owners)",
                             "kind": "owners",
-                            "kv": [[i.key, _digest_of(i)] for i in kept],
+                            "kv": [[i.key, digest_of(i)] for i in kept],
                         }
                     )
                 ],
@@ -646,11 +657,6 @@ async def _pipeline(
             reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reading
-
-
-def _digest_of(item: PutItem) -> str | None:
-    stamp = stamp_of(item.metadata)
-    return stamp.digest if stamp else None
 
 
 def _open_run(runs: Path, state: dict[str, Any]) -> Path:

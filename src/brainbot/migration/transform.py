@@ -77,10 +77,20 @@ def stamp_of(metadata: object) -> Stamp | None:
 
 
 def marked(item: PutItem, mark: str, tag: str) -> PutItem:
-    """``item`` stamped with the migration's mark, the run's tag and its value's digest."""
-    meta = dict(item.metadata) if isinstance(item.metadata, dict) else {}
-    meta[STAMP] = f"{mark}.{tag}.{digest(item.value)}"
-    return PutItem(item.key, item.value, item.expiration, item.expiration_ttl, meta)
+    """``item`` stamped with the migration's mark, the run's tag and its value's digest
+    (its metadata dict is the plan's own, made for it: stamped in place)."""
+    stamp = f"{mark}.{tag}.{digest(item.value)}"
+    if isinstance(item.metadata, dict):
+        item.metadata[STAMP] = stamp
+        return item
+    return PutItem(item.key, item.value, item.expiration, item.expiration_ttl, {STAMP: stamp})
+
+
+def digest_of(item: PutItem) -> str | None:
+    """The digest in a stamped item's metadata (the stamp's last 24 characters)."""
+    meta = item.metadata
+    stamp = meta.get(STAMP) if isinstance(meta, dict) else None
+    return stamp[-24:] if isinstance(stamp, str) else None
 
 
 def owner_items(
