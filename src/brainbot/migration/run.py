@@ -470,7 +470,7 @@ async def migrate_redis_to_kv(
     resume: bool = False,
     scan_count: int = 1000,
     batch_entries: int = WRITE_ENTRIES,
-    in_flight: int = 4,
+    in_flight: int = 8,
     overwrite: bool = False,
     tls_ca_file: str | None = None,
     source_password: str | None = None,
