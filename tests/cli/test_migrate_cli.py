@@ -421,3 +421,22 @@ def test_no_password_in_any_output_of_a_failing_run(
     assert "Traceback" not in out
     assert SECRET not in out
     assert ("warning:" in done.stderr.decode()) == (how == "url")
+
+
+def test_overwrite_and_in_flight_reach_the_library(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--overwrite`` is off unless asked for (a second run never replaces live data);
+    ``--in-flight`` bounds the bulk writes in flight."""
+    report = Report(run_id=RUN_ID, source="redis://127.0.0.1:1/0", dry_run=False)
+    recorder = Recorder(answer=report)
+    monkeypatch.setattr(migrate_cli, "migrate_redis_to_kv", recorder)
+    assert invoke("migrate", "--source", "redis://127.0.0.1:1/0").exit_code == 0
+    assert recorder.calls[-1][1]["overwrite"] is False
+    assert recorder.calls[-1][1]["in_flight"] == 8
+    args = ("--overwrite", "--in-flight", "3")
+    assert invoke("migrate", "--source", "redis://127.0.0.1:1/0", *args).exit_code == 0
+    assert recorder.calls[-1][1]["overwrite"] is True
+    assert recorder.calls[-1][1]["in_flight"] == 3
+    refused_run = invoke("migrate", "--source", "redis://127.0.0.1:1/0", "--in-flight", "0")
+    assert refused_run.exit_code == 2

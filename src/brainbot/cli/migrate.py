@@ -214,6 +214,17 @@ def migrate(
     batch_entries: Annotated[
         int, typer.Option(help="KV entries per write and checkpoint.", min=1, max=10_000)
     ] = 10_000,
+    in_flight: Annotated[
+        int,
+        typer.Option(help="Bulk writes in flight at once (within the API budget).", min=1, max=32),
+    ] = 8,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Also replace KV entries changed since (or not written by) this migration, "
+            "after backing each up to the run's kv-backup.jsonl.gz."
+        ),
+    ] = False,
 ) -> None:
     """Migrate Redis/Upstash into the configured KV namespace (embedded by default)."""
     url, password = _source(source, source_password_file)
@@ -251,6 +262,8 @@ def migrate(
                     verify_after=verify_after,
                     scan_count=scan_count,
                     batch_entries=batch_entries,
+                    in_flight=in_flight,
+                    overwrite=overwrite,
                 )
 
         report = _run(work())
