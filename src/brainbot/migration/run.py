@@ -73,6 +73,10 @@ BACKUP_RETENTION_DAYS = 30
 WRITE_ENTRIES = 10_000  # one full bulk request
 WRITE_BYTES = 32 * 1024 * 1024  # or sooner, so memory stays bounded with big values
 BACKUP_BYTES = 16 * 1024 * 1024  # backup lines held before they go to disk
+IN_FLIGHT_WEIGHT = 160 * 1024 * 1024
+"""About the memory batches in flight may hold (with the source records of their steps,
+which stay until acknowledged): a batch weighs its values plus ENTRY_WEIGHT per entry."""
+ENTRY_WEIGHT = 3 * 1024
 READ_AHEAD = 2  # pieces of SCAN steps read before the planner takes them
 
 
@@ -246,6 +250,8 @@ class _Run:
         self.backup_bytes = 0
         self.claims: list[bytes] = []
         self.slots = asyncio.Semaphore(in_flight)
+        self.flying = 0  # weight of the batches in flight
+        self.landed = asyncio.Condition()
         self.tasks: set[asyncio.Task[None]] = set()
         self.failure: BaseException | None = None
         self.requests_before = _requests(kv)
@@ -381,7 +387,13 @@ class _Run:
             return
         loop = asyncio.get_running_loop()
         await self.slots.acquire()
-        task = loop.create_task(self._write(batch))
+        weight = batch.volume + ENTRY_WEIGHT * len(batch.items)
+        async with self.landed:  # memory bounds the writes in flight as much as their count
+            await self.landed.wait_for(
+                lambda: self.flying == 0 or self.flying + weight <= IN_FLIGHT_WEIGHT
+            )
+            self.flying += weight
+        task = loop.create_task(self._write(batch, weight))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
@@ -399,7 +411,7 @@ class _Run:
         )
         await loop.run_in_executor(None, files.append, self.path / "owners.jsonl", claims)
 
-    async def _write(self, batch: _Batch) -> None:
+    async def _write(self, batch: _Batch, weight: int) -> None:
         try:
             result = await self.kv.put_many(batch.items)
             self.report.bulk_writes += 1
@@ -415,6 +427,9 @@ class _Run:
             self.failure = self.failure or exc
         finally:
             self.slots.release()
+            async with self.landed:
+                self.flying -= weight
+                self.landed.notify_all()
 
     def raise_failure(self) -> None:
         if self.failure is not None:
