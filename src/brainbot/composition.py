@@ -30,7 +30,7 @@ from brainbot.errors import ConfigError
 from brainbot.kv.budget import RequestBudget
 from brainbot.kv.embedded import EmbeddedKV
 from brainbot.kv.gateway import GatewayKV
-from brainbot.kv.namespace import KVNamespace
+from brainbot.kv.namespace import KVNamespace, coordinator_of
 from brainbot.kv.rest import DEFAULT_BASE_URL, CloudflareKV
 from brainbot.responder import load_responder
 from brainbot.service import ChatService, IdentityVerifier, ServiceLimits, Throttle
@@ -110,7 +110,11 @@ def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamesp
     if purpose == "live" and settings.kv_gateway_url:
         if settings.kv_gateway_secret is None:
             raise ConfigError("BRAINBOT_KV_GATEWAY_URL needs BRAINBOT_KV_GATEWAY_SECRET.")
-        return GatewayKV(settings.kv_gateway_url, settings.kv_gateway_secret.get_secret_value())
+        return GatewayKV(
+            settings.kv_gateway_url,
+            settings.kv_gateway_secret.get_secret_value(),
+            namespace=settings.kv_gateway_namespace,
+        )
     credentials = cloudflare_credentials(settings)
     if credentials is None:
         private_dir(settings.data_dir)
@@ -131,9 +135,21 @@ def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamesp
 
 def open_kv_store(settings: Settings, *, decode_responses: bool = False) -> KVStore:
     """``KVStore`` on the live namespace; its KV rules follow that namespace's consistency
-    unless ``BRAINBOT_KV_KEY_WRITE_INTERVAL`` / ``BRAINBOT_KV_READ_OWN_WRITES_WINDOW`` say."""
+    unless ``BRAINBOT_KV_KEY_WRITE_INTERVAL`` / ``BRAINBOT_KV_READ_OWN_WRITES_WINDOW`` say.
+
+    Read-modify-write must be atomic across the bot's processes: the embedded KV and the
+    gateway (its Durable Object) are; the REST API alone is not, so that setup is refused
+    unless ``BRAINBOT_KV_SINGLE_WRITER`` declares a single writing process."""
+    namespace = open_namespace(settings)
+    if coordinator_of(namespace) is None and not settings.kv_single_writer:
+        raise ConfigError(
+            "Cloudflare KV through the REST API alone cannot make read-modify-write (incr, "
+            "lpush, hset...) atomic across processes: set BRAINBOT_KV_GATEWAY_URL and "
+            "BRAINBOT_KV_GATEWAY_SECRET (the gateway Worker's Durable Object coordinates "
+            "them), or BRAINBOT_KV_SINGLE_WRITER=1 if exactly one process writes."
+        )
     return KVStore(
-        open_namespace(settings),
+        namespace,
         prefix=settings.kv_prefix,
         decode_responses=decode_responses,
         short_ttl=settings.kv_short_ttl,

@@ -46,6 +46,16 @@ class Settings(BaseSettings):
         default=None,
         validation_alias=AliasChoices("BRAINBOT_KV_GATEWAY_SECRET", "kv_gateway_secret"),
     )
+    kv_gateway_namespace: str = Field(
+        default="default",
+        pattern=r"^[\x21-\x7e]{1,64}$",
+        alias="BRAINBOT_KV_GATEWAY_NAMESPACE",
+    )
+    """The gateway deployment's GATEWAY_NAMESPACE: part of every signature, so a request
+    signed for one deployment is refused by another with the same secret."""
+    kv_single_writer: bool = Field(default=False, alias="BRAINBOT_KV_SINGLE_WRITER")
+    """Through the REST API alone, read-modify-write is atomic only within one process:
+    live traffic refuses to start that way unless this says one process writes."""
 
     storage_backend: Literal["kv", "redis", "dual"] = Field(
         default="kv", alias="BRAINBOT_STORAGE_BACKEND"

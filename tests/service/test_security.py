@@ -218,6 +218,7 @@ def test_anonymous_floods_cost_no_api_requests_and_live_traffic_fails_fast(
         CLOUDFLARE_API_BUDGET="12",
         CLOUDFLARE_API_BUDGET_WINDOW="300",
         BRAINBOT_LIVE_BUDGET_WAIT="1",
+        BRAINBOT_KV_SINGLE_WRITER="1",  # one bot process on REST alone
     )
     bot = start_bot(env)
     try:

@@ -41,6 +41,9 @@ def store_env(
         "CLOUDFLARE_KV_NAMESPACE_ID": "brainbot",
         "CLOUDFLARE_KV_API_TOKEN": api_token,
         "CLOUDFLARE_API_BASE_URL": server.url,
+        # REST alone: the service's history is one key per message (no read-modify-write
+        # across processes), so the REST-only store may open (docs/storage.md, Atomicity)
+        "BRAINBOT_KV_SINGLE_WRITER": "1",
     }
     server.stop()
 

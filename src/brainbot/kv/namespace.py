@@ -8,9 +8,9 @@ unchanged on Cloudflare. Every implementation passes the same contract test suit
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Self, runtime_checkable
+from typing import Protocol, Self, TypeVar, runtime_checkable
 
 from brainbot.kv.limits import JSON
 
@@ -145,6 +145,49 @@ class KVNamespace(Protocol):
     async def __aenter__(self) -> Self: ...
 
     async def __aexit__(self, *exc_info: object) -> None: ...
+
+
+R = TypeVar("R")
+
+Writes = Mapping[str, PutItem | None]
+"""What a transaction writes: a key's new entry, or None to delete it."""
+
+Change = Callable[[Mapping[str, Entry | None]], tuple[Writes, R]]
+"""A transaction's body: given the live entries of its keys (None: absent), what to write
+and what to answer. It may run more than once (again on a conflict) and does no I/O."""
+
+
+class Coordinated(Protocol):
+    """A namespace whose read-modify-writes are atomic across every process and instance
+    (``coordinated`` is True): the embedded KV by SQLite transactions, the gateway by its
+    Durable Object. KV itself has no compare-and-swap, so the REST client is not one.
+
+    ``read_exact`` and ``write_exact`` go through the same coordinator, so what they read
+    is exactly what the last acknowledged write left (no eventual consistency for keys it
+    coordinates)."""
+
+    coordinated: bool
+
+    async def read_exact(self, keys: Sequence[str]) -> Mapping[str, Entry | None]:
+        """The authoritative live entries of ``keys``."""
+        ...
+
+    async def write_exact(self, writes: Writes) -> None:
+        """Apply ``writes`` (all of them or none) whatever the keys held."""
+        ...
+
+    async def transact(self, keys: Sequence[str], change: Change[R]) -> R:
+        """Run ``change`` on the entries of ``keys`` and apply its writes only if no other
+        writer changed those keys in between; an exception from ``change`` writes nothing
+        and propagates."""
+        ...
+
+
+def coordinator_of(namespace: object) -> Coordinated | None:
+    """``namespace`` as a :class:`Coordinated` one, or None when it is not coordinated."""
+    if getattr(namespace, "coordinated", False) is True:
+        return namespace  # type: ignore[return-value]
+    return None
 
 
 async def iter_keys(

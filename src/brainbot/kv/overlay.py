@@ -43,12 +43,17 @@ from brainbot.kv.limits import (
 )
 from brainbot.kv.namespace import (
     BulkResult,
+    Change,
     Consistency,
+    Coordinated,
     Entry,
     KeyInfo,
     KVNamespace,
     ListPage,
     PutItem,
+    R,
+    Writes,
+    coordinator_of,
 )
 
 S = TypeVar("S", Entry, KeyInfo)
@@ -255,6 +260,47 @@ class ReadYourWrites:
     def remembered(self) -> builtins.list[str]:
         """The keys answered from memory right now (for stores that must also visit them)."""
         return [name for name, _ in self._journal.in_range("", None, None)]
+
+    # -- the Coordinated capability of ``inner``, passed through ---------------------------
+    # Exact reads go to the coordinator, never to the memory (which may be older than
+    # another process's acknowledged write); what it writes is remembered for lists.
+
+    @property
+    def coordinated(self) -> bool:
+        return coordinator_of(self.inner) is not None
+
+    def _coordinator(self) -> Coordinated:
+        inner = coordinator_of(self.inner)
+        if inner is None:
+            raise TypeError(f"{self.inner!r} is not coordinated")
+        return inner
+
+    def _note_writes(self, writes: Writes) -> None:
+        for key, item in writes.items():
+            if item is None:
+                self._journal.note(key, None, 64)
+            else:
+                self._remember(item)
+
+    async def read_exact(self, keys: Sequence[str]) -> Mapping[str, Entry | None]:
+        return await self._coordinator().read_exact(keys)
+
+    async def write_exact(self, writes: Writes) -> None:
+        await self._coordinator().write_exact(writes)
+        self._note_writes(writes)
+
+    async def transact(self, keys: Sequence[str], change: Change[R]) -> R:
+        applied: builtins.list[Writes] = []
+
+        def recorded(entries: Mapping[str, Entry | None]) -> tuple[Writes, R]:
+            writes, result = change(entries)
+            applied[:] = [writes]  # the last run's writes are the ones committed
+            return writes, result
+
+        result = await self._coordinator().transact(keys, recorded)
+        if applied:
+            self._note_writes(applied[0])
+        return result
 
     def _live(self, entry: Entry | None) -> Entry | None:
         if entry is None or entry.expiration is None or entry.expiration > self._clock():

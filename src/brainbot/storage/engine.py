@@ -6,10 +6,19 @@ protocol and nothing else:
 * :meth:`Engine.key` turns a Redis key into its KV name (checked, prefixed);
 * :meth:`Engine.read` / :meth:`Engine.read_many` load and decode entries (expired ones
   read as absent; a wrong type raises ``WrongTypeError``);
-* :meth:`Engine.update` runs a read-modify-write under the key's lock: the command's
-  function gets the current :class:`Item` (or None) and returns a :class:`Change`;
+* :meth:`Engine.update` runs a read-modify-write of one key: the command's function gets
+  the current :class:`Item` (or None) and returns a :class:`Change`;
+  :meth:`Engine.update_many` does the same for several keys (RENAME, DEL);
 * :meth:`Engine.save` / :meth:`Engine.save_many` / :meth:`Engine.delete_keys` write
-  (the caller holds the locks), spaced to KV's one write per second per key.
+  without reading (the caller holds the locks), spaced to KV's one write per second per key.
+
+**Atomicity.** On a coordinated namespace (:class:`~brainbot.kv.namespace.Coordinated`: the
+embedded KV, the gateway with its Durable Object) reads are exact and read-modify-writes
+are transactions of the namespace, atomic across every process and instance; the
+command's function may then run more than once and must do no I/O. On any other namespace
+(the REST client) they run under per-key locks of this process: atomic among its tasks,
+last writer wins across processes (``composition.open_store`` refuses that setup for live
+traffic unless ``BRAINBOT_KV_SINGLE_WRITER`` says there is one writer).
 
 Each command is declared once as reading or writing (:func:`reads` / :func:`writes`) with
 the parameters that hold its keys; ``DualStore`` routes by that declaration.
@@ -40,7 +49,15 @@ from brainbot.errors import (
     WrongTypeError,
 )
 from brainbot.kv.limits import key_bytes
-from brainbot.kv.namespace import KeyInfo, KVNamespace, PutItem, iter_keys
+from brainbot.kv.namespace import (
+    Entry,
+    KeyInfo,
+    KVNamespace,
+    PutItem,
+    Writes,
+    coordinator_of,
+    iter_keys,
+)
 from brainbot.kv.overlay import ReadYourWrites
 from brainbot.storage import codec
 from brainbot.storage.codec import Item, RedisType
@@ -60,6 +77,14 @@ class Change(NamedTuple):
     result: Any
     item: Item | None
     write: bool
+
+
+class Changes(NamedTuple):
+    """What a read-modify-write of several keys does: the ``result`` and the new items of
+    the keys it writes (None or an empty container deletes)."""
+
+    result: Any
+    items: Mapping[str, Item | None]
 
 
 # -- declaring commands -----------------------------------------------------------------
@@ -153,6 +178,8 @@ class Engine:
         if write_rate not in ("wait", "error"):
             raise ValueError("write_rate must be 'wait' or 'error'")
         self.namespace = namespace
+        self.coordinator = coordinator_of(namespace)
+        """The namespace as coordinated (atomic across processes), or None."""
         self.prefix = prefix
         self.decode_responses = decode_responses
         self.short_ttl = short_ttl
@@ -255,20 +282,27 @@ class Engine:
             return None
         return item
 
-    async def read(self, kvkey: str, kind: RedisType | None = None) -> Item | None:
-        """The live value under ``kvkey``; with ``kind``, WRONGTYPE if it holds another type."""
-        entry = await self.namespace.get(kvkey)
+    def _item(self, entry: Entry | None, kind: RedisType | None = None) -> Item | None:
         item = self._live(None if entry is None else codec.decode(entry))
         if kind is not None and item is not None and item.type != kind:
             raise WrongTypeError
         return item
 
+    async def read(self, kvkey: str, kind: RedisType | None = None) -> Item | None:
+        """The live value under ``kvkey``; with ``kind``, WRONGTYPE if it holds another type."""
+        if self.coordinator is not None:
+            entry = (await self.coordinator.read_exact([kvkey]))[kvkey]
+        else:
+            entry = await self.namespace.get(kvkey)
+        return self._item(entry, kind)
+
     async def read_many(self, kvkeys: Iterable[str]) -> dict[str, Item | None]:
-        entries = await self.namespace.get_many(builtins.list(dict.fromkeys(kvkeys)))
-        return {
-            k: self._live(None if entry is None else codec.decode(entry))
-            for k, entry in entries.items()
-        }
+        keys = builtins.list(dict.fromkeys(kvkeys))
+        if self.coordinator is not None:
+            entries = await self.coordinator.read_exact(keys)
+        else:
+            entries = await self.namespace.get_many(keys)
+        return {k: self._item(entry) for k, entry in entries.items()}
 
     def listing(self, prefix: str, page_size: int = 1000) -> AsyncIterator[KeyInfo]:
         """Every live KV name under ``prefix`` (this store's prefix included by the caller)."""
@@ -277,33 +311,120 @@ class Engine:
     # -- read-modify-write -------------------------------------------------------------------
 
     async def update(
-        self, name: KeyT, kind: RedisType, change: Callable[[Item | None], Change]
+        self, name: KeyT, kind: RedisType | None, change: Callable[[Item | None], Change]
     ) -> Any:
         """Read-modify-write of one key under its lock; ``change`` says what to write."""
         kvkey = self.key(name)
+        if self.coordinator is not None:
+
+            def run(entries: Mapping[str, Entry | None]) -> tuple[Writes, Any]:
+                outcome = change(self._item(entries[kvkey], kind))
+                writes = {kvkey: self._write_of(kvkey, outcome.item)} if outcome.write else {}
+                return writes, outcome.result
+
+            return await self._transact([kvkey], run)
         async with self.locked(kvkey):
             outcome = change(await self.read(kvkey, kind))
             if outcome.write:
                 await self.save(kvkey, outcome.item)
             return outcome.result
 
+    async def update_many(
+        self, kvkeys: builtins.list[str], change: Callable[[dict[str, Item | None]], Changes]
+    ) -> Any:
+        """Read-modify-write of several keys (already KV names) at once."""
+        keys = builtins.list(dict.fromkeys(kvkeys))
+        if self.coordinator is not None:
+
+            def run(entries: Mapping[str, Entry | None]) -> tuple[Writes, Any]:
+                outcome = change({k: self._item(entries[k]) for k in keys})
+                return {k: self._write_of(k, i) for k, i in outcome.items.items()}, outcome.result
+
+            return await self._transact(keys, run)
+        async with self.locked(*keys):
+            outcome = change(await self.read_many(keys))
+            await self._apply(outcome.items)
+            return outcome.result
+
+    async def _transact(
+        self, keys: builtins.list[str], run: Callable[[Mapping[str, Entry | None]], Any]
+    ) -> Any:
+        """``run`` as a transaction of the coordinator, under this process's locks (its
+        tasks queue here rather than in conflicts). A write the pacing policy holds back
+        (``write_interval`` set explicitly) waits, or raises ``WriteRateExceeded``, before
+        anything is written, as on the uncoordinated path."""
+        assert self.coordinator is not None
+        wrote: builtins.list[str] = []
+
+        def paced(entries: Mapping[str, Entry | None]) -> tuple[Writes, Any]:
+            writes, result = run(entries)
+            wait = self._wait(writes)
+            if wait > 0:
+                if self.write_rate == "error":
+                    raise self._rate_error()
+                raise _Held(wait)
+            wrote[:] = builtins.list(writes)
+            return writes, result
+
+        async with self.locked(*keys):
+            while True:
+                try:
+                    result = await self.coordinator.transact(keys, paced)
+                except _Held as held:
+                    await self._sleep(held.seconds)
+                    continue
+                self._written(wrote)
+                return result
+
+    def _write_of(self, kvkey: str, item: Item | None) -> PutItem | None:
+        """The KV write that stores ``item`` (None: delete, as for an empty container)."""
+        if item is None or (item.type != "string" and not item.data):
+            return None
+        return self._put_item(kvkey, item)
+
+    async def _apply(self, items: Mapping[str, Item | None]) -> None:
+        """Write several keys without a coordinator (paced together, then put and delete)."""
+        if not items:
+            return
+        if len(items) == 1:
+            [(kvkey, item)] = items.items()
+            await self.save(kvkey, item)
+            return
+        await self.pace(items)
+        puts = {
+            k: i for k, i in items.items() if i is not None and self._write_of(k, i) is not None
+        }
+        gone = [k for k in items if k not in puts]
+        if puts:
+            await self.save_many(puts, pace=False)
+        if gone:
+            await self.delete_keys(gone, pace=False)
+
     # -- writes ------------------------------------------------------------------------------
 
-    async def pace(self, kvkeys: Iterable[str]) -> None:
-        """KV takes one write per second per key: space writes to one key that far apart."""
+    def _wait(self, kvkeys: Iterable[str]) -> float:
+        """Seconds until every key of ``kvkeys`` may be written again (0: now)."""
         if self.write_interval <= 0:
-            return
+            return 0.0
         now = self.clock()
-        wait = max(
+        return max(
             (self._last_write.get(k, -math.inf) + self.write_interval - now for k in kvkeys),
             default=0.0,
         )
+
+    def _rate_error(self) -> WriteRateExceeded:
+        return WriteRateExceeded(
+            f"A key was written less than {self.write_interval:g} s ago; "
+            "KV accepts one write per second per key."
+        )
+
+    async def pace(self, kvkeys: Iterable[str]) -> None:
+        """KV takes one write per second per key: space writes to one key that far apart
+        (by default 0 on a coordinated namespace: the Durable Object coalesces KV's writes)."""
+        wait = self._wait(kvkeys)
         if wait > 0:
             if self.write_rate == "error":
-                raise WriteRateExceeded(
-                    f"A key was written less than {self.write_interval:g} s ago; "
-                    "KV accepts one write per second per key."
-                )
+                raise self._rate_error()
             await self._sleep(wait)
         if len(self._last_write) > 10_000:
             cutoff = self.clock() - self.write_interval
@@ -334,6 +455,10 @@ class Engine:
         if item is not None and item.type != "string" and not item.data:
             item = None
         await self.pace([kvkey])
+        if self.coordinator is not None:
+            await self.coordinator.write_exact({kvkey: self._write_of(kvkey, item)})
+            self._written([kvkey])
+            return
         if item is None:
             await self.namespace.delete(kvkey)
         else:
@@ -343,9 +468,14 @@ class Engine:
             )
         self._written([kvkey])
 
-    async def save_many(self, items: Mapping[str, Item]) -> None:
-        """Write several keys in one bulk request (not atomic across keys on KV)."""
-        await self.pace(items)
+    async def save_many(self, items: Mapping[str, Item], *, pace: bool = True) -> None:
+        """Write several keys in one bulk request (atomic only on a coordinated namespace)."""
+        if pace:
+            await self.pace(items)
+        if self.coordinator is not None:
+            await self.coordinator.write_exact({k: self._write_of(k, i) for k, i in items.items()})
+            self._written(items)
+            return
         result = await self.namespace.put_many([self._put_item(k, i) for k, i in items.items()])
         failed = set(result.unsuccessful_keys)
         self._written(k for k in items if k not in failed)
@@ -360,11 +490,25 @@ class Engine:
         may have written them since)."""
         if pace:
             await self.pace(kvkeys)
+        if self.coordinator is not None:
+            for start in range(0, len(kvkeys), 500):
+                chunk = kvkeys[start : start + 500]
+                await self.coordinator.write_exact(dict.fromkeys(chunk))
+            self._written(kvkeys)
+            return
         result = await self.namespace.delete_many(kvkeys)
         failed = set(result.unsuccessful_keys)
         self._written(k for k in kvkeys if k not in failed)
         if failed:
             raise ResponseError(f"KV did not delete {len(failed)} key(s) after retries.")
+
+
+class _Held(Exception):
+    """A transaction's write held back by the pacing policy: wait, then run it again."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
 
 
 class CommandFamily:

@@ -10,13 +10,15 @@ each Redis behaviour maps onto KV's rules (docs/storage.md has the full table):
   and enforced on every read, so ``ttl``/``pttl``/``get`` behave as in Redis; the KV entry
   itself is kept for at least 60 s (``short_ttl="clamp"``, the default) or a short TTL is
   refused (``"reject"``).
-* **Atomicity.** KV has no compare-and-swap. Read-modify-write operations (incr, lpush,
-  hset, ...) take a per-key lock, so they are atomic among the tasks of one process.
-  Across processes the last writer wins: a key updated from several processes needs a
-  single owner (or a layout with one key per writer, as ``ConversationStore`` uses).
+* **Atomicity.** KV has no compare-and-swap. On a coordinated namespace (the embedded KV:
+  SQLite transactions; the gateway: its Durable Object) read-modify-writes (incr, lpush,
+  hset, rename, ...) are transactions, atomic across every process and instance. On the
+  REST client alone they take a per-key lock of this process: across processes the last
+  writer wins (``composition.open_store`` refuses that setup for live traffic).
 * **1 write per second per key.** Writes to one key are spaced ``write_interval`` apart
-  (by default what the namespace asks for: 1 s on Cloudflare, none on the embedded KV):
-  the next one waits (``write_rate="wait"``) or raises ``WriteRateExceeded`` (``"error"``).
+  (by default what the namespace asks for: 1 s through REST; none on the embedded KV, and
+  none through the gateway, whose Durable Object coalesces KV's writes itself): the next
+  one waits (``write_rate="wait"``) or raises ``WriteRateExceeded`` (``"error"``).
 * **Eventual consistency.** On a namespace that is eventually consistent, keys this
   process wrote in the last ``recent_window`` seconds (default 60) are answered from
   memory (:class:`~brainbot.kv.overlay.ReadYourWrites`), so a process always reads its own
@@ -30,7 +32,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal, Self
 
-from brainbot.kv.namespace import KVNamespace
+from brainbot.kv.namespace import KVNamespace, coordinator_of
 from brainbot.kv.overlay import ReadYourWrites
 from brainbot.storage.commands import (
     ExpiryCommands,
@@ -99,7 +101,9 @@ class KVStore(
             decode_responses=decode_responses,
             short_ttl=short_ttl,
             write_interval=(
-                consistency.key_write_interval if write_interval is None else write_interval
+                (0.0 if coordinator_of(namespace) else consistency.key_write_interval)
+                if write_interval is None
+                else write_interval
             ),
             write_rate=write_rate,
             clock=clock,

@@ -6,8 +6,9 @@ KV cannot change an expiry without rewriting the entry, and keeps nothing for le
 from __future__ import annotations
 
 from brainbot.errors import ResponseError
+from brainbot.storage.codec import Item
 from brainbot.storage.commands.args import AbsExpiryT, ExpiryT, at_ms, millis, seconds
-from brainbot.storage.engine import CommandFamily, KeyT, reads, writes
+from brainbot.storage.engine import Change, CommandFamily, KeyT, reads, writes
 
 
 class ExpiryCommands(CommandFamily):
@@ -26,28 +27,28 @@ class ExpiryCommands(CommandFamily):
             raise ResponseError("NX and XX, GT or LT options at the same time are not compatible")
         engine = self._engine
         now_ms = engine.now_ms() if now_ms is None else now_ms
-        kvkey = engine.key(name)
-        async with engine.locked(kvkey):
-            item = await engine.read(kvkey)
+        unchanged = Change(False, None, False)
+
+        def change(item: Item | None) -> Change:
             if item is None:
-                return False
+                return unchanged
             current = item.expire_ms
             if at is not None:
                 if (nx and current is not None) or (xx and current is None):
-                    return False
+                    return unchanged
                 if gt and (current is None or at <= current):
-                    return False
+                    return unchanged
                 if lt and current is not None and at >= current:
-                    return False
+                    return unchanged
                 if at <= now_ms:  # an expiry in the past deletes, as in Redis
-                    await engine.save(kvkey, None)
-                    return True
+                    return Change(True, None, True)
                 engine.check_requested_ttl(at, now_ms)
             elif current is None:
-                return False  # persist on a key without a TTL
+                return unchanged  # persist on a key without a TTL
             item.expire_ms = at
-            await engine.save(kvkey, item)
-            return True
+            return Change(True, item, True)
+
+        return bool(await engine.update(name, None, change))
 
     @writes("name")
     async def expire(

@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 from brainbot.errors import ResponseError
 from brainbot.storage import codec
+from brainbot.storage.codec import Item
 from brainbot.storage.commands.args import literal_prefix, redis_glob
-from brainbot.storage.engine import CommandFamily, KeyT, Out, reads, writes
+from brainbot.storage.engine import Changes, CommandFamily, KeyT, Out, reads, writes
 
 
 class KeyspaceCommands(CommandFamily):
@@ -17,10 +18,13 @@ class KeyspaceCommands(CommandFamily):
     async def delete(self, *names: KeyT) -> int:
         engine = self._engine
         kvkeys = builtins.list(dict.fromkeys(engine.key(n) for n in names))
-        async with engine.locked(*kvkeys):
-            found = await engine.read_many(kvkeys)
-            await engine.delete_keys(kvkeys)  # every named key: another process may have
-            return sum(found[k] is not None for k in kvkeys)  # written one we think gone
+
+        def change(found: dict[str, Item | None]) -> Changes:
+            # every named key is deleted: without a coordinator another process may have
+            # written one this one reads as gone
+            return Changes(sum(item is not None for item in found.values()), dict.fromkeys(found))
+
+        return int(await engine.update_many(kvkeys, change))
 
     @reads("names")
     async def exists(self, *names: KeyT) -> int:
@@ -65,15 +69,14 @@ class KeyspaceCommands(CommandFamily):
     async def rename(self, src: KeyT, dst: KeyT) -> bool:
         engine = self._engine
         source, target = engine.key(src), engine.key(dst)
-        async with engine.locked(source, target):
-            item = await engine.read(source)
+
+        def change(found: dict[str, Item | None]) -> Changes:
+            item = found[source]
             if item is None:
                 raise ResponseError("no such key")
-            if source != target:
-                await engine.pace([source, target])  # refuse (error mode) before either write
-                await engine.save(target, item)
-                await engine.save(source, None)
-            return True
+            return Changes(True, {} if source == target else {target: item, source: None})
+
+        return bool(await engine.update_many([source, target], change))
 
     @writes()
     async def flushdb(self, asynchronous: bool = False) -> bool:

@@ -17,7 +17,7 @@ from brainbot.storage.commands.args import (
     format_float,
     int_amount,
 )
-from brainbot.storage.engine import CommandFamily, KeyT, Out, ValueT, reads, writes
+from brainbot.storage.engine import Change, CommandFamily, KeyT, Out, ValueT, reads, writes
 
 
 class StringCommands(CommandFamily):
@@ -52,20 +52,21 @@ class StringCommands(CommandFamily):
         expire_ms = expiry_from(ex, px, exat, pxat, "set", now_ms)
         if expire_ms is not None:
             engine.check_requested_ttl(expire_ms, now_ms)
-        async with engine.locked(kvkey):
-            if not (nx or xx or get or keepttl):  # a plain SET needs no read: 1 request
+        if not (nx or xx or get or keepttl):  # a plain SET needs no read: 1 request
+            async with engine.locked(kvkey):
                 await engine.save(kvkey, Item("string", data, expire_ms))
-                return True
-            old = await engine.read(kvkey)
+            return True
+
+        def change(old: Item | None) -> Change:
             if get and old is not None and old.type != "string":
                 raise WrongTypeError
             previous = engine.out(old.data) if get and old is not None else None
             if (nx and old is not None) or (xx and old is None):
-                return previous if get else None
-            if keepttl and old is not None:
-                expire_ms = old.expire_ms
-            await engine.save(kvkey, Item("string", data, expire_ms))
-            return previous if get else True
+                return Change(previous if get else None, None, False)
+            keep = old.expire_ms if keepttl and old is not None else expire_ms
+            return Change(previous if get else True, Item("string", data, keep), True)
+
+        return await engine.update(name, None, change)
 
     @writes("name")
     async def setnx(self, name: KeyT, value: ValueT) -> bool:
@@ -74,13 +75,13 @@ class StringCommands(CommandFamily):
     @writes("name")
     async def getdel(self, name: KeyT) -> Out | None:
         engine = self._engine
-        kvkey = engine.key(name)
-        async with engine.locked(kvkey):
-            item = await engine.read(kvkey, "string")
+
+        def change(item: Item | None) -> Change:
             if item is None:
-                return None
-            await engine.save(kvkey, None)
-            return engine.out(item.data)
+                return Change(None, None, False)
+            return Change(engine.out(item.data), None, True)
+
+        return await engine.update(name, "string", change)
 
     @reads("keys", "args")
     async def mget(self, keys: KeyT | Iterable[KeyT], *args: KeyT) -> builtins.list[Out | None]:
@@ -104,13 +105,13 @@ class StringCommands(CommandFamily):
         return True
 
     async def _update_string(self, name: KeyT, change: Callable[[bytes | None], bytes]) -> bytes:
-        engine = self._engine
-        kvkey = engine.key(name)
-        async with engine.locked(kvkey):
-            item = await engine.read(kvkey, "string")
+        def update(item: Item | None) -> Change:
             data = change(None if item is None else item.data)
-            await engine.save(kvkey, Item("string", data, None if item is None else item.expire_ms))
-            return data
+            return Change(
+                data, Item("string", data, None if item is None else item.expire_ms), True
+            )
+
+        return await self._engine.update(name, "string", update)  # type: ignore[no-any-return]
 
     @writes("name")
     async def incrby(self, name: KeyT, amount: int = 1) -> int:
