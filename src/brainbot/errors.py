@@ -41,11 +41,13 @@ Redis source. ::
     │   ├── KVStorageError (KVError)         the embedded KV's database failed (locked, I/O)
     │   ├── RateLimited (KVRemoteError)      429: per-key write limit or the API budget
     │   ├── ServerError (KVRemoteError)      5xx
+    │   ├── WriteConflict (KVError)          a transaction lost to other writers too often
     │   ├── RedisUnavailable (StoreError)    Redis refused, timed out or dropped the connection
     │   └── WriteRateExceeded (StoreError)   a key written again within 1 s, policy "error"
     ├── KVError                              any error of the KV namespace layer (also above)
     │   └── KVRemoteError                    the KV service answered with an error
     │       ├── AuthenticationError            token missing, wrong or lacking permission
+    │       │   └── ClockSkew                    the gateway refused this machine's clock
     │       └── NamespaceNotFound              account or namespace id unknown
     ├── StoreError                           errors of the Redis-compatible stores (also above)
     │   ├── ResponseError                    what Redis itself answers with an error reply
@@ -219,6 +221,10 @@ class AuthenticationError(KVRemoteError):
     cf_code = 10000
 
 
+class ClockSkew(AuthenticationError):
+    """The gateway refused the request's timestamp: this machine's clock is off (NTP?)."""
+
+
 class NamespaceNotFound(KVRemoteError):
     http_status = 404
     cf_code = 10013
@@ -245,6 +251,13 @@ class RateLimited(KVRemoteError, Unavailable):
 class ServerError(KVRemoteError, Unavailable):
     http_status = 500
     cf_code = 10001
+
+
+class WriteConflict(KVError, Unavailable):
+    """A read-modify-write found its keys changed by other writers on every attempt
+    (a key far hotter than one coordinator takes): nothing was written; retry later."""
+
+    http_status = 409
 
 
 class Throttled(Unavailable):

@@ -25,6 +25,7 @@ import pytest
 
 from brainbot.kv import EmbeddedKV, GatewayKV, KVNamespace, ListLag, iter_keys
 from brainbot.kv.faults import Faults
+from brainbot.kv.gateway import signed_headers
 from tests.support.kv import fault_args, rest_client
 from tests.support.processes import Service, start_kv_server
 
@@ -93,8 +94,6 @@ def _signed_clock(
     url: str, secret: str
 ) -> tuple[Callable[[], float], Callable[[float], Awaitable[None]]]:
     """The gateway's test clock, behind the same HMAC signature as its batches."""
-    import hashlib
-    import hmac
     import json
 
     _server_offsets.setdefault(url, 0.0)
@@ -104,15 +103,11 @@ def _signed_clock(
 
     async def advance(seconds: float) -> None:
         body = json.dumps({"advance": seconds}).encode()
-        stamp = str(int(time.time()))
-        signature = hmac.new(
-            secret.encode(), stamp.encode() + b"\n" + body, hashlib.sha256
-        ).hexdigest()
         async with httpx.AsyncClient() as http:
             response = await http.post(
                 url + "/__sim/clock",
                 content=body,
-                headers={"X-Brainbot-Timestamp": stamp, "X-Brainbot-Signature": signature},
+                headers=signed_headers(secret, "POST", url + "/__sim/clock", body),
             )
             response.raise_for_status()
         _server_offsets[url] += seconds

@@ -4,13 +4,18 @@ operations sharing one request, retries as the REST client's, routing by purpose
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
+import socket
+import time
 
 import httpx
 import pytest
 
 from brainbot.composition import open_namespace
 from brainbot.config import Settings
+from brainbot.errors import ClockSkew
 from brainbot.kv import (
     CloudflareKV,
     EmbeddedKV,
@@ -20,6 +25,7 @@ from brainbot.kv import (
     PutItem,
     RetryPolicy,
 )
+from brainbot.kv.gateway import signed_headers
 from tests.support.processes import Service
 
 
@@ -90,3 +96,131 @@ def test_live_traffic_goes_to_the_gateway_bulk_loads_to_rest(tmp_path: object) -
     assert isinstance(open_namespace(local, purpose="live"), EmbeddedKV)
     with pytest.raises(ValueError, match="plain http"):
         GatewayKV("http://gateway.example.com", "s" * 32)
+
+
+# -- attacks on the gateway's authentication (each refused before: accepted) ---------------
+
+
+def _batch(key: str, value: bytes) -> bytes:
+    op = {"op": "put", "key": key, "value": base64.b64encode(value).decode()}
+    return json.dumps({"ops": [op]}).encode()
+
+
+async def _post(url: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    async with httpx.AsyncClient() as http:
+        return await http.post(url, content=body, headers=headers)
+
+
+async def test_a_captured_batch_replayed_is_refused(gateway: Service, gateway_secret: str) -> None:
+    """Before: a batch captured before a logout, replayed after it, brought the session back."""
+    url = gateway.url + "/v1/batch"
+    body = _batch("session:replayed", b"alive")
+    headers = signed_headers(gateway_secret, "POST", url, body)
+    assert (await _post(url, body, headers)).status_code == 200
+    async with GatewayKV(gateway.url, gateway_secret) as kv:
+        await kv.delete("session:replayed")  # the logout
+        again = await _post(url, body, headers)
+        assert again.status_code == 401
+        assert "replayed" in again.json()["error"]
+        assert await kv.get("session:replayed") is None
+
+
+@pytest.mark.parametrize(
+    "retarget",
+    ["path", "host", "namespace", "method-path", "body", "old", "future"],
+)
+async def test_retargeted_altered_or_stale_batches_are_refused(
+    gateway: Service, gateway_secret: str, retarget: str
+) -> None:
+    url = gateway.url + "/v1/batch"
+    body = _batch("retarget:k", b"v")
+    sign_url, namespace, stamp, sent = url, "default", None, body
+    if retarget == "path":  # signed for the clock endpoint, sent to the batch endpoint
+        sign_url = gateway.url + "/__sim/clock"
+    elif retarget == "host":  # signed for another deployment's host
+        sign_url = "https://other-deployment.example.workers.dev/v1/batch"
+    elif retarget == "namespace":  # another deployment sharing the secret
+        namespace = "staging"
+    elif retarget == "method-path":
+        sign_url = gateway.url + "/v1/batch/"
+    elif retarget == "body":  # the signed body, altered in flight
+        sent = _batch("retarget:k", b"evil")
+    elif retarget == "old":
+        stamp = int(time.time()) - 45
+    else:
+        stamp = int(time.time()) + 45
+    headers = signed_headers(gateway_secret, "POST", sign_url, body, namespace, timestamp=stamp)
+    answer = await _post(url, sent, headers)
+    assert answer.status_code == 401, answer.text
+    if retarget in ("old", "future"):
+        assert answer.json()["error"].startswith("clock skew")
+    async with GatewayKV(gateway.url, gateway_secret) as kv:
+        assert await kv.get("retarget:k") is None
+
+
+async def test_the_client_says_clock_skew_when_its_clock_is_off(
+    gateway: Service, gateway_secret: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import brainbot.kv.gateway as transport
+
+    real = time.time
+    monkeypatch.setattr(transport.time, "time", lambda: real() - 120)  # fault: a slow clock
+    async with GatewayKV(gateway.url, gateway_secret) as kv:
+        with pytest.raises(ClockSkew, match=r"clock skew.*NTP"):
+            await kv.get("k")
+        assert kv.requests == 1  # not retried
+
+
+def _raw_request(url: str, headers: dict[str, str], body_prefix: bytes) -> tuple[int, float]:
+    """Send headers and only the first bytes of a body; the status and how long it took."""
+    parsed = httpx.URL(url)
+    lines = [f"POST {parsed.raw_path.decode()} HTTP/1.1", f"Host: {parsed.netloc.decode()}"]
+    lines += [f"{k}: {v}" for k, v in headers.items()]
+    started = time.monotonic()
+    with socket.create_connection((parsed.host, parsed.port or 80), timeout=20) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body_prefix)
+        answer = sock.recv(4096)
+    status = int(answer.split(b" ", 2)[1])
+    return status, time.monotonic() - started
+
+
+async def test_a_forged_signature_on_a_large_body_is_refused_before_the_body_is_read(
+    gateway: Service, gateway_secret: str
+) -> None:
+    """Before: the Worker buffered up to 100 MB and hashed it before checking anything."""
+    url = gateway.url + "/v1/batch"
+    forged = signed_headers("not-the-secret-" + "x" * 20, "POST", url, b"")
+    size = 30 * 1000 * 1000  # under the Worker's body limit: only the signature refuses it
+    headers = {**forged, "Content-Length": str(size), "Content-Type": "application/json"}
+    # 1 KB of the 30 MB is sent: the answer comes without the rest
+    status, _ = await asyncio.to_thread(_raw_request, url, headers, b"{" * 1000)
+    assert status == 401
+    # a genuine signature on a body over the limit: refused by its Content-Length (the
+    # body is drained, not buffered, so the genuine client reads the answer)
+    body = b" " * (40 * 1000 * 1000)
+    answer = await _post(url, body, signed_headers(gateway_secret, "POST", url, body))
+    assert answer.status_code == 413
+    assert "exceeds the limit" in answer.json()["error"]
+
+
+async def test_an_oversized_batch_is_split_not_failed(
+    gateway: Service, gateway_secret: str
+) -> None:
+    """Before: 80 concurrent 1 MiB puts went in one 111 MB request, answered 413, and every
+    operation in it failed, an unrelated small put too."""
+    async with GatewayKV(gateway.url, gateway_secret) as kv:
+        big = [PutItem(f"big:{i}", bytes([i]) * (1024 * 1024)) for i in range(40)]
+        await asyncio.gather(*(kv.put(i.key, i.value) for i in big), kv.put("small", b"s"))
+        assert kv.requests >= 40  # each large value alone (far under the Worker's limit)
+        assert await kv.get("small") == Entry(b"s")
+        assert (await kv.get("big:39")).value == bytes([39]) * (1024 * 1024)  # type: ignore[union-attr]
+    # a client without a byte cap: the Worker answers 413 and the batch is halved until
+    # it fits; nothing fails
+    async with GatewayKV(gateway.url, gateway_secret, max_batch_bytes=10**9) as kv:
+        half = 512 * 1024
+        items = [PutItem(f"half:{i}", bytes([i]) * half) for i in range(80)]
+        await asyncio.gather(*(kv.put(i.key, i.value) for i in items), kv.put("small", b"t"))
+        assert kv.requests >= 3  # refused whole, then the halves (and theirs)
+        assert await kv.get("small") == Entry(b"t")
+        assert (await kv.get("half:79")).value == bytes([79]) * half  # type: ignore[union-attr]
+        await kv.delete_many([i.key for i in items] + [f"big:{i}" for i in range(40)])

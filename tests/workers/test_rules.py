@@ -10,14 +10,11 @@
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import os
 import re
 import shutil
 import subprocess
-import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +25,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
+from brainbot.kv.gateway import signed_headers
 from tests.support.processes import ROOT, Service
 
 WORKERS = ROOT / "workers"
@@ -72,8 +70,11 @@ def test_the_gateway_bundles_into_one_script_with_the_rules_inlined(tmp_path: Pa
     sources = json.loads((out / f"{scripts[0]}.map").read_text())["sources"]
     assert {(out / source).resolve() for source in sources} == {
         (GATEWAY_DIR / main).resolve(),
+        (GATEWAY_DIR / "src" / "coordinator.mjs").resolve(),  # the Durable Objects
+        (GATEWAY_DIR / "src" / "replay.mjs").resolve(),
         RULES.resolve(),
     }
+    assert re.search(r"export \{[^}]*Coordinator,\s*ReplayGuard,", bundle)  # the DO classes
 
 
 # --- the same invalid input to both Workers ------------------------------------------
@@ -118,15 +119,9 @@ CASES = {
 Answer = tuple[int, int, str]
 
 
-def _signed(secret: str, body: bytes) -> dict[str, str]:
-    """The gateway's signature (as brainbot.kv.gateway signs): HMAC of timestamp \\n body."""
-    stamp = str(int(time.time()))
-    signature = hmac.new(secret.encode(), stamp.encode() + b"\n" + body, hashlib.sha256)
-    return {
-        "X-Brainbot-Timestamp": stamp,
-        "X-Brainbot-Signature": signature.hexdigest(),
-        "Content-Type": "application/json",
-    }
+def _signed(secret: str, url: str, body: bytes) -> dict[str, str]:
+    """The gateway's signature, exactly as brainbot.kv.gateway signs."""
+    return {**signed_headers(secret, "POST", url, body), "Content-Type": "application/json"}
 
 
 def _pick(op: dict[str, Any], *names: str) -> dict[str, Any]:
@@ -159,9 +154,8 @@ class Workers:
 
     def gateway_clock(self, advance: float = 0) -> int:
         body = json.dumps({"advance": advance}).encode()
-        response = self.http.post(
-            f"{self.gateway_url}/__sim/clock", content=body, headers=_signed(self.secret, body)
-        )
+        url = f"{self.gateway_url}/__sim/clock"
+        response = self.http.post(url, content=body, headers=_signed(self.secret, url, body))
         response.raise_for_status()
         return int(response.json()["now"])
 
@@ -184,7 +178,9 @@ class Workers:
             op = {**op, "value": base64.b64encode(_value_bytes(op["value"])).decode()}
         body = json.dumps({"ops": [op]}, separators=(",", ":")).encode()
         response = self.http.post(
-            f"{self.gateway_url}/v1/batch", content=body, headers=_signed(self.secret, body)
+            f"{self.gateway_url}/v1/batch",
+            content=body,
+            headers=_signed(self.secret, f"{self.gateway_url}/v1/batch", body),
         )
         assert response.status_code == 200, response.text
         [result] = response.json()["results"]

@@ -3,7 +3,11 @@
 // namespace.
 //
 //   node serve.mjs [--host 127.0.0.1] [--port 0] [--secret S] [--previous-secret P]
-//                  [--persist DIR] [--test-clock]
+//                  [--persist DIR] [--test-clock] [--namespace NAME] [--shards N]
+//
+// --persist keeps the KV namespace and the Durable Objects' storage (the
+// coordinator's values and pending write-behind, the seen nonces) in DIR, so a
+// restart with the same DIR continues where the last one stopped.
 //
 // The secrets may also come from the environment variables KV_GATEWAY_SECRET
 // and KV_GATEWAY_SECRET_PREVIOUS. Without a secret the gateway still starts and
@@ -23,7 +27,7 @@ const here = path.dirname(fileURLToPath(import.meta.url));
 const KV_BINDING = "KV"; // binding name; with kvNamespaces: ["KV"] also the namespace id
 const USAGE =
   "usage: node serve.mjs [--host 127.0.0.1] [--port 0] [--secret S] [--previous-secret P]\n" +
-  "                      [--persist DIR] [--test-clock]\n" +
+  "                      [--persist DIR] [--test-clock] [--namespace NAME] [--shards N]\n" +
   "secrets: --secret / env KV_GATEWAY_SECRET, --previous-secret / env KV_GATEWAY_SECRET_PREVIOUS\n";
 
 function fail(message) {
@@ -41,6 +45,8 @@ try {
       "previous-secret": { type: "string" },
       persist: { type: "string" },
       "test-clock": { type: "boolean", default: false },
+      namespace: { type: "string", default: "default" },
+      shards: { type: "string", default: "1" },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -96,10 +102,15 @@ async function clockService(request) {
 
 // --- start ------------------------------------------------------------------
 
+if (!/^[1-9][0-9]{0,3}$/.test(args.shards)) fail(`invalid --shards ${args.shards}`);
 const bindings = {
   // Miniflare's cursors have a known form; the Worker checks it (see
   // validateCursor in ../shared/kv-rules.mjs). A deployed Worker does not get this.
   SIM_CURSOR_FORMAT: "miniflare",
+  // the coordinator's xstats op (per-key KV write counts), for tests only
+  SIM_STATS: "1",
+  GATEWAY_NAMESPACE: args.namespace,
+  COORDINATOR_SHARDS: args.shards,
 };
 if (secret !== "") bindings.GATEWAY_SECRET = secret;
 if (previousSecret !== "") bindings.GATEWAY_SECRET_PREVIOUS = previousSecret;
@@ -118,6 +129,11 @@ const options = {
   scriptPath: path.join(here, "src", "gateway.mjs"),
   compatibilityDate: "2026-04-01", // as in wrangler.toml
   kvNamespaces: [KV_BINDING],
+  // as wrangler.toml declares them (SQLite-backed classes)
+  durableObjects: {
+    COORDINATOR: { className: "Coordinator", useSQLite: true },
+    REPLAY_GUARD: { className: "ReplayGuard", useSQLite: true },
+  },
   bindings,
   host: args.host,
   port,
@@ -129,7 +145,10 @@ const options = {
   logRequests: false,
 };
 if (testClock) options.serviceBindings = { SIM_CLOCK: clockService };
-if (args.persist !== undefined) options.kvPersist = path.resolve(args.persist);
+if (args.persist !== undefined) {
+  options.kvPersist = path.join(path.resolve(args.persist), "kv");
+  options.durableObjectsPersist = path.join(path.resolve(args.persist), "do");
+}
 
 let stopping = false;
 async function stop(code) {

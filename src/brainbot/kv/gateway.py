@@ -4,14 +4,25 @@ Every REST API call counts against Cloudflare's 1,200 requests per 5 minutes for
 account; KV calls a Worker makes through its binding do not. The bot's live traffic
 therefore goes to a small Worker of ours, in batches: operations issued concurrently within
 a couple of milliseconds travel in one signed HTTP request (at most 1,000 KV operations,
-the Workers limit per invocation). Bulk loads (the migration) keep using the REST API,
-whose bulk write takes 10,000 keys per request.
+the Workers limit per invocation, and at most ``max_batch_bytes``; a large value travels
+alone, and a batch the Worker answers 413 is split in two and sent again). Bulk loads (the
+migration) keep using the REST API, whose bulk write takes 10,000 keys per request.
 
-Requests are signed: ``X-Brainbot-Signature = hex(HMAC-SHA256(secret, timestamp "\\n"
-body))`` with ``X-Brainbot-Timestamp``, checked by the Worker in constant time within a
-300 s window. Values travel base64, so binary values are byte-exact. Retries and errors are
-the REST client's: 429, 5xx and transport failures are retried with jittered backoff
-(honouring ``Retry-After``), and a failed operation raises the same typed error.
+**Atomic read-modify-write** (``coordinated``, the default): the Worker hands ``xread`` /
+``xcommit`` to the Durable Object owning the key, which holds the authoritative value,
+commits only if the keys read still have the versions read (else answers the current ones,
+and the change runs again), and writes KV behind itself at most once a second per key.
+Cost: a read-modify-write is 2 operations (read, commit) in whatever batches they share,
+plus one more per conflict; exact reads and blind writes are 1. Each commit carries a
+transaction id, so a commit retried after a lost answer is applied once.
+
+**Requests are signed** over everything that makes them mean something: method, host,
+path, the deployment's namespace name, a timestamp (the Worker accepts 30 s of skew), a
+random nonce (the Worker refuses one it has seen) and the body's SHA-256 (checked after the
+headers, so a forged request is refused before its body is read). Values travel base64, so
+binary values are byte-exact. Retries and errors are the REST client's: 429, 5xx and
+transport failures are retried with jittered backoff (honouring ``Retry-After``), and a
+failed operation raises the same typed error; a refused clock raises ``ClockSkew``.
 """
 
 from __future__ import annotations
@@ -22,13 +33,16 @@ import builtins
 import hashlib
 import hmac
 import json
+import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Self
 
 import httpx
 
+from brainbot.errors import ClockSkew, WriteConflict
 from brainbot.kv.errors import (
+    AuthenticationError,
     KVRemoteError,
     KVTransportError,
     RateLimited,
@@ -46,37 +60,112 @@ from brainbot.kv.limits import (
 from brainbot.kv.namespace import (
     CLOUDFLARE,
     BulkResult,
+    Change,
     Consistency,
     Entry,
     KeyInfo,
     ListPage,
     PutItem,
+    R,
+    Writes,
 )
 from brainbot.kv.rest import RetryPolicy, _parse_retry_after, _retry_hook
 
 MAX_KV_OPS = 1000  # per Worker invocation
-_COST = {"get": 2, "put": 1, "delete": 1, "list": 1}  # the Worker's own count
+MAX_BATCH_BYTES = 4 * 1024 * 1024  # far below the isolate's 128 MB
+ALONE_BYTES = 1024 * 1024  # an op this big travels in a request of its own
+MAX_CONFLICTS = 1000  # commits lost to other writers in a row before WriteConflict
+_COST = {"get": 2, "put": 1, "delete": 1, "list": 1, "xstats": 0}  # the Worker's own count
+SIGNATURE_VERSION = "brainbot-v2"
+
+
+def signed_headers(
+    secret: str | bytes,
+    method: str,
+    url: str | httpx.URL,
+    body: bytes,
+    namespace: str = "default",
+    *,
+    timestamp: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The headers that authenticate one request to the gateway (see the module doc)."""
+    key = secret.encode() if isinstance(secret, str) else secret
+    parsed = httpx.URL(str(url))
+    stamp = str(int(time.time()) if timestamp is None else timestamp)
+    nonce = secrets.token_hex(16) if nonce is None else nonce
+    body_hash = hashlib.sha256(body).hexdigest()
+    text = "\n".join(
+        [
+            SIGNATURE_VERSION,
+            method.upper(),
+            parsed.host.lower(),
+            parsed.path,
+            namespace,
+            stamp,
+            nonce,
+            body_hash,
+        ]
+    )
+    return {
+        "X-Brainbot-Timestamp": stamp,
+        "X-Brainbot-Nonce": nonce,
+        "X-Brainbot-Namespace": namespace,
+        "X-Brainbot-Content-SHA256": body_hash,
+        "X-Brainbot-Signature": hmac.new(key, text.encode(), hashlib.sha256).hexdigest(),
+    }
 
 
 class _Secret(httpx.Auth):
-    """Signs each request body; the secret lives here only."""
+    """Signs each request (a fresh nonce every time, retries included); the secret lives
+    here only."""
 
-    def __init__(self, secret: str) -> None:
+    def __init__(self, secret: str, namespace: str) -> None:
         if not secret:
             raise ValueError("A gateway secret is required.")
         self.__secret = secret.encode()
+        self.namespace = namespace
 
     def __repr__(self) -> str:
         return "_Secret('***')"
 
     def auth_flow(self, request: httpx.Request) -> Any:
-        stamp = str(int(time.time()))
-        signature = hmac.new(
-            self.__secret, stamp.encode() + b"\n" + request.content, hashlib.sha256
+        request.headers.update(
+            signed_headers(
+                self.__secret, request.method, request.url, request.content, self.namespace
+            )
         )
-        request.headers["X-Brainbot-Timestamp"] = stamp
-        request.headers["X-Brainbot-Signature"] = signature.hexdigest()
         yield request
+
+
+Pending = tuple[dict[str, Any], "asyncio.Future[dict[str, Any]]"]
+
+
+def _op_bytes(op: dict[str, Any]) -> int:
+    """About what an op adds to a batch's body (its values dominate)."""
+    size = 64 + len(op.get("key", ""))
+    if op["op"] == "put":
+        size += len(op["value"]) + (len(json.dumps(op["metadata"])) if "metadata" in op else 0)
+    elif op["op"] == "xcommit":
+        size += sum(64 + len(k) + (len(w["value"]) if w else 0) for k, w in op["write"])
+        size += sum(32 + len(k) for k, _ in op["read"])
+    elif op["op"] == "xread":
+        size += sum(8 + len(k) for k in op["keys"])
+    return size
+
+
+def _op_cost(op: dict[str, Any]) -> int:
+    if op["op"] == "xread":
+        return 2 * len(op["keys"])
+    if op["op"] == "xcommit":
+        return 3 * (len(op["read"]) + len(op["write"]))
+    return _COST[op["op"]]
+
+
+def _entry(raw: dict[str, Any] | None) -> Entry | None:
+    if raw is None:
+        return None
+    return Entry(base64.b64decode(raw["value"]), raw.get("expiration"), raw.get("metadata"))
 
 
 class GatewayKV:
@@ -94,6 +183,9 @@ class GatewayKV:
         transport: httpx.AsyncBaseTransport | None = None,
         batch_window: float = 0.002,
         clock: Callable[[], float] = time.time,
+        namespace: str = "default",
+        coordinated: bool = True,
+        max_batch_bytes: int = MAX_BATCH_BYTES,
     ) -> None:
         parsed = httpx.URL(url)
         if parsed.scheme != "https" and parsed.host not in ("127.0.0.1", "localhost", "::1"):
@@ -103,10 +195,16 @@ class GatewayKV:
         self.batch_window = batch_window
         self.requests = 0
         """HTTP requests sent (each carries up to 1,000 KV operations)."""
+        self.coordinated = coordinated
+        """Read-modify-writes go to the Worker's Durable Object (atomic across processes)."""
+        self.max_batch_bytes = max_batch_bytes
         self._clock = clock
-        self._http = httpx.AsyncClient(auth=_Secret(secret), timeout=timeout, transport=transport)
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]] = []
+        self._http = httpx.AsyncClient(
+            auth=_Secret(secret, namespace), timeout=timeout, transport=transport
+        )
+        self._pending: list[Pending] = []
         self._cost = 0
+        self._bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -129,13 +227,16 @@ class GatewayKV:
 
     def _submit(self, op: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        cost = _COST[op["op"]]
-        if self._cost + cost > MAX_KV_OPS:
+        cost, size = _op_cost(op), _op_bytes(op)
+        if self._cost + cost > MAX_KV_OPS or self._bytes + size > self.max_batch_bytes:
             self._flush()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending.append((op, future))
         self._cost += cost
-        if self._timer is None:
+        self._bytes += size
+        if size >= min(ALONE_BYTES, self.max_batch_bytes // 2):
+            self._flush()  # a large value goes alone: a 413 never takes small ops with it
+        elif self._timer is None:
             self._timer = loop.call_later(self.batch_window, self._flush)
         return future
 
@@ -145,14 +246,12 @@ class GatewayKV:
             self._timer = None
         if not self._pending:
             return
-        batch, self._pending, self._cost = self._pending, [], 0
+        batch, self._pending, self._cost, self._bytes = self._pending, [], 0, 0
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
 
-    async def _send(
-        self, batch: list[tuple[dict[str, Any], asyncio.Future[dict[str, Any]]]]
-    ) -> None:
+    async def _send(self, batch: list[Pending]) -> None:
         body = json.dumps({"ops": [op for op, _ in batch]}, separators=(",", ":")).encode()
         try:
             results = await self._post(body)
@@ -160,6 +259,15 @@ class GatewayKV:
                 raise ServerError(
                     f"The gateway answered {len(results)} results for {len(batch)} ops."
                 )
+        except KVRemoteError as exc:
+            if exc.status == 413 and len(batch) > 1:  # too big as a whole: halves, again
+                half = len(batch) // 2
+                await asyncio.gather(self._send(batch[:half]), self._send(batch[half:]))
+                return
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
         except Exception as exc:
             for _, future in batch:
                 if not future.done():
@@ -195,6 +303,13 @@ class GatewayKV:
                     raise ServerError(
                         f"gateway: {_error_text(response)}", status=response.status_code
                     )
+                if response.status_code == 401:
+                    text = _error_text(response)
+                    if text.startswith("clock skew"):
+                        raise ClockSkew(
+                            f"gateway: {text}; check this machine's clock (NTP)", status=401
+                        )
+                    raise AuthenticationError(f"gateway: {text}", status=401)
                 if response.status_code != 200:
                     raise KVRemoteError(
                         f"gateway: {_error_text(response)}", status=response.status_code
@@ -207,18 +322,76 @@ class GatewayKV:
 
     async def _call(self, op: dict[str, Any]) -> dict[str, Any]:
         """One operation, batched with its neighbours; a failed one raises its typed error,
-        and is retried when that error is transient (a per-key 429, a 5xx)."""
+        and is retried when that error is transient (a per-key 429, a 5xx). A commit's
+        conflict is an answer, not an error."""
         result: dict[str, Any] = {}
         async for attempt in self.retry.context(_retry_hook):
             with attempt:
                 result = await self._submit(op)
-                if not result.get("ok"):
+                if not result.get("ok") and not result.get("conflict"):
                     raise error_from_response(
                         int(result.get("status", 500)),
                         result.get("code"),
                         str(result.get("message")),
                     )
         return result
+
+    # -- atomic read-modify-write: the Coordinated capability ---------------------------
+
+    def _write_op(self, item: PutItem | None) -> dict[str, Any] | None:
+        if item is None:
+            return None
+        op = self._put_op(item)
+        return {k: v for k, v in op.items() if k not in ("op", "key")}
+
+    async def _commit(self, read: builtins.list[tuple[str, int]], writes: Writes) -> dict[str, Any]:
+        for key in writes:
+            key_bytes(key)
+        op = {
+            "op": "xcommit",
+            "txid": secrets.token_hex(16),  # the same on a retry: applied once
+            "read": [[k, v] for k, v in read],
+            "write": [[k, self._write_op(item)] for k, item in writes.items()],
+        }
+        return await self._call(op)
+
+    async def read_exact(self, keys: Sequence[str]) -> Mapping[str, Entry | None]:
+        for key in keys:
+            key_bytes(key)
+        unique = builtins.list(dict.fromkeys(keys))
+        if not unique:
+            return {}
+        result = await self._call({"op": "xread", "keys": unique})
+        found = dict(zip(unique, map(_entry, result["entries"]), strict=True))
+        return {k: found[k] for k in keys}
+
+    async def write_exact(self, writes: Writes) -> None:
+        if writes:
+            await self._commit([], writes)
+
+    async def transact(self, keys: Sequence[str], change: Change[R]) -> R:
+        unique = builtins.list(dict.fromkeys(keys))
+        for key in unique:
+            key_bytes(key)
+        state = await self._call({"op": "xread", "keys": unique})
+        for _ in range(MAX_CONFLICTS):
+            entries = dict(zip(unique, map(_entry, state["entries"]), strict=True))
+            writes, result = change(entries)
+            if not writes:
+                return result
+            answer = await self._commit(
+                builtins.list(zip(unique, state["versions"], strict=True)), writes
+            )
+            if answer.get("ok"):
+                return result
+            # lost to another writer: the answer holds the current entries, so the retry
+            # goes at once (a pause would only make them stale again: the writers that
+            # do not pause would win every round)
+            state = answer
+        raise WriteConflict(
+            f"A read-modify-write of {len(unique)} key(s) lost to other writers "
+            f"{MAX_CONFLICTS} times in a row; nothing was written."
+        )
 
     # -- the namespace interface -------------------------------------------------------
 

@@ -5,10 +5,21 @@
 //
 //   POST /v1/batch   {"ops": [op, ...]}  ->  200 {"results": [result, ...]}
 //
-// Authentication: X-Brainbot-Timestamp (unix seconds) and
-// X-Brainbot-Signature = lowercase hex HMAC-SHA256(secret,
-// timestamp + "\n" + raw body bytes), by GATEWAY_SECRET or (during a rotation)
-// GATEWAY_SECRET_PREVIOUS, within 300 s of the Worker's clock.
+// ops: get, put, delete, list run on the binding here; xread and xcommit (the
+// atomic read-modify-write of brainbot's KVStore) go to the Durable Object
+// that owns the key (./coordinator.mjs), one request per shard per batch.
+//
+// Authentication (checked before the body is read, see authenticate()):
+//   X-Brainbot-Timestamp       unix seconds, within 30 s of the Worker's clock
+//   X-Brainbot-Nonce           32 hex digits, never accepted twice (./replay.mjs)
+//   X-Brainbot-Namespace       the deployment's GATEWAY_NAMESPACE
+//   X-Brainbot-Content-SHA256  hex SHA-256 of the body
+//   X-Brainbot-Signature       hex HMAC-SHA256(secret, "brainbot-v2\n" + method
+//                              + "\n" + host + "\n" + path + "\n" + namespace +
+//                              "\n" + timestamp + "\n" + nonce + "\n" + body hash)
+// by GATEWAY_SECRET or (during a rotation) GATEWAY_SECRET_PREVIOUS. A request
+// is refused by its Content-Length and its headers' signature before its body
+// is read; the body must then hash to the signed value.
 //
 // A failing op does not fail the batch: its result is
 //   {"ok": false, "status", "code", "message"}
@@ -19,9 +30,14 @@
 // Worker (../../kv-rest-sim) so both answer the same input the same; wrangler
 // inlines that module into the one script it deploys.
 //
-// Bindings: KV (the namespace), GATEWAY_SECRET, GATEWAY_SECRET_PREVIOUS
-// (optional). Only under serve.mjs: SIM_CLOCK (--test-clock) and
+// Bindings: KV (the namespace), COORDINATOR and REPLAY_GUARD (Durable Object
+// namespaces), GATEWAY_SECRET, GATEWAY_SECRET_PREVIOUS (optional),
+// GATEWAY_NAMESPACE (default "default"), COORDINATOR_SHARDS (default 1). Only
+// under serve.mjs: SIM_CLOCK (--test-clock), SIM_STATS (the xstats op) and
 // SIM_CURSOR_FORMAT = "miniflare" (checks cursors the way Miniflare forms them).
+
+export { Coordinator } from "./coordinator.mjs";
+export { ReplayGuard } from "./replay.mjs";
 
 import {
   CODE,
@@ -51,14 +67,16 @@ const LIMITS = {
   ...KV_LIMITS,
   // Cloudflare allows 1,000 KV operations per Worker invocation.
   kvOpsPerBatch: 1000,
-  // Cloudflare's edge refuses request bodies above 100 MB (Free/Pro plans).
-  bodyBytes: 100 * 1000 * 1000,
-  replayWindowSeconds: 300,
+  // One 25 MiB value in base64 plus its op, and no more: an isolate has 128 MB
+  // (GatewayKV keeps its batches far below, and sends a large value alone).
+  bodyBytes: 36 * 1000 * 1000,
+  replayWindowSeconds: 30,
 };
 
 // KV operations each op may use through the binding (an upper bound: a get of
-// a missing key uses one).
-const KV_OPS = { get: 2, put: 1, delete: 1, list: 1 };
+// a missing key uses one); xread and xcommit count per key they name.
+const KV_OPS = { get: 2, put: 1, delete: 1, list: 1, xread: 2, xcommit: 1, xstats: 0 };
+const COORDINATED = new Set(["xread", "xcommit", "xstats"]);
 
 // A whole-request failure: becomes {"error": message} with this status.
 class RequestError extends Error {
@@ -113,34 +131,99 @@ function hexToBytes(hex) {
   return bytes;
 }
 
-// Checks the headers that need no body (so a request without them is refused
-// before its body is read). Returns what verify() needs.
-function authHeaders(request) {
-  const timestamp = request.headers.get("x-brainbot-timestamp");
-  const signature = request.headers.get("x-brainbot-signature");
-  if (timestamp === null || signature === null) return null;
-  if (!/^[0-9]{1,15}$/.test(timestamp)) return null;
-  if (!/^[0-9a-fA-F]{64}$/.test(signature)) return null;
-  // Real time, also under --test-clock: clients sign with their real clock.
-  const skew = Math.abs(Date.now() / 1000 - Number(timestamp));
-  if (!(skew <= LIMITS.replayWindowSeconds)) return null;
-  return { timestamp, signature: hexToBytes(signature) };
+const HEADER = {
+  timestamp: "x-brainbot-timestamp",
+  nonce: "x-brainbot-nonce",
+  namespace: "x-brainbot-namespace",
+  bodyHash: "x-brainbot-content-sha256",
+  signature: "x-brainbot-signature",
+};
+
+function hex(buffer) {
+  return [...new Uint8Array(buffer)].map((b) => b.toString(16).padStart(2, "0")).join("");
 }
 
-// HMAC-SHA256(secret, timestamp + "\n" + body), compared in constant time by
-// crypto.subtle.verify; either configured secret is accepted.
-async function verify(env, auth, body) {
-  const prefix = encoder.encode(`${auth.timestamp}\n`);
-  const data = new Uint8Array(prefix.byteLength + body.byteLength);
-  data.set(prefix, 0);
-  data.set(body, prefix.byteLength);
+// Everything but the body: the headers, their signature, the declared size.
+// Throws RequestError (401 / 411 / 413) before a byte of the body is read.
+async function authenticate(request, env) {
+  const h = {};
+  for (const [name, header] of Object.entries(HEADER)) h[name] = request.headers.get(header);
+  if (
+    !/^[0-9]{1,15}$/.test(h.timestamp ?? "") ||
+    !/^[0-9a-f]{32}$/.test(h.nonce ?? "") ||
+    !/^[\x21-\x7e]{1,64}$/.test(h.namespace ?? "") ||
+    !/^[0-9a-f]{64}$/.test(h.bodyHash ?? "") ||
+    !/^[0-9a-fA-F]{64}$/.test(h.signature ?? "")
+  ) {
+    throw new RequestError(401, "unauthorized");
+  }
+  // Real time, also under --test-clock: clients sign with their real clock.
+  const skew = Date.now() / 1000 - Number(h.timestamp);
+  if (!(Math.abs(skew) <= LIMITS.replayWindowSeconds)) {
+    throw new RequestError(
+      401,
+      `clock skew: the request was signed ${Math.round(Math.abs(skew))} s ${skew > 0 ? "behind" : "ahead of"} the gateway's clock (allowed: ${LIMITS.replayWindowSeconds} s)`,
+    );
+  }
+  const declared = request.headers.get("content-length");
+  if (declared === null || !/^[0-9]{1,12}$/.test(declared)) {
+    throw new RequestError(411, "a Content-Length is required");
+  }
+  const url = new URL(request.url);
+  const text = [
+    "brainbot-v2",
+    request.method,
+    url.hostname.toLowerCase(),
+    url.pathname,
+    h.namespace,
+    h.timestamp,
+    h.nonce,
+    h.bodyHash,
+  ].join("\n");
+  const data = encoder.encode(text);
+  const signature = hexToBytes(h.signature);
   let ok = false;
   for (const secret of secretsOf(env)) {
     // Both are tried every time, so the time taken does not tell which matched.
-    const match = await crypto.subtle.verify("HMAC", await hmacKey(secret), auth.signature, data);
+    const match = await crypto.subtle.verify("HMAC", await hmacKey(secret), signature, data);
     ok = ok || match;
   }
-  return ok;
+  if (!ok) throw new RequestError(401, "unauthorized");
+  if (h.namespace !== (env.GATEWAY_NAMESPACE || "default")) {
+    throw new RequestError(401, "signed for another gateway namespace");
+  }
+  if (Number(declared) > LIMITS.bodyBytes) {
+    // refused unread; drained (not buffered) so a genuine client reads the answer
+    const error = new RequestError(
+      413,
+      `request body of ${declared} bytes exceeds the limit of ${LIMITS.bodyBytes}`,
+    );
+    error.drain = true;
+    throw error;
+  }
+  return { ...h, length: Number(declared) };
+}
+
+// The body, which must be as long as declared and hash to the signed value;
+// then the nonce, which must be new.
+async function signedBody(request, env, auth) {
+  const body = await readBody(request, auth.length);
+  if (body.tooLarge || body.length !== auth.length) {
+    throw new RequestError(400, "the body is not as long as its Content-Length");
+  }
+  if (hex(await crypto.subtle.digest("SHA-256", body.bytes)) !== auth.bodyHash) {
+    throw new RequestError(401, "the body does not match its signed hash");
+  }
+  const guard = env.REPLAY_GUARD.get(env.REPLAY_GUARD.idFromName(`nonces-${auth.nonce[0]}`));
+  const answer = await guard.fetch("https://replay-guard/check", {
+    method: "POST",
+    body: JSON.stringify({ nonce: auth.nonce }),
+  });
+  if (!answer.ok) throw new RequestError(503, "replay guard unavailable");
+  if (!(await answer.json()).fresh) {
+    throw new RequestError(401, "replayed request: this nonce was already used");
+  }
+  return body.bytes;
 }
 
 // --- request parsing ----------------------------------------------------------
@@ -165,7 +248,16 @@ function parseOps(body) {
     if (!isPlainObject(op)) throw new RequestError(400, `${where} must be an object`);
     const kind = op.op;
     if (!Object.hasOwn(KV_OPS, kind)) {
-      throw new RequestError(400, `${where}.op must be one of "get", "put", "delete", "list"`);
+      throw new RequestError(
+        400,
+        `${where}.op must be one of "get", "put", "delete", "list", "xread", "xcommit"`,
+      );
+    }
+    if (COORDINATED.has(kind)) {
+      const keys = coordinatedKeys(op, where);
+      kvOps += KV_OPS[kind] * keys.length + (kind === "xcommit" ? 2 * keys.length : 0);
+      op.keysForShard = keys;
+      return op;
     }
     kvOps += KV_OPS[kind];
     if (kind !== "list" && typeof op.key !== "string") {
@@ -200,6 +292,92 @@ function parseOps(body) {
     );
   }
   return ops;
+}
+
+// The keys an x-op names (its shape only; the Durable Object checks the rest).
+function coordinatedKeys(op, where) {
+  const pairs = (name) => {
+    const list = op[name] ?? [];
+    if (!Array.isArray(list) || list.some((p) => !Array.isArray(p) || typeof p[0] !== "string")) {
+      throw new RequestError(400, `${where}.${name} must be a list of [key, ...] pairs`);
+    }
+    return list.map((p) => p[0]);
+  };
+  let keys;
+  if (op.op === "xread") {
+    if (!Array.isArray(op.keys) || op.keys.some((k) => typeof k !== "string")) {
+      throw new RequestError(400, `${where}.keys must be a list of strings`);
+    }
+    keys = op.keys;
+  } else if (op.op === "xcommit") {
+    keys = [...pairs("read"), ...pairs("write")];
+  } else {
+    if (typeof op.key !== "string") throw new RequestError(400, `${where}.key must be a string`);
+    keys = [op.key];
+  }
+  if (keys.length === 0) throw new RequestError(400, `${where} names no key`);
+  return keys;
+}
+
+// --- coordinator shards --------------------------------------------------------
+//
+// A key belongs to shard fnv1a(tag) mod COORDINATOR_SHARDS, where the tag is
+// the part between the first "{" and the next "}" when that is not empty (as
+// Redis Cluster's hash tags), else the whole key. An op naming keys of two
+// shards is refused (400, as Redis Cluster's CROSSSLOT): with the default of
+// one shard every op may name any keys.
+
+function shardCount(env) {
+  const n = Number(env.COORDINATOR_SHARDS ?? 1);
+  return Number.isSafeInteger(n) && n >= 1 ? n : 1;
+}
+
+function shardOf(key, shards) {
+  if (shards === 1) return 0;
+  const open = key.indexOf("{");
+  const close = open >= 0 ? key.indexOf("}", open + 1) : -1;
+  const tag = close > open + 1 ? key.slice(open + 1, close) : key;
+  let hash = 0x811c9dc5;
+  for (const byte of encoder.encode(tag)) {
+    hash ^= byte;
+    hash = Math.imul(hash, 0x01000193) >>> 0;
+  }
+  return hash % shards;
+}
+
+async function runCoordinated(env, ops, results) {
+  const shards = shardCount(env);
+  const groups = new Map(); // shard -> [[index, op], ...]
+  for (const [i, op] of ops) {
+    const owners = new Set(op.keysForShard.map((k) => shardOf(k, shards)));
+    if (owners.size > 1) {
+      results[i] = {
+        ok: false,
+        status: 400,
+        code: CODE.generic,
+        message: "CROSSSLOT Keys in request don't hash to the same coordinator shard",
+      };
+      continue;
+    }
+    const [shard] = owners;
+    if (!groups.has(shard)) groups.set(shard, []);
+    const { keysForShard, ...clean } = op;
+    groups.get(shard).push([i, clean]);
+  }
+  await Promise.all(
+    [...groups].map(async ([shard, group]) => {
+      const stub = env.COORDINATOR.get(env.COORDINATOR.idFromName(`shard-${shard}`));
+      const answer = await stub.fetch("https://coordinator/ops", {
+        method: "POST",
+        body: JSON.stringify({ ops: group.map(([, op]) => op) }),
+      });
+      if (!answer.ok) throw new Error(`coordinator answered ${answer.status}`);
+      const { results: answered } = await answer.json();
+      group.forEach(([i], j) => {
+        results[i] = answered[j];
+      });
+    }),
+  );
 }
 
 function parseJson(bytes) {
@@ -282,16 +460,22 @@ const HANDLERS = { get: opGet, put: opPut, delete: opDelete, list: opList };
 
 async function runBatch(env, ops) {
   const clock = await syncClock(env);
-  const results = [];
+  const results = new Array(ops.length);
+  const coordinated = [];
   // In order, one at a time: a put then a get of the same key sees the put.
-  for (const op of ops) {
+  for (const [i, op] of ops.entries()) {
+    if (COORDINATED.has(op.op)) {
+      coordinated.push([i, op]);
+      continue;
+    }
     try {
-      results.push(await HANDLERS[op.op](env, op, clock));
+      results[i] = await HANDLERS[op.op](env, op, clock);
     } catch (e) {
       const err = fromBindingError(e);
-      results.push({ ok: false, status: err.status, code: err.code, message: err.message });
+      results[i] = { ok: false, status: err.status, code: err.code, message: err.message };
     }
   }
+  if (coordinated.length > 0) await runCoordinated(env, coordinated, results);
   return results;
 }
 
@@ -307,6 +491,8 @@ async function advanceClock(env, body) {
 }
 
 // --- routing --------------------------------------------------------------------
+
+const DRAIN_BYTES = 1024 * 1024;
 
 async function drain(request) {
   if (request.body !== null && !request.bodyUsed) {
@@ -324,17 +510,8 @@ async function route(request, env) {
   if (request.method !== "POST" || !(isBatch || isClock)) {
     throw new RequestError(404, "not found");
   }
-  const auth = authHeaders(request);
-  if (auth === null) throw new RequestError(401, "unauthorized");
-  const body = await readBody(request, LIMITS.bodyBytes);
-  if (body.tooLarge) {
-    throw new RequestError(
-      413,
-      `request body of ${body.length} bytes exceeds the limit of ${LIMITS.bodyBytes}`,
-    );
-  }
-  if (!(await verify(env, auth, body.bytes))) throw new RequestError(401, "unauthorized");
-  const parsed = parseJson(body.bytes);
+  const auth = await authenticate(request, env);
+  const parsed = parseJson(await signedBody(request, env, auth));
   if (isClock) return json(200, await advanceClock(env, parsed));
   const ops = parseOps(parsed);
   return json(200, { results: await runBatch(env, ops) });
@@ -345,7 +522,11 @@ export default {
     try {
       return await route(request, env);
     } catch (e) {
-      await drain(request);
+      // A small unread body, or an authenticated one, is drained (read and
+      // dropped) so the client reads the answer; a large unauthenticated one (a
+      // forged upload) is left unread.
+      const declared = Number(request.headers.get("content-length") ?? "0");
+      if (e?.drain || declared <= DRAIN_BYTES) await drain(request);
       if (e instanceof RequestError) return json(e.status, { error: e.message });
       console.error(`kv-gateway: ${e?.stack ?? e}`);
       return json(500, { error: "internal error" });
