@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from tests.support.processes import ROOT, start_kv_server, start_redis, start_service
 
-from benchmarks import conversations, gateway, kv_store_ops, migration, turns
+from benchmarks import atomic, conversations, gateway, kv_store_ops, migration, turns
 from brainbot.kv import CloudflareKV, EmbeddedKV, KVNamespace, PutItem, RequestBudget
 
 VALUE = b"x" * 100
@@ -156,6 +156,7 @@ async def run(quick: bool) -> tuple[list[Result], list[tuple[Table, str]]]:
                 await gateway.run(
                     Path(tmp), kv_service.url, token, gateway_service.url, token, quick
                 ),
+                await atomic.run(Path(tmp), port, gateway_service.url, token, quick),
                 await migration.run(Path(tmp), port, kv_service.url, token, quick),
             ]
         finally:
