@@ -1,5 +1,11 @@
 """Arguments as redis-py takes them and Redis checks them, shared by the command families:
-expiry times, integer and float amounts, index ranges, score texts, glob patterns."""
+integers, expiry times, integer and float amounts, index ranges, score texts, glob patterns.
+
+Two checks apply to every argument, in this order: what redis-py refuses on the client
+(``DataError``: a bool, a type its encoder does not know, an ``ex`` that is not an int),
+then what Redis refuses in its reply (``ResponseError``: text that is not a 64-bit integer,
+an expiry out of range). redis-py sends most numbers as they are given, so ``"10"`` works
+wherever Redis parses an integer."""
 
 from __future__ import annotations
 
@@ -7,14 +13,42 @@ import datetime as dt
 import math
 import re
 from decimal import Decimal
+from typing import NamedTuple
 
 from brainbot.errors import DataError, ResponseError
 
-ExpiryT = int | dt.timedelta
-AbsExpiryT = int | dt.datetime
+ExpiryT = int | str | dt.timedelta
+AbsExpiryT = int | str | dt.datetime
 
 INT64 = (-(2**63), 2**63 - 1)
 INTEGER = re.compile(rb"^(0|-?[1-9][0-9]*)$")
+NOT_AN_INTEGER = "value is not an integer or out of range"
+_ENCODABLE = int | float | str | bytes | bytearray | memoryview
+
+
+def encodable(value: object) -> None:
+    """Refuse what redis-py's encoder refuses (before anything is sent)."""
+    if isinstance(value, bool) or not isinstance(value, _ENCODABLE):
+        raise DataError(
+            f"Invalid input of type: '{type(value).__name__}'. "
+            "Convert to a bytes, string, int or float first."
+        )
+
+
+def redis_int(value: object) -> int:
+    """An integer argument as Redis reads what redis-py sends: an int, or the text of one
+    (no sign but "-", no leading zeros or spaces) within 64 bits. A float goes out as
+    "1.5" or "1.0", which Redis refuses too."""
+    encodable(value)
+    number: int | None = None
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str | bytes | bytearray | memoryview):
+        raw = value.encode("utf-8", "replace") if isinstance(value, str) else bytes(value)
+        number = int(raw) if INTEGER.match(raw) else None
+    if number is None or not INT64[0] <= number <= INT64[1]:
+        raise ResponseError(NOT_AN_INTEGER)
+    return number
 
 
 def redis_glob(pattern: str) -> re.Pattern[str]:
@@ -54,28 +88,93 @@ def literal_prefix(pattern: str) -> str:
     return match.group(0) if match else ""
 
 
-def seconds(value: ExpiryT, name: str) -> int:
+def seconds(value: ExpiryT, name: str = "time") -> int:
+    """A relative time in seconds as EXPIRE/SETEX take it (a timedelta, or an integer)."""
     if isinstance(value, dt.timedelta):
         return int(value.total_seconds())
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{name} must be an int or a timedelta, not {type(value).__name__}")
-    return value
+    return redis_int(value)
 
 
-def millis(value: ExpiryT, name: str) -> int:
+def millis(value: ExpiryT, name: str = "time") -> int:
+    """A relative time in milliseconds as PEXPIRE/PSETEX take it."""
     if isinstance(value, dt.timedelta):
         return int(value.total_seconds() * 1000)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"{name} must be an int or a timedelta, not {type(value).__name__}")
-    return value
+    return redis_int(value)
 
 
 def at_ms(value: AbsExpiryT, unit_ms: int) -> int:
+    """An absolute time (EXPIREAT: ``unit_ms`` 1000, PEXPIREAT: 1) in epoch ms; a datetime
+    is cut to whole units first, as redis-py does."""
     if isinstance(value, dt.datetime):
-        return int(value.timestamp() * 1000)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise DataError(f"expiry must be an int or a datetime, not {type(value).__name__}")
-    return value * unit_ms
+        stamp = value.timestamp()
+        return int(stamp) * 1000 if unit_ms == 1000 else int(stamp * 1000)
+    return redis_int(value) * unit_ms
+
+
+def expire_at(amount: int, unit_ms: int, base_ms: int, command: str) -> int:
+    """EXPIRE's arithmetic (``amount`` units after ``base_ms``; base 0 for EXPIREAT):
+    Redis refuses what would overflow 64 bits; a time in the past is allowed."""
+    if unit_ms == 1000:
+        if not -(2**63 // 1000) <= amount <= INT64[1] // 1000:
+            raise ResponseError(f"invalid expire time in '{command}' command")
+        amount *= 1000
+    if amount > INT64[1] - base_ms:
+        raise ResponseError(f"invalid expire time in '{command}' command")
+    return amount + base_ms
+
+
+class ExpiryOption(NamedTuple):
+    """One of SET/GETEX's EX/PX/EXAT/PXAT as redis-py sends it, before Redis checks it."""
+
+    value: object
+    unit_ms: int
+    relative: bool
+
+    def at(self, now_ms: int, command: str) -> int:
+        """The absolute expiry (epoch ms), or Redis's error for this value."""
+        amount = redis_int(self.value)
+        if amount <= 0 or (self.unit_ms == 1000 and amount > INT64[1] // 1000):
+            raise ResponseError(f"invalid expire time in '{command}' command")
+        at = amount * self.unit_ms + (now_ms if self.relative else 0)
+        if at > INT64[1]:
+            raise ResponseError(f"invalid expire time in '{command}' command")
+        return at
+
+
+def _relative_option(value: object, name: str, unit_ms: int) -> int:
+    """redis-py's own check of ``ex``/``px``: a timedelta or an int (and, for ``ex``
+    only, a str of digits)."""
+    if isinstance(value, dt.timedelta):
+        return int(value.total_seconds() * (1000 // unit_ms))
+    if isinstance(value, int):
+        encodable(value)  # a bool goes on to the encoder, which refuses it
+        return value
+    if name == "ex" and isinstance(value, str) and value.isdigit():
+        try:
+            return int(value)
+        except ValueError:  # digits int() does not read ("²"): redis-py fails as well
+            pass
+    raise DataError(f"{name} must be datetime.timedelta or int")
+
+
+def expiry_option(
+    ex: ExpiryT | None, px: ExpiryT | None, exat: AbsExpiryT | None, pxat: AbsExpiryT | None
+) -> ExpiryOption | None:
+    """The EX/PX/EXAT/PXAT option given (the first, as redis-py picks it), checked as
+    redis-py checks it; Redis's own checks are :meth:`ExpiryOption.at`'s."""
+    if ex is not None:
+        return ExpiryOption(_relative_option(ex, "ex", 1000), 1000, True)
+    if px is not None:
+        return ExpiryOption(_relative_option(px, "px", 1), 1, True)
+    for when, unit_ms in ((exat, 1000), (pxat, 1)):
+        if when is None:
+            continue
+        if isinstance(when, dt.datetime):
+            stamp = when.timestamp()
+            when = int(stamp) if unit_ms == 1000 else int(stamp * 1000)
+        encodable(when)
+        return ExpiryOption(when, unit_ms, False)
+    return None
 
 
 def expiry_from(
@@ -87,22 +186,8 @@ def expiry_from(
     now: int,
 ) -> int | None:
     """The absolute expiry (epoch ms) that EX/PX/EXAT/PXAT ask for, or None."""
-    if ex is not None:
-        secs = seconds(ex, "ex")
-        if secs <= 0:
-            raise ResponseError(f"invalid expire time in '{command}' command")
-        return now + secs * 1000
-    if px is not None:
-        ms = millis(px, "px")
-        if ms <= 0:
-            raise ResponseError(f"invalid expire time in '{command}' command")
-        return now + ms
-    if exat is not None or pxat is not None:
-        at = at_ms(exat, 1000) if exat is not None else at_ms(pxat, 1)  # type: ignore[arg-type]
-        if at <= 0:
-            raise ResponseError(f"invalid expire time in '{command}' command")
-        return at
-    return None
+    option = expiry_option(ex, px, exat, pxat)
+    return None if option is None else option.at(now, command)
 
 
 def index_range(n: int, start: int, end: int) -> range:
@@ -118,14 +203,7 @@ def index_range(n: int, start: int, end: int) -> range:
 def int_amount(amount: object) -> int:
     """An INCRBY/HINCRBY amount as Redis takes it: a whole number within 64 bits (redis-py
     sends a float as "1.5" or "1.0", which Redis refuses as not an integer)."""
-    if isinstance(amount, bool):
-        raise DataError("Invalid input of type: 'bool'.")
-    if isinstance(amount, str | bytes):
-        raw = amount.encode() if isinstance(amount, str) else amount
-        amount = int(raw) if INTEGER.match(raw) else None
-    if not isinstance(amount, int) or not INT64[0] <= amount <= INT64[1]:
-        raise ResponseError("value is not an integer or out of range")
-    return amount
+    return redis_int(amount)
 
 
 def score_text(score: float) -> bytes:
