@@ -133,7 +133,13 @@ def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamesp
     )
 
 
-def open_kv_store(settings: Settings, *, decode_responses: bool = False) -> KVStore:
+def open_kv_store(
+    settings: Settings,
+    *,
+    decode_responses: bool = False,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+) -> KVStore:
     """``KVStore`` on the live namespace; its KV rules follow that namespace's consistency
     unless ``BRAINBOT_KV_KEY_WRITE_INTERVAL`` / ``BRAINBOT_KV_READ_OWN_WRITES_WINDOW`` say.
 
@@ -152,6 +158,8 @@ def open_kv_store(settings: Settings, *, decode_responses: bool = False) -> KVSt
         namespace,
         prefix=settings.kv_prefix,
         decode_responses=decode_responses,
+        encoding=encoding,
+        encoding_errors=encoding_errors,
         short_ttl=settings.kv_short_ttl,
         write_rate=settings.kv_write_rate,
         write_interval=settings.kv_key_write_interval,
@@ -159,7 +167,13 @@ def open_kv_store(settings: Settings, *, decode_responses: bool = False) -> KVSt
     )
 
 
-def open_redis(settings: Settings, *, decode_responses: bool = False) -> RedisBackend:
+def open_redis(
+    settings: Settings,
+    *,
+    decode_responses: bool = False,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+) -> RedisBackend:
     """redis-py's client for ``BRAINBOT_REDIS_URL``, its connection errors translated."""
     if settings.redis_url is None:
         raise ConfigError(
@@ -172,21 +186,35 @@ def open_redis(settings: Settings, *, decode_responses: bool = False) -> RedisBa
             "The Redis backend needs the optional extra: pip install 'brainbot[redis]'."
         ) from None
     client: Store = aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(), decode_responses=decode_responses
+        settings.redis_url.get_secret_value(),
+        decode_responses=decode_responses,
+        encoding=encoding,
+        encoding_errors=encoding_errors,
     )  # redis-py's own client satisfies Store; the wrapper only translates its errors
     return RedisBackend(client)
 
 
-def open_store(settings: Settings | None = None, *, decode_responses: bool = False) -> Store:
+def open_store(
+    settings: Settings | None = None,
+    *,
+    decode_responses: bool = False,
+    encoding: str = "utf-8",
+    encoding_errors: str = "strict",
+) -> Store:
     """The store every caller uses, chosen by ``BRAINBOT_STORAGE_BACKEND`` (``settings``
     defaults to the environment: the composition root is the one place that reads it)."""
     settings = settings if settings is not None else load_settings()
     backend = settings.storage_backend
+    text: dict[str, Any] = {
+        "decode_responses": decode_responses,
+        "encoding": encoding,
+        "encoding_errors": encoding_errors,
+    }  # redis-py's names and meaning
     if backend == "redis":
-        return open_redis(settings, decode_responses=decode_responses)
-    kv = open_kv_store(settings, decode_responses=decode_responses)
+        return open_redis(settings, **text)
+    kv = open_kv_store(settings, **text)
     if backend == "dual":
-        return DualStore(kv, open_redis(settings, decode_responses=decode_responses))
+        return DualStore(kv, open_redis(settings, **text))
     return kv
 
 

@@ -62,8 +62,8 @@ from brainbot.kv.overlay import ReadYourWrites
 from brainbot.storage import codec
 from brainbot.storage.codec import Item, RedisType
 
-KeyT = str | bytes | memoryview
-ValueT = bytes | memoryview | str | int | float
+KeyT = str | bytes | bytearray | memoryview
+ValueT = bytes | bytearray | memoryview | str | int | float
 Out = Any  # bytes, or str with decode_responses=True (as redis-py)
 KV_MIN_TTL_MS = codec.KV_MIN_TTL_MS
 
@@ -101,6 +101,9 @@ class CommandSpec:
     """Its answer is a list Redis leaves unordered (compare as sorted)."""
     tolerance: int = 0
     """Its integer answer may differ by this much between two backends (TTLs)."""
+    own: bool = False
+    """Its answer is this store's own choice (random members, or a cursor of KV's): it is
+    not compared with another backend, and what it writes is mirrored by value."""
 
     def keys_of(self, arguments: Mapping[str, Any]) -> builtins.list[Any]:
         found: builtins.list[Any] = []
@@ -108,7 +111,9 @@ class CommandSpec:
             value = arguments.get(name)
             if value is None:
                 continue
-            if isinstance(value, str | bytes | memoryview) or not isinstance(value, Iterable):
+            if isinstance(value, str | bytes | bytearray | memoryview) or not isinstance(
+                value, Iterable
+            ):
                 found.append(value)  # one key (a bad one is the command's to refuse)
             else:
                 found.extend(value)  # several keys, or a mapping keyed by them
@@ -123,14 +128,17 @@ def _declare(spec: CommandSpec) -> Callable[[F], F]:
     return mark
 
 
-def reads(*keys: str, unordered: bool = False, tolerance: int = 0) -> Callable[[F], F]:
+def reads(
+    *keys: str, unordered: bool = False, tolerance: int = 0, own: bool = False
+) -> Callable[[F], F]:
     """Declare a command that only reads the keys in parameters ``keys``."""
-    return _declare(CommandSpec("read", keys, unordered, tolerance))
+    return _declare(CommandSpec("read", keys, unordered, tolerance, own))
 
 
-def writes(*keys: str) -> Callable[[F], F]:
-    """Declare a command that may write the keys in parameters ``keys``."""
-    return _declare(CommandSpec("write", keys))
+def writes(*keys: str, own: bool = False) -> Callable[[F], F]:
+    """Declare a command that may write the keys in parameters ``keys`` (``own``: what it
+    writes is its own random choice, e.g. SPOP)."""
+    return _declare(CommandSpec("write", keys, own=own))
 
 
 def commands(cls: type) -> dict[str, CommandSpec]:
@@ -167,6 +175,8 @@ class Engine:
         *,
         prefix: str = "",
         decode_responses: bool = False,
+        encoding: str = "utf-8",
+        encoding_errors: str = "strict",
         short_ttl: Literal["clamp", "reject"] = "clamp",
         write_interval: float = 0.0,
         write_rate: Literal["wait", "error"] = "wait",
@@ -182,6 +192,11 @@ class Engine:
         """The namespace as coordinated (atomic across processes), or None."""
         self.prefix = prefix
         self.decode_responses = decode_responses
+        "".encode(encoding, encoding_errors)  # an unknown codec is refused here (LookupError)
+        self.encoding = encoding
+        """How str values are encoded and, with ``decode_responses``, answers decoded (as
+        redis-py's ``encoding``/``encoding_errors``). Key names are always UTF-8: KV's rule."""
+        self.encoding_errors = encoding_errors
         self.short_ttl = short_ttl
         self.write_interval = write_interval
         self.write_rate = write_rate
@@ -194,7 +209,7 @@ class Engine:
 
     def key(self, name: KeyT) -> str:
         """The KV name of Redis key ``name``: UTF-8 text under the prefix, within KV's limits."""
-        if isinstance(name, bytes | memoryview):
+        if isinstance(name, bytes | bytearray | memoryview):
             try:
                 name = bytes(name).decode("utf-8")
             except UnicodeDecodeError:
@@ -211,8 +226,8 @@ class Engine:
         """Encode a value as redis-py does (its Encoder refuses the same inputs)."""
         if isinstance(value, bytes):
             return value
-        if isinstance(value, memoryview):
-            return value.tobytes()
+        if isinstance(value, bytearray | memoryview):
+            return bytes(value)
         if isinstance(value, bool):
             raise DataError(
                 "Invalid input of type: 'bool'. Convert to a bytes, string, int or float first."
@@ -222,7 +237,7 @@ class Engine:
         if isinstance(value, float):
             return repr(value).encode()
         if isinstance(value, str):
-            return value.encode("utf-8")
+            return value.encode(self.encoding, self.encoding_errors)
         raise DataError(
             f"Invalid input of type: '{type(value).__name__}'. "
             "Convert to a bytes, string, int or float first."
@@ -230,7 +245,9 @@ class Engine:
 
     def out(self, data: bytes) -> Out:
         """An answer as redis-py gives it: bytes, or text with ``decode_responses``."""
-        return data.decode("utf-8") if self.decode_responses else data  # strict, as redis-py
+        if not self.decode_responses:
+            return data
+        return data.decode(self.encoding, self.encoding_errors)  # as redis-py's Encoder
 
     def name_out(self, kvkey: str) -> Out:
         name = kvkey[len(self.prefix) :]

@@ -70,6 +70,8 @@ class KVStore(
         *,
         prefix: str = "",
         decode_responses: bool = False,
+        encoding: str = "utf-8",
+        encoding_errors: str = "strict",
         short_ttl: Literal["clamp", "reject"] = "clamp",
         write_interval: float | None = None,
         write_rate: Literal["wait", "error"] = "wait",
@@ -99,6 +101,8 @@ class KVStore(
             namespace,
             prefix=prefix,
             decode_responses=decode_responses,
+            encoding=encoding,
+            encoding_errors=encoding_errors,
             short_ttl=short_ttl,
             write_interval=(
                 (0.0 if coordinator_of(namespace) else consistency.key_write_interval)
