@@ -124,3 +124,20 @@ async def test_the_service_answers_by_branch(tmp_path: Path) -> None:
         assert "KVStorageError" in answer.json()["error"]
         assert (await http.post("/chat", json=turn, headers=auth)).status_code == 200
     await namespace.aclose()
+
+
+def test_every_error_has_a_repr_even_those_that_are_also_redis_pys() -> None:
+    """redis-py's RedisError.__repr__ reads an attribute its __init__ sets, which ours never
+    run: repr(DataError(...)) raised AttributeError (and broke pytest's error reports)."""
+    import brainbot.errors as errors
+
+    for cls in vars(errors).values():
+        if isinstance(cls, type) and issubclass(cls, errors.BrainbotError):
+            try:
+                error = cls("some message")
+            except TypeError:
+                try:
+                    error = cls("some message", retry_after=1.0)  # Throttled, BudgetExhausted
+                except TypeError:
+                    error = cls()  # WrongTypeError takes no message
+            assert repr(error).startswith(cls.__name__ + "(")

@@ -92,6 +92,11 @@ except ImportError:  # pragma: no cover - exercised only without the extra
 class BrainbotError(Exception):
     """Root of every error brainbot raises."""
 
+    # redis-py's RedisError.__repr__ reads an attribute its __init__ sets, which our classes
+    # (subclassing it for ``except redis.DataError`` in ported code) never run
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
 
 # -- the branches callers act on ---------------------------------------------------
 

@@ -151,3 +151,30 @@ async def test_dual_keeps_both_sides_in_the_same_order_under_concurrency(
     assert await dual.redis.exists("counter", "log", "last") == 0
     await dual.redis.flushdb()
     await dual.aclose()
+
+
+async def test_dual_mirrors_what_kv_chose_and_does_not_compare_random_answers(
+    tmp_path: Path, redis_url: str
+) -> None:
+    """SPOP pops members KV chose: Redis gets the same set, by value; random reads and KV's
+    own cursors are not counted as mismatches."""
+    dual = DualStore(
+        KVStore(EmbeddedKV(tmp_path / "kv.sqlite3"), write_interval=0),
+        aioredis.Redis.from_url(redis_url),
+    )
+    await dual.redis.flushdb()
+    await dual.sadd("pool", *range(50))
+    await dual.expire("pool", 600)
+    popped = await dual.spop("pool", 10)
+    assert len(popped) == 10
+    assert await dual.kv.smembers("pool") == await dual.redis.smembers("pool")
+    assert 590 <= await dual.redis.ttl("pool") <= 600
+    await dual.srandmember("pool", 3)
+    await dual.scan(0, count=10)
+    await dual.randomkey()
+    await dual.hset(bytearray(b"h"), "f", "v")  # a bytearray key: one key, as bytes
+    await dual.drain()
+    assert sum(dual.mismatches.values()) == 0
+    assert await dual.redis.hget("h", "f") == b"v"
+    await dual.redis.flushdb()
+    await dual.aclose()

@@ -16,6 +16,10 @@ While it runs, Redis keeps receiving every write, so switching back
 * A read is compared with Redis in the background only if no write to that key happened in
   between (otherwise the two answers are of different moments, not a mismatch).
 * ``flushdb`` deletes on Redis exactly the keys it deletes on KV, never the whole database.
+* A command whose answer is KV's own choice (``own``: SPOP, SRANDMEMBER, HRANDFIELD,
+  ZRANDMEMBER, RANDOMKEY, SCAN/SSCAN/HSCAN/ZSCAN cursors) is not compared; a write of that
+  kind (SPOP) is mirrored to Redis by value: the keys it touched are copied from KV, so
+  both sides pop the same members.
 * It assumes the Redis database holds brainbot's keys only (``keys`` compares all of it).
 
 Logs name the command and key, never values.
@@ -49,7 +53,7 @@ def same(spec: CommandSpec, kv: Any, redis: Any) -> bool:
 
 
 def _norm(key: Any) -> bytes:
-    return bytes(key) if isinstance(key, bytes | memoryview) else str(key).encode()
+    return bytes(key) if isinstance(key, bytes | bytearray | memoryview) else str(key).encode()
 
 
 if TYPE_CHECKING:
@@ -101,7 +105,31 @@ class DualStore(_Commands):
             await self.redis.delete(*keys[start : start + 1000])
         return True
 
+    async def _mirror(self, keys: builtins.list[bytes]) -> None:
+        """Copy ``keys`` from KV to Redis by value (type, data, expiry)."""
+        pipe = self.redis.pipeline(transaction=True)
+        for key in keys:
+            kind = await self.kv.type(key)
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            pipe.delete(key)
+            if kind == "string":
+                pipe.set(key, await self.kv.get(key))
+            elif kind == "list":
+                pipe.rpush(key, *await self.kv.lrange(key, 0, -1))
+            elif kind == "hash":
+                pipe.hset(key, mapping=await self.kv.hgetall(key))
+            elif kind == "set":
+                pipe.sadd(key, *await self.kv.smembers(key))
+            elif kind == "zset":
+                pipe.zadd(key, dict(await self.kv.zrange(key, 0, -1, withscores=True)))
+            left = await self.kv.pttl(key) if kind != "none" else -1
+            if left > 0:
+                pipe.pexpire(key, left)
+        await pipe.execute()
+
     async def _read(self, command: str, spec: CommandSpec, args: Any, kwargs: Any) -> Any:
+        if spec.own:  # KV's own choice: nothing to compare it with
+            return await getattr(self.kv, command)(*args, **kwargs)
         keys = self._keys(command, spec, args, kwargs)
         seen = [self._generation[k] for k in keys]
         result = await getattr(self.kv, command)(*args, **kwargs)
@@ -118,6 +146,9 @@ class DualStore(_Commands):
                 self._generation[k] += 1
             result = await getattr(self.kv, command)(*args, **kwargs)
             try:  # must land: it is the way back
+                if spec.own:  # KV chose (SPOP): Redis gets what KV now holds
+                    await self._mirror(keys)
+                    return result
                 shadow = await getattr(self.redis, command)(*args, **kwargs)
             except Exception:
                 self.shadow_failures += 1
@@ -170,7 +201,7 @@ class DualStore(_Commands):
 def _route(command: str, spec: CommandSpec) -> Callable[..., Any]:
     """The DualStore method for one KVStore command, from its declaration."""
     original = getattr(KVStore, command)
-    if command == "flushdb":
+    if command in ("flushdb", "flushall"):  # on Redis only the keys deleted on KV
         return DualStore._flushdb
     if inspect.isasyncgenfunction(original):  # scan_iter: KV only, nothing to compare
 
