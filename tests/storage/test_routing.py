@@ -73,3 +73,11 @@ async def test_dual_mode_refuses_a_bad_key_as_kvstore_does(tmp_path: Path, redis
         with pytest.raises(DataError):
             await store.get(5)  # type: ignore[arg-type]
     await dual.aclose()
+
+
+def test_the_command_table_in_the_docs_is_generated_from_the_code() -> None:
+    from brainbot.storage.command_table import BEGIN, END, render
+
+    docs = (Path(__file__).parents[2] / "docs" / "storage.md").read_text()
+    start, end = docs.index(BEGIN), docs.index(END) + len(END)
+    assert docs[start:end] == render(), "run: python -m brainbot.storage.command_table"
