@@ -41,6 +41,25 @@ OPS: dict[str, tuple[Op, Op | None]] = {
     "ttl": (lambda s, i: s.ttl(f"s:setex:{i}"), None),
     "exists": (lambda s, i: s.exists(f"s:set:{i}"), None),
     "delete": (lambda s, i: s.delete(f"s:set:{i}"), None),
+    # commands added with redis-py's whole data API (issue 15)
+    "getset": (lambda s, i: s.getset(f"s:gs:{i % 20}", i), None),
+    "getex ex=600": (lambda s, i: s.getex("s:get", ex=600), None),
+    "setrange": (lambda s, i: s.setrange(f"s:sr:{i % 20}", 5, "xyz"), None),
+    "getrange": (lambda s, i: s.getrange("s:get", 10, 20), None),
+    "scan count=100": (lambda s, i: s.scan(0, match="s:set:*", count=100), None),
+    "copy": (lambda s, i: s.copy("s:get", f"s:copy:{i}"), None),
+    "linsert": (lambda s, i: s.linsert("s:list50", "BEFORE", "m25", i), None),
+    "lpos": (lambda s, i: s.lpos("s:list50", "m40"), None),
+    "lmove": (lambda s, i: s.lmove("s:list50", "s:list50", "LEFT", "RIGHT"), None),
+    "hincrbyfloat": (lambda s, i: s.hincrbyfloat(f"s:hash:{i % 20}", "f", 0.5), None),
+    "sinter 2": (lambda s, i: s.sinter("s:set:0x", "s:set:1x"), None),
+    "sunionstore 2": (lambda s, i: s.sunionstore("s:su", "s:set:0x", "s:set:1x"), None),
+    "smove": (lambda s, i: s.smove("s:set:2x", "s:set:3x", i), None),
+    "zincrby": (lambda s, i: s.zincrby(f"s:z:{i % 20}", 1, "m"), None),
+    "zrangebyscore": (lambda s, i: s.zrangebyscore("s:z:0", "-inf", "+inf"), None),
+    "zrank": (lambda s, i: s.zrank("s:z:0", "m"), None),
+    "zunionstore 2": (lambda s, i: s.zunionstore("s:zu", ["s:z:0", "s:z:1"]), None),
+    "zpopmin": (lambda s, i: s.zpopmin(f"s:z:{i % 20}"), None),
 }
 
 
