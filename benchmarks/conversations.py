@@ -54,7 +54,7 @@ async def run(
     redis = aioredis.Redis(host="127.0.0.1", port=redis_port)
     await redis.flushdb()
     client = CloudflareKV(
-        account_id="bench",
+        account_id="test-account",
         namespace_id="conversations",
         api_token=token,
         base_url=server_url,

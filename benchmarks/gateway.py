@@ -51,7 +51,7 @@ async def run(
         for name in ("REST API → kv serve", "gateway Worker (Miniflare)"):
             if name.startswith("REST"):
                 client: Any = CloudflareKV(
-                    account_id="bench",
+                    account_id="test-account",
                     namespace_id=f"turns{users}",
                     api_token=token,
                     base_url=server_url,

@@ -80,7 +80,7 @@ async def run(
     await redis.flushdb()
     embedded = KVStore(EmbeddedKV(tmp / "ops.sqlite3"), write_interval=0, recent_window=0)
     client = CloudflareKV(
-        account_id="bench",
+        account_id="test-account",
         namespace_id="ops",
         api_token=token,
         base_url=server_url,

@@ -154,7 +154,7 @@ async def run(
                     env = {**base_env, "BRAINBOT_DATA_DIR": str(tmp / f"mig-{len(runs)}")}
                     if base_url is not None:
                         env |= {
-                            "CLOUDFLARE_ACCOUNT_ID": "bench",
+                            "CLOUDFLARE_ACCOUNT_ID": "test-account",
                             "CLOUDFLARE_KV_NAMESPACE_ID": f"mig-{n}-{len(runs)}",
                             "CLOUDFLARE_KV_API_TOKEN": token,
                             "CLOUDFLARE_API_BASE_URL": base_url,

@@ -129,7 +129,7 @@ async def run(quick: bool) -> tuple[list[Result], list[tuple[Table, str]]]:
                 (
                     "REST client → kv serve",
                     CloudflareKV(
-                        account_id="bench",
+                        account_id="test-account",
                         namespace_id="bench",
                         api_token=token,
                         base_url=kv_service.url,

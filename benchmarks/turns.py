@@ -90,7 +90,7 @@ async def _measure(
 async def run(tmp: Path, server_url: str, token: str, quick: bool) -> tuple[Table, str]:
     n = 50 if quick else 200
     client = CloudflareKV(
-        account_id="bench",
+        account_id="test-account",
         namespace_id="turns",
         api_token=token,
         base_url=server_url,

@@ -78,7 +78,7 @@ async def test_the_embedded_kv_gets_its_own_rules_and_settings_still_win(
 def cloudflare(tmp_path: Path, url: str, token: str, **env: object) -> Settings:
     return settings(
         tmp_path,
-        CLOUDFLARE_ACCOUNT_ID="acc",
+        CLOUDFLARE_ACCOUNT_ID="test-account",
         CLOUDFLARE_KV_NAMESPACE_ID="ns",
         CLOUDFLARE_KV_API_TOKEN=token,
         CLOUDFLARE_API_BASE_URL=url,
@@ -126,7 +126,7 @@ def test_migrate_and_its_verify_stay_within_one_budget(
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "BRAINBOT_"))},
         "BRAINBOT_DATA_DIR": str(tmp_path / "data"),
-        "CLOUDFLARE_ACCOUNT_ID": "acc",
+        "CLOUDFLARE_ACCOUNT_ID": "test-account",
         "CLOUDFLARE_KV_NAMESPACE_ID": "budgeted",
         "CLOUDFLARE_KV_API_TOKEN": api_token,
         "CLOUDFLARE_API_BASE_URL": budgeted_server.url,

@@ -211,7 +211,7 @@ def test_anonymous_floods_cost_no_api_requests_and_live_traffic_fails_fast(
     server = start_kv_server(tmp_path / "kv-serve", api_token)
     env = bot_env(
         tmp_path / "data",
-        CLOUDFLARE_ACCOUNT_ID="acc",
+        CLOUDFLARE_ACCOUNT_ID="test-account",
         CLOUDFLARE_KV_NAMESPACE_ID="live",
         CLOUDFLARE_KV_API_TOKEN=api_token,
         CLOUDFLARE_API_BASE_URL=server.url,

@@ -37,7 +37,7 @@ def store_env(
     server = start_kv_server(tmp_path / "kv-serve", api_token)
     yield {
         **env,
-        "CLOUDFLARE_ACCOUNT_ID": "acc",
+        "CLOUDFLARE_ACCOUNT_ID": "test-account",
         "CLOUDFLARE_KV_NAMESPACE_ID": "brainbot",
         "CLOUDFLARE_KV_API_TOKEN": api_token,
         "CLOUDFLARE_API_BASE_URL": server.url,

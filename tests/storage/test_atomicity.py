@@ -272,3 +272,31 @@ def test_rest_alone_is_refused_for_live_traffic_unless_single_writer(tmp_path: P
     store = open_store(load_settings(**cloudflare, BRAINBOT_KV_SINGLE_WRITER=True))
     assert isinstance(store, KVStore)
     asyncio.run(store.aclose())
+
+
+def test_many_processes_may_open_one_new_data_file_at_once(tmp_path: Path) -> None:
+    """Found by the test above: switching a new SQLite file to WAL takes a lock SQLite does
+    not wait for, so one of several workers starting together failed with "database is
+    locked". Eight processes open one new file at the same instant: all succeed."""
+    start = time.time() + 1.0
+    script = (
+        "import sys, time, asyncio\n"
+        "from brainbot.kv import EmbeddedKV\n"
+        f"time.sleep(max(0, {start} - time.time()))\n"
+        "kv = EmbeddedKV(sys.argv[1])\n"
+        "asyncio.run(kv.put(sys.argv[2], b'v'))\n"
+        "asyncio.run(kv.aclose())\n"
+    )
+    path = tmp_path / "new.sqlite3"
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script, str(path), f"k{i}"], stderr=subprocess.PIPE)
+        for i in range(8)
+    ]
+    errors = [p.communicate(timeout=60)[1].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0] * 8, errors
+
+    async def count() -> int:
+        async with EmbeddedKV(path) as kv:
+            return len((await kv.list()).keys)
+
+    assert asyncio.run(count()) == 8

@@ -13,8 +13,8 @@ UNLIMITED = 10**9
 
 def rest_client(url: str, token: str, namespace_id: str, **kwargs: object) -> CloudflareKV:
     kwargs.setdefault("budget", RequestBudget(UNLIMITED, 1.0))
+    kwargs.setdefault("account_id", "test-account")  # the account of start_kv_server
     return CloudflareKV(
-        account_id="test-account",
         namespace_id=namespace_id,
         api_token=token,
         base_url=url,

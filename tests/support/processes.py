@@ -129,7 +129,15 @@ def start_redis(workdir: Path) -> tuple[Service, int]:
     return service, port
 
 
-def start_kv_server(data_dir: Path, token: str, *args: str) -> Service:
+TEST_ACCOUNT = "test-account"
+
+
+def start_kv_server(
+    data_dir: Path, token: str, *args: str, auto_create: bool = True, account: str = TEST_ACCOUNT
+) -> Service:
+    """``brainbot kv serve`` for tests: by default it creates a namespace on first use, so
+    each test may take a fresh id (tests of Cloudflare's 10013 pass ``auto_create=False``)."""
+    extra = ["--account", account, *(["--auto-create-namespaces"] if auto_create else [])]
     return start_service(
         [
             sys.executable,
@@ -141,8 +149,9 @@ def start_kv_server(data_dir: Path, token: str, *args: str) -> Service:
             "0",
             "--data",
             str(data_dir),
+            *extra,
             *args,
         ],
-        r"^READY (\S+)$",
+        r"^READY (\S+) account=",
         env={"BRAINBOT_KV_SERVE_TOKEN": token},
     )

@@ -11,6 +11,7 @@ import base64
 import json
 import os
 import secrets
+import stat
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -134,6 +135,50 @@ def list_keys(
     err.print(f"{count} key(s)")
 
 
+SERVE_TOKEN_ENV = "BRAINBOT_KV_SERVE_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+
+def _serve_token(data_dir: Path, given: str | None, token_file: Path | None) -> str:
+    """The token: from --token (with a warning), the environment, --token-file, or
+    DATA/serve-token (read if it is ours and private; else created exclusively, 0600,
+    never through a symlink)."""
+    sources = [s for s in (given, os.environ.get(SERVE_TOKEN_ENV), token_file) if s]
+    if len(sources) > 1:
+        fail(f"give the token one way: --token, {SERVE_TOKEN_ENV} or --token-file", 2)
+    if given:
+        err.print(f"warning: --token is visible to every local user in `ps`; use {SERVE_TOKEN_ENV}")
+        return given
+    if os.environ.get(SERVE_TOKEN_ENV):
+        return os.environ[SERVE_TOKEN_ENV]
+    path = token_file if token_file is not None else data_dir / "serve-token"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        if token_file is not None:
+            fail(f"no token file at {path}", 2)
+        token = secrets.token_urlsafe(32)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            fail(f"cannot create {path}: {exc.strerror}", 2)
+        with os.fdopen(fd, "w") as out:
+            out.write(token + "\n")
+        err.print(f"no token given: generated one in {path} (mode 0600)")
+        return token
+    except OSError as exc:  # ELOOP: a symlink where the token file should be
+        fail(f"refusing {path}: {exc.strerror} (a symlink is never followed)", 2)
+    with os.fdopen(fd) as file:
+        status = os.fstat(file.fileno())
+        if not stat.S_ISREG(status.st_mode) or status.st_mode & 0o077:
+            fail(f"refusing {path}: readable by group or others, or not a file (chmod 600)", 2)
+        if status.st_uid != os.getuid():
+            fail(f"refusing {path}: owned by another user", 2)
+        token = file.read().strip()
+    if not token:
+        fail(f"{path} is empty", 2)
+    return token
+
+
 @kv_app.command("serve")
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
@@ -144,12 +189,35 @@ def serve_command(
     token: Annotated[
         str | None,
         typer.Option(
-            envvar="BRAINBOT_KV_SERVE_TOKEN",
             show_default=False,
-            help="Bearer token clients must send (prefer the environment variable; "
-            "without either, a random one is written to DATA/serve-token).",
+            help="Bearer token clients must send. Visible to every local user in `ps`: "
+            "prefer BRAINBOT_KV_SERVE_TOKEN or --token-file (without any, a random one is "
+            "written to DATA/serve-token, mode 0600).",
         ),
     ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(help="A file (not readable by group or others) holding the token."),
+    ] = None,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            help="The account id this server answers for (others: 403); printed with READY. "
+            "Default: 0123456789abcdef0123456789abcdef.",
+            show_default=False,
+        ),
+    ] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option(help="A namespace id to have from the start (repeatable)."),
+    ] = None,
+    auto_create_namespaces: Annotated[
+        bool,
+        typer.Option(help="Create a namespace on its first use (tests); else unknown: 10013."),
+    ] = False,
+    max_open: Annotated[
+        int, typer.Option(help="Namespaces open at once (least recently used closed).", min=1)
+    ] = 64,
     error_rate: Annotated[float, typer.Option(help="Share of requests answered 429/5xx.")] = 0.0,
     error_429_share: Annotated[
         float, typer.Option(help="Of those errors, the share that are 429 (rest: 5xx).")
@@ -179,13 +247,7 @@ def serve_command(
     """Serve Cloudflare's KV REST API on the embedded KV; prints 'READY <base-url>'."""
     data_dir = data if data is not None else kv_serve_dir(settings())
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if not token:
-        token = secrets.token_urlsafe(32)
-        token_file = data_dir / "serve-token"
-        fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:  # created 0600: never readable by others
-            out.write(token + "\n")
-        err.print(f"no token given: generated one in {token_file} (mode 0600)")
+    token = _serve_token(data_dir, token, token_file)
     try:
         faults = Faults(
             error_rate=error_rate,
@@ -203,9 +265,25 @@ def serve_command(
         )
     except ValueError as exc:
         fail(str(exc), 2)
-    from brainbot.kv.local_server import LocalKVServer, serve  # only this command needs it
+    from brainbot.kv.local_server import (  # only this command needs it
+        LOCAL_ACCOUNT,
+        LocalKVServer,
+        serve,
+    )
 
-    server = LocalKVServer(data_dir=data_dir, token=token, faults=faults, test_clock=test_clock)
+    try:
+        server = LocalKVServer(
+            data_dir=data_dir,
+            token=token,
+            faults=faults,
+            test_clock=test_clock,
+            account_id=account or LOCAL_ACCOUNT,
+            namespaces=tuple(namespace or ()),
+            auto_create=auto_create_namespaces,
+            max_open=max_open,
+        )
+    except ValueError as exc:
+        fail(str(exc), 2)
     try:
         with handled():
             asyncio.run(serve(server, host=host, port=port))

@@ -126,10 +126,8 @@ class EmbeddedKV:
             self._conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
             self._conn.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            self._conn.executescript(_SCHEMA)
+            _setup(self._conn, durable, time.monotonic() + busy_timeout)
         except (sqlite3.Error, OSError) as exc:
             raise _storage_error(exc) from None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainbot-kv")
@@ -347,6 +345,23 @@ class _Transaction:
 
     def __exit__(self, exc_type: object, *_: object) -> None:
         self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+
+
+def _setup(conn: sqlite3.Connection, durable: bool, deadline: float) -> None:
+    """WAL mode and the schema. Switching a new file to WAL takes an exclusive lock that
+    SQLite does not wait for (no busy handler): several processes opening one new file at
+    once (``uvicorn --workers 4``) retry it until the busy timeout instead of failing."""
+    while True:
+        try:
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
+            conn.executescript(_SCHEMA)
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _private_file(path: Path) -> None:

@@ -1,9 +1,21 @@
 """A local server for Cloudflare's KV REST API, over the embedded KV.
 
 ``brainbot kv serve`` runs it: the same paths, JSON envelopes, status codes and error
-codes as ``api.cloudflare.com/client/v4``, so the REST client is tested over real HTTP
-without an account. Every namespace id maps to its own SQLite file under the data
-directory (created on first use, unlike Cloudflare, which answers 10013 for unknown ids).
+codes as ``api.cloudflare.com/client/v4``, so the REST client, Cloudflare's own Python SDK
+and wrangler are served over real HTTP without an account:
+
+* one account (``account_id``; another account's paths answer 403 / 10000, as Cloudflare
+  does for a token without access), and its namespaces: list (``page``, ``per_page``,
+  ``order`` = id | title, ``direction``), create (``title``, unique: 400 / 10014), get,
+  rename, delete. A namespace exists only once created (or given with ``--namespace``);
+  an unknown id answers 404 / 10013 on every KV endpoint. The registry lives in
+  ``namespaces.json`` in the data directory, each namespace in its own SQLite file, at
+  most ``max_open`` of them open at once (least recently used closed first);
+* the values, metadata, keys and bulk endpoints, for every key KV accepts (newlines and
+  any other character, percent-encoded in the path);
+* ``GET /user/tokens/verify``, ``GET /memberships``, ``GET /accounts`` and ``GET /user``
+  (403 / 9109: an API token has no user details) as Cloudflare answers them, which is what
+  ``wrangler whoami`` and wrangler's error paths ask.
 
 For resilience tests it injects :class:`~brainbot.kv.faults.Faults` (list lag through
 :class:`~brainbot.kv.overlay.ListLag`, the inverse of read-your-writes); with
@@ -18,12 +30,15 @@ import asyncio
 import base64
 import binascii
 import email.policy
+import hashlib
 import hmac
 import json
 import logging
+import os
 import re
 import time
-from collections import Counter
+import uuid
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -34,6 +49,7 @@ from urllib.parse import unquote_to_bytes
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -66,9 +82,64 @@ from brainbot.kv.namespace import Entry, KeyInfo, KVNamespace, PutItem
 from brainbot.kv.overlay import ListLag
 
 log = logging.getLogger("brainbot.kv.local_server")
-_NS = "/client/v4/accounts/{account}/storage/kv/namespaces/{namespace}"
+LOCAL_ACCOUNT = "0123456789abcdef0123456789abcdef"
+"""The account of a server started without ``--account``."""
+_ACCOUNT = "/client/v4/accounts/{account}"
+_NAMESPACES = _ACCOUNT + "/storage/kv/namespaces"
+_NS = _NAMESPACES + "/{namespace}"
 _NAMESPACE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_KEY_IN_PATH = re.compile(rb"/storage/kv/namespaces/[^/]+/(?:values|metadata)/(.*)$")
+_KEY_IN_PATH = re.compile(rb"/storage/kv/namespaces/[^/]+/(?:values|metadata)/(.*)$", re.DOTALL)
+MAX_NAMESPACES = 1000  # Cloudflare's limit per account
+MAX_TITLE = 512
+
+
+class _AnyPath(Convertor[str]):
+    """Starlette's ``path`` convertor stops at a newline (``.*``); a KV key may hold one."""
+
+    regex = "[\\s\\S]*"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("kvkey", _AnyPath())
+
+
+class Registry:
+    """The namespaces of the one account: ``namespaces.json`` in the data directory
+    (written atomically, 0600), each namespace's data in ``<id>.sqlite3``."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / "namespaces.json"
+        self.titles: dict[str, str] = {}
+        if self.path.exists():
+            self.titles = {str(k): str(v) for k, v in json.loads(self.path.read_text()).items()}
+        else:  # a data dir of an older version: its files become namespaces, titled by id
+            for file in sorted(data_dir.glob("*.sqlite3")):
+                if _NAMESPACE_ID.match(file.stem):
+                    self.titles[file.stem] = file.stem
+            if self.titles:
+                self.save()
+
+    def save(self) -> None:
+        temporary = self.path.with_suffix(".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(self.titles, out, indent=1, sort_keys=True)
+        os.replace(temporary, self.path)
+
+    def create(self, title: str, namespace_id: str | None = None) -> str:
+        if title in self.titles.values():
+            raise _Refused(400, 10014, "a namespace with this account ID and title already exists")
+        if len(self.titles) >= MAX_NAMESPACES:
+            raise _Refused(400, 10026, f"an account has at most {MAX_NAMESPACES} namespaces")
+        namespace_id = namespace_id or uuid.uuid4().hex
+        self.titles[namespace_id] = title
+        self.save()
+        return namespace_id
 
 
 class TestClock:
@@ -114,8 +185,16 @@ class LocalKVServer:
     token: str
     faults: Faults = field(default_factory=Faults)
     test_clock: bool = False
+    account_id: str = LOCAL_ACCOUNT
+    namespaces: tuple[str, ...] = ()
+    """Namespace ids to have from the start (created, titled by their id, if new)."""
+    auto_create: bool = False
+    """Create a namespace on its first use (the old behaviour; tests with many ids)."""
+    max_open: int = 64
     _clock: Callable[[], float] = field(init=False)
-    _namespaces: dict[str, KVNamespace] = field(init=False, default_factory=dict)
+    _registry: Registry = field(init=False)
+    _busy: Counter[str] = field(init=False, default_factory=Counter)
+    _namespaces: OrderedDict[str, KVNamespace] = field(init=False, default_factory=OrderedDict)
     _injector: FaultInjector = field(init=False)
     requests: int = field(init=False, default=0)
     by_route: Counter[str] = field(init=False, default_factory=Counter)
@@ -125,18 +204,35 @@ class LocalKVServer:
             raise ValueError("The local KV server needs a token.")
         self._clock = TestClock() if self.test_clock else time.time
         self._injector = FaultInjector(self.faults)
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._registry = Registry(self.data_dir)
+        for namespace_id in self.namespaces:
+            if not _NAMESPACE_ID.match(namespace_id):
+                raise ValueError(
+                    f"Invalid namespace id {namespace_id!r}: use [A-Za-z0-9_-]{{1,64}}."
+                )
+            if namespace_id not in self._registry.titles:
+                self._registry.create(namespace_id, namespace_id)
 
     def __repr__(self) -> str:
         return f"LocalKVServer(data_dir={str(self.data_dir)!r}, faults={self.faults!r})"
 
     def app(self) -> Starlette:
         routes = [
-            Route(_NS + "/values/{key:path}", self._values, methods=["GET", "PUT", "DELETE"]),
-            Route(_NS + "/metadata/{key:path}", self._metadata, methods=["GET"]),
+            Route(_NAMESPACES, self._namespace_list, methods=["GET", "POST"]),
+            Route(_NS, self._namespace_one, methods=["GET", "PUT", "DELETE"]),
+            Route(_NS + "/values/{key:kvkey}", self._values, methods=["GET", "PUT", "DELETE"]),
+            Route(_NS + "/metadata/{key:kvkey}", self._metadata, methods=["GET"]),
             Route(_NS + "/keys", self._keys, methods=["GET"]),
             Route(_NS + "/bulk", self._bulk, methods=["PUT", "DELETE"]),
             Route(_NS + "/bulk/delete", self._bulk_delete, methods=["POST"]),
             Route(_NS + "/bulk/get", self._bulk_get, methods=["POST"]),
+        ]
+        routes += [
+            Route("/client/v4/user/tokens/verify", self._token_verify, methods=["GET"]),
+            Route("/client/v4/user", self._user, methods=["GET"]),
+            Route("/client/v4/memberships", self._memberships, methods=["GET"]),
+            Route("/client/v4/accounts", self._accounts, methods=["GET"]),
         ]
         routes.append(Route("/__brainbot/stats", self._stats, methods=["GET"]))
         if self.test_clock:
@@ -183,6 +279,9 @@ class LocalKVServer:
         self.by_route[route] += 1
         if not self._authorised(request):
             return envelope(errors=[(10000, "Authentication error")], status=401)
+        account = request.path_params.get("account")
+        if account is not None and account != self.account_id:  # a token of another account
+            return envelope(errors=[(10000, "Authentication error")], status=403)
         lockout = self._injector.over_budget()
         if lockout is not None:
             response = envelope(
@@ -205,18 +304,27 @@ class LocalKVServer:
             return envelope(errors=[(10001, "Internal error (injected)")], status=status)
         return None
 
-    def _namespace(self, request: Request) -> KVNamespace:
+    async def _namespace(self, request: Request) -> KVNamespace:
+        """The namespace of the path, opened (at most ``max_open`` at once: the least
+        recently used is closed first, so many ids cost no threads or descriptors)."""
         namespace_id = request.path_params["namespace"]
         if not _NAMESPACE_ID.match(namespace_id):
             raise _NotFound(10013, "namespace not found")
+        if namespace_id not in self._registry.titles:
+            if not self.auto_create:
+                raise _NotFound(10013, "namespace not found")
+            self._registry.create(namespace_id, namespace_id)
         kv = self._namespaces.get(namespace_id)
-        if kv is None:
-            kv = EmbeddedKV(
-                self.data_dir / f"{namespace_id}.sqlite3", clock=self._clock, durable=False
-            )
-            if self.faults.list_lag:
-                kv = ListLag(kv, self.faults.list_lag)
-            self._namespaces[namespace_id] = kv
+        if kv is not None:
+            self._namespaces.move_to_end(namespace_id)
+            return kv
+        idle = [n for n in self._namespaces if not self._busy[n]]  # oldest first
+        for old in idle[: max(0, len(self._namespaces) - self.max_open + 1)]:
+            await self._namespaces.pop(old).aclose()  # never one a request is using
+        kv = EmbeddedKV(self.data_dir / f"{namespace_id}.sqlite3", clock=self._clock, durable=False)
+        if self.faults.list_lag:
+            kv = ListLag(kv, self.faults.list_lag)
+        self._namespaces[namespace_id] = kv
         return kv
 
     @staticmethod
@@ -236,12 +344,16 @@ class LocalKVServer:
         refusal = await self._guard(request)
         if refusal is not None:
             return refusal
+        namespace_id = request.path_params.get("namespace", "")
+        self._busy[namespace_id] += 1
         try:
             return await handler(request)
         except KVError as exc:
             return error_response(exc)
         except _NotFound as exc:
             return envelope(errors=[(exc.code, exc.message)], status=404)
+        except _Refused as exc:
+            return envelope(errors=[(exc.code, exc.message)], status=exc.status)
         except _TooSoon:
             response = envelope(
                 errors=[(10048, "KV PUT failed: 429 Too Many Requests (1 write/s per key)")],
@@ -252,12 +364,16 @@ class LocalKVServer:
         except Exception:  # never a bare 500 page: always Cloudflare's envelope
             log.exception("local KV server: unexpected error")
             return envelope(errors=[(10001, "Internal error")], status=500)
+        finally:
+            self._busy[namespace_id] -= 1
+            if not self._busy[namespace_id]:
+                del self._busy[namespace_id]
 
     # -- routes ------------------------------------------------------------------------
 
     async def _values(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
-            kv, key = self._namespace(request), self._key(request)
+            kv, key = await self._namespace(request), self._key(request)
             if request.method == "GET":
                 entry = await kv.get(key)
                 if entry is None:
@@ -280,7 +396,7 @@ class LocalKVServer:
 
     async def _metadata(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
-            entry = await self._namespace(request).get(self._key(request))
+            entry = await (await self._namespace(request)).get(self._key(request))
             if entry is None:
                 raise _NotFound(10009, "metadata: 'key not found'")
             return envelope(entry.metadata)
@@ -289,7 +405,7 @@ class LocalKVServer:
 
     async def _keys(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
-            kv = self._namespace(request)
+            kv = await self._namespace(request)
             params = request.query_params
             raw_limit = params.get("limit", "1000")
             try:
@@ -312,7 +428,7 @@ class LocalKVServer:
             return await self._bulk_delete(request)
 
         async def handle(request: Request) -> Response:
-            kv = self._namespace(request)
+            kv = await self._namespace(request)
             body = await _read_json(request, BULK_WRITE_MAX_BYTES)
             if not isinstance(body, list):
                 raise InvalidValue("The bulk write body must be a JSON array.")
@@ -334,7 +450,7 @@ class LocalKVServer:
 
     async def _bulk_delete(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
-            kv = self._namespace(request)
+            kv = await self._namespace(request)
             body = await _read_json(request, BULK_WRITE_MAX_BYTES)
             if not isinstance(body, list) or not all(isinstance(k, str) for k in body):
                 raise InvalidKey("The bulk delete body must be a JSON array of key names.")
@@ -355,7 +471,7 @@ class LocalKVServer:
 
     async def _bulk_get(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
-            kv = self._namespace(request)
+            kv = await self._namespace(request)
             body = await _read_json(request, BULK_WRITE_MAX_BYTES)
             keys = body.get("keys") if isinstance(body, dict) else None
             kind = body.get("type", "text") if isinstance(body, dict) else None
@@ -376,6 +492,121 @@ class LocalKVServer:
                 )
             values = {k: _bulk_get_value(e, kind, with_metadata) for k, e in found.items()}
             return envelope({"values": values})
+
+        return await self._serve(request, handle)
+
+    # -- namespaces --------------------------------------------------------------------
+
+    def _namespace_json(self, namespace_id: str) -> dict[str, Any]:
+        return {
+            "id": namespace_id,
+            "title": self._registry.titles[namespace_id],
+            "supports_url_encoding": True,
+        }
+
+    async def _namespace_list(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            if request.method == "POST":
+                title = await _title(request)
+                return envelope(self._namespace_json(self._registry.create(title)))
+            params = request.query_params
+            page = _positive(params.get("page", "1"), "page")
+            per_page = min(_positive(params.get("per_page", "20"), "per_page"), 1000)
+            order = params.get("order", "id")
+            direction = params.get("direction", "asc")
+            if order not in ("id", "title") or direction not in ("asc", "desc"):
+                raise _Refused(400, 10001, "order must be id or title, direction asc or desc")
+            rows = [self._namespace_json(n) for n in self._registry.titles]
+            rows.sort(key=lambda row: row[order], reverse=direction == "desc")
+            total = len(rows)
+            shown = rows[(page - 1) * per_page : page * per_page]
+            info = {
+                "page": page,
+                "per_page": per_page,
+                "count": len(shown),
+                "total_count": total,
+                "total_pages": max(1, -(-total // per_page)),
+            }
+            return envelope(shown, result_info=info)
+
+        return await self._serve(request, handle)
+
+    async def _namespace_one(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            namespace_id = request.path_params["namespace"]
+            if namespace_id not in self._registry.titles:
+                raise _NotFound(10013, "namespace not found")
+            if request.method == "GET":
+                return envelope(self._namespace_json(namespace_id))
+            if request.method == "PUT":
+                title = await _title(request)
+                if title != self._registry.titles[namespace_id]:
+                    if title in self._registry.titles.values():
+                        raise _Refused(
+                            400, 10014, "a namespace with this account ID and title already exists"
+                        )
+                    self._registry.titles[namespace_id] = title
+                    self._registry.save()
+                return envelope(self._namespace_json(namespace_id))
+            kv = self._namespaces.pop(namespace_id, None)
+            if kv is not None:
+                await kv.aclose()
+            del self._registry.titles[namespace_id]
+            self._registry.save()
+            await asyncio.to_thread(_remove_files, self.data_dir, namespace_id)
+            return envelope({})
+
+        return await self._serve(request, handle)
+
+    # -- identity: what wrangler asks ---------------------------------------------------
+
+    async def _token_verify(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            token_id = hashlib.sha256(self.token.encode()).hexdigest()[:32]
+            return JSONResponse(
+                {
+                    "success": True,
+                    "errors": [],
+                    "messages": [
+                        {
+                            "code": 10000,
+                            "message": "This API Token is valid and active",
+                            "type": None,
+                        }
+                    ],
+                    "result": {"id": token_id, "status": "active"},
+                }
+            )
+
+        return await self._serve(request, handle)
+
+    async def _user(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            raise _Refused(403, 9109, "Unauthorized to access requested resource")
+
+        return await self._serve(request, handle)
+
+    def _account_json(self) -> dict[str, Any]:
+        return {"id": self.account_id, "name": "brainbot kv serve", "type": "standard"}
+
+    async def _accounts(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            info = {"page": 1, "per_page": 20, "count": 1, "total_count": 1, "total_pages": 1}
+            return envelope([self._account_json()], result_info=info)
+
+        return await self._serve(request, handle)
+
+    async def _memberships(self, request: Request) -> Response:
+        async def handle(request: Request) -> Response:
+            membership = {
+                "id": hashlib.sha256(f"m{self.account_id}".encode()).hexdigest()[:32],
+                "account": self._account_json(),
+                "status": "accepted",
+                "roles": ["Administrator"],
+                "permissions": {"workers_kv_storage": {"read": True, "write": True}},
+            }
+            info = {"page": 1, "per_page": 20, "count": 1, "total_count": 1, "total_pages": 1}
+            return envelope([membership], result_info=info)
 
         return await self._serve(request, handle)
 
@@ -406,6 +637,32 @@ class _TooSoon(Exception):
 class _NotFound(Exception):
     def __init__(self, code: int, message: str) -> None:
         self.code, self.message = code, message
+
+
+class _Refused(Exception):
+    """An answer of Cloudflare's with its status and code (duplicate title, bad page...)."""
+
+    def __init__(self, status: int, code: int, message: str) -> None:
+        self.status, self.code, self.message = status, code, message
+
+
+def _remove_files(data_dir: Path, namespace_id: str) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        (data_dir / f"{namespace_id}.sqlite3{suffix}").unlink(missing_ok=True)
+
+
+def _positive(raw: str, name: str) -> int:
+    if not raw.isdigit() or int(raw) < 1:
+        raise _Refused(400, 10001, f"{name} must be a positive integer")
+    return int(raw)
+
+
+async def _title(request: Request) -> str:
+    body = await _read_json(request, 64 * 1024)
+    title = body.get("title") if isinstance(body, dict) else None
+    if not isinstance(title, str) or not title.strip() or len(title.encode()) > MAX_TITLE:
+        raise _Refused(400, 10019, "a namespace needs a title of 1 to 512 bytes")
+    return title
 
 
 def _route_name(request: Request) -> str:
@@ -464,6 +721,11 @@ def _expiry_params(params: Any) -> tuple[int | None, int | None]:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, refused by its Content-Length before a byte is read, else counted while
+    it streams (a body without a length is cut off as soon as it passes ``limit``)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BulkTooLarge(f"Request body of {declared} bytes exceeds the limit of {limit} bytes.")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
@@ -539,10 +801,17 @@ async def serve(
     port: int = 0,
     announce: Callable[[str], None] | None = None,
 ) -> None:
-    """Run until cancelled or signalled; announce ``READY <base-url>`` once accepting."""
+    """Run until cancelled or signalled; announce ``READY <base-url> account=<id>`` once
+    accepting."""
     config = uvicorn.Config(
         server.app(), log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
     )
-    await serving.run(
-        config, host=host, port=port, path="/client/v4", backlog=2048, announce=announce
-    )
+
+    def ready(line: str) -> None:
+        line = f"{line} account={server.account_id}"
+        if announce is not None:
+            announce(line)
+        else:
+            print(line, flush=True)
+
+    await serving.run(config, host=host, port=port, path="/client/v4", backlog=2048, announce=ready)
