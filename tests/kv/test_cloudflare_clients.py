@@ -97,7 +97,8 @@ def test_the_sdk_reads_and_writes_values(
     sdk, account, namespace = values_target
     values = sdk.kv.namespaces.values
     ns = {"account_id": account, "namespace_id": namespace}
-    values.update("greeting", **ns, value="hello", metadata={"lang": "en"}, expiration_ttl=3600)
+    # (the SDK refuses str values: bytes)
+    values.update("greeting", **ns, value=b"hello", metadata={"lang": "en"}, expiration_ttl=3600)
     assert values.get("greeting", **ns).read() == b"hello"
     assert sdk.kv.namespaces.metadata.get("greeting", **ns) == {"lang": "en"}
     keys = list(sdk.kv.namespaces.keys.list(namespace, account_id=account, prefix="gre"))
@@ -127,7 +128,7 @@ def test_an_unknown_namespace_is_not_created_and_answers_10013(
 ) -> None:
     """Before: a typo in the namespace id silently wrote to a new local namespace."""
     with pytest.raises(cloudflare.NotFoundError) as caught:
-        sdk.kv.namespaces.values.update("k", account_id=ACCOUNT, namespace_id="typo", value="lost")
+        sdk.kv.namespaces.values.update("k", account_id=ACCOUNT, namespace_id="typo", value=b"lost")
     assert "10013" in str(caught.value)
     names = [n.id for n in sdk.kv.namespaces.list(account_id=ACCOUNT)]
     assert "typo" not in names

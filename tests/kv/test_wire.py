@@ -24,7 +24,7 @@ async def server(
         "kv_server" if request.param == "kv_serve" else "miniflare"
     )
     namespace = uuid.uuid4().hex if request.param == "kv_serve" else "miniflare"
-    base = f"{service.url}/accounts/acc/storage/kv/namespaces/{namespace}/"
+    base = f"{service.url}/accounts/test-account/storage/kv/namespaces/{namespace}/"
     async with httpx.AsyncClient(
         base_url=base, headers={"Authorization": f"Bearer {api_token}"}
     ) as http:
