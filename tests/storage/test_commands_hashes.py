@@ -13,24 +13,13 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.commands.core import HashDataPersistOptions
 
 from brainbot.kv import EmbeddedKV
 from brainbot.storage import KVStore, errors
+from tests.support.compare import outcome
 
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated hmset:DeprecationWarning")
-
-
-async def outcome(store: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        if name == "hscan_iter":
-            return ("ok", [x async for x in store.hscan_iter(*args, **kwargs)])
-        return ("ok", await getattr(store, name)(*args, **kwargs))
-    except (redis.exceptions.ResponseError, errors.ResponseError) as exc:
-        return ("ResponseError", str(exc))
-    except (redis.exceptions.DataError, errors.DataError):
-        return ("DataError",)
 
 
 async def seed(store: Any) -> None:

@@ -10,19 +10,10 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from brainbot.kv import EmbeddedKV
 from brainbot.storage import DualStore, KVStore, RedisBackend, errors
-
-
-async def outcome(store: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        return ("ok", await getattr(store, name)(*args, **kwargs))
-    except (redis.exceptions.ResponseError, errors.ResponseError) as exc:
-        return ("ResponseError", str(exc))
-    except (redis.exceptions.DataError, errors.DataError):
-        return ("DataError",)
+from tests.support.compare import outcome
 
 
 async def seed(store: Any) -> None:

@@ -10,30 +10,28 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 from redis.commands.core import AsyncScanCommands, SetCommands
 
 from brainbot.kv import EmbeddedKV
-from brainbot.storage import KVStore, errors
+from brainbot.storage import KVStore
+from tests.support import compare
 
 WRONGTYPE = "WRONGTYPE Operation against a key holding the wrong kind of value"
 
 
 async def outcome(store: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """An answer or the error, with what Redis leaves unordered put in order."""
-    try:
-        if name == "sscan_iter":
-            return ("ok", sorted([m async for m in store.sscan_iter(*args, **kwargs)]))
-        result = await getattr(store, name)(*args, **kwargs)
-    except (redis.exceptions.ResponseError, errors.ResponseError) as exc:
-        return ("ResponseError", str(exc))
-    except (redis.exceptions.DataError, errors.DataError):
-        return ("DataError",)
+    answer = await compare.outcome(store, name, args, kwargs)
+    if answer[0] != "ok":
+        return answer
+    result = answer[1]
+    if name == "sscan_iter":
+        return ("ok", sorted(result))
     if name == "sscan":  # the cursor is ours to choose; a page of a small set is all of it
         return ("ok", result[0] == 0, sorted(result[1]))
     if isinstance(result, list) and name in ("spop", "srandmember"):
         return ("ok", sorted(result))  # only counts covering the whole set are compared
-    return ("ok", result)
+    return answer
 
 
 async def seed(store: Any) -> None:

@@ -13,23 +13,12 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from brainbot.kv import EmbeddedKV
 from brainbot.storage import DualStore, KVStore, RedisBackend, errors
+from tests.support.compare import outcome
 
 INF = float("inf")
-
-
-async def outcome(store: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    try:
-        if name == "zscan_iter":
-            return ("ok", [x async for x in store.zscan_iter(*args, **kwargs)])
-        return ("ok", await getattr(store, name)(*args, **kwargs))
-    except (redis.exceptions.ResponseError, errors.ResponseError) as exc:
-        return ("ResponseError", str(exc))
-    except (redis.exceptions.DataError, errors.DataError):
-        return ("DataError",)
 
 
 async def seed(store: Any) -> None:

@@ -14,26 +14,21 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-import redis.exceptions
 
 from brainbot.errors import ResponseError, UnsupportedOperation, ValueTooLarge
 from brainbot.kv import EmbeddedKV
 from brainbot.storage import KVStore, errors
+from tests.support import compare
 
 FAR = 4_000_000_000_600  # an absolute expiry in ms, the same on both sides
 
 
 async def outcome(store: Any, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """An answer or the error (WrongTypeError is a ResponseError, as in redis-py)."""
-    try:
-        result = await getattr(store, name)(*args, **kwargs)
-    except (redis.exceptions.ResponseError, errors.ResponseError) as exc:
-        return ("ResponseError", str(exc))
-    except (redis.exceptions.DataError, errors.DataError):
-        return ("DataError",)
-    if name == "scan":  # the cursor is ours to choose; a batch of a few keys is all of them
-        return ("ok", result[0] == 0, sorted(result[1]))
-    return ("ok", result)
+    answer = await compare.outcome(store, name, args, kwargs)
+    if answer[0] == "ok" and name == "scan":  # our cursor; a batch of a few keys is all
+        return ("ok", answer[1][0] == 0, sorted(answer[1][1]))
+    return answer
 
 
 async def seed(store: Any) -> None:
