@@ -13,6 +13,7 @@ import datetime as dt
 import math
 import re
 from decimal import Decimal
+from fractions import Fraction
 from typing import NamedTuple
 
 from brainbot.errors import DataError, ResponseError
@@ -210,6 +211,55 @@ def score_text(score: float) -> bytes:
     if math.isinf(score):
         return b"inf" if score > 0 else b"-inf"
     return format(score, ".17g").encode()
+
+
+_LD_MIN_EXP = -16382  # a long double's smallest normal binary exponent
+_LD_LIMIT = 2**16384  # rounding to this or beyond overflows to infinity
+
+
+def _long_double(x: Fraction) -> Fraction | None:
+    """``x`` rounded to the nearest x86-64 long double (64-bit significand, ties to even),
+    or None when it overflows."""
+    if x == 0:
+        return x
+    magnitude = abs(x)
+    exponent = magnitude.numerator.bit_length() - magnitude.denominator.bit_length()
+    if Fraction(2) ** exponent > magnitude:
+        exponent -= 1
+    quantum = Fraction(2) ** (max(exponent, _LD_MIN_EXP) - 63)
+    rounded = round(magnitude / quantum) * quantum  # Fraction's round: ties to even
+    if rounded >= _LD_LIMIT:
+        return None
+    return rounded if x > 0 else -rounded
+
+
+def _fixed17(x: Fraction) -> bytes:
+    """printf("%.17Lf") of a long double, trailing zeros (and a bare ".") removed."""
+    magnitude = abs(x)
+    k = max(0, magnitude.denominator.bit_length() - 1)  # the denominator is 2**k
+    scaled = magnitude.numerator * 5**k  # the value is scaled / 10**k, exactly
+    if k > 17:
+        q, r = divmod(scaled, 10 ** (k - 17))
+        if 2 * r > 10 ** (k - 17) or (2 * r == 10 ** (k - 17) and q % 2):
+            q += 1
+    else:
+        q = scaled * 10 ** (17 - k)
+    digits = str(q).rjust(18, "0")
+    text = (digits[:-17] + "." + digits[-17:]).rstrip("0").rstrip(".")
+    text = ("-" if x < 0 else "") + text
+    return b"0" if text in ("-0", "") else text.encode()
+
+
+def long_double_sum(current: Decimal, increment: Decimal) -> bytes | None:
+    """``current + increment`` as Redis computes INCRBYFLOAT/HINCRBYFLOAT on x86-64: both
+    read as long doubles (strtold), added and rounded once more, printed as "%.17Lf" less
+    trailing zeros; None when the sum overflows. (Decimal arithmetic differs for values
+    like 5e-5 + 1e-20, where the long double's 64 bits do not reach.)"""
+    a, b = _long_double(Fraction(current)), _long_double(Fraction(increment))
+    if a is None or b is None:
+        return None
+    total = _long_double(a + b)
+    return None if total is None else _fixed17(total)
 
 
 def format_float(value: Decimal) -> bytes:

@@ -19,7 +19,13 @@ from typing import Any
 
 from brainbot.errors import DataError, ResponseError, UnsupportedOperation
 from brainbot.storage.codec import Item
-from brainbot.storage.commands.args import INT64, INTEGER, format_float, int_amount, redis_glob
+from brainbot.storage.commands.args import (
+    INT64,
+    INTEGER,
+    int_amount,
+    long_double_sum,
+    redis_glob,
+)
 from brainbot.storage.commands.lists import LONG_MAX, NOT_AN_INTEGER, parse_long
 from brainbot.storage.engine import Change, CommandFamily, KeyT, Out, ValueT, reads, writes
 
@@ -224,10 +230,10 @@ class HashCommands(CommandFamily):
             current = Decimal(0) if old is None else redis_float(old)
             if current is None:
                 raise ResponseError("hash value is not a float")
-            new = current + increment
-            if not new.is_finite() or abs(new) >= _LONG_DOUBLE_MAX:
+            text = long_double_sum(current, increment) if current.is_finite() else None
+            if text is None:
                 raise ResponseError("increment would produce NaN or Infinity")
-            item.data[field] = text = format_float(new)
+            item.data[field] = text
             return Change(text, item, True)
 
         return float(await self._engine.update(name, "hash", change))

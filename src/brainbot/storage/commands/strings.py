@@ -31,6 +31,7 @@ from brainbot.storage.commands.args import (
     expiry_option,
     format_float,
     int_amount,
+    long_double_sum,
     redis_int,
 )
 from brainbot.storage.engine import (
@@ -416,10 +417,10 @@ class StringCommands(CommandFamily):
                 raise ResponseError("value is not a valid float") from None
             if old is not None and (not current.is_finite() or old != old.strip()):
                 raise ResponseError("value is not a valid float")
-            new = current + Decimal(repr(float(amount)))
-            if not new.is_finite():
+            text = long_double_sum(current, Decimal(repr(float(amount))))
+            if text is None:  # past a long double's range
                 raise ResponseError("increment would produce NaN or Infinity")
-            return format_float(new)
+            return text
 
         return float(await self._update_string(name, change))
 
