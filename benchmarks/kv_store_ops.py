@@ -6,8 +6,6 @@ its own writes turned off so every read really goes to KV."""
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from rich.table import Table
 
+from benchmarks.timing import median_ms
 from brainbot.kv import CloudflareKV, EmbeddedKV, RequestBudget
 from brainbot.storage import KVStore
 
@@ -63,15 +62,6 @@ OPS: dict[str, tuple[Op, Op | None]] = {
 }
 
 
-async def _median_ms(store: Any, op: Op, n: int) -> float:
-    samples = []
-    for i in range(n):
-        start = time.perf_counter()
-        await op(store, i)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples) * 1000
-
-
 async def run(
     tmp: Path, redis_port: int, server_url: str, token: str, quick: bool
 ) -> tuple[Table, str]:
@@ -94,7 +84,7 @@ async def run(
             if prepare is not None:
                 await prepare(store, 0)
             before = client.budget.requests
-            timings.append(await _median_ms(store, op, n))
+            timings.append(await median_ms(n, lambda i, s=store, o=op: o(s, i)))
             if store is rest:
                 per_op = (client.budget.requests - before) / n
         rows.append((name, *timings, per_op))

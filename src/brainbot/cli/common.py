@@ -8,6 +8,8 @@ never a credential.
 from __future__ import annotations
 
 import asyncio
+import os
+import stat
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn, TypeVar
@@ -22,6 +24,9 @@ from brainbot.errors import BrainbotError, ConfigError, InvalidInput, KVError, N
 
 T = TypeVar("T")
 err = Console(stderr=True, highlight=False)
+
+
+SECRET_FILE_MAX_BYTES = 4096
 
 
 def fail(message: str, code: int) -> NoReturn:
@@ -88,3 +93,33 @@ def safe_name(text: str) -> str:
         else:
             out.append(f"\\U{ord(char):08x}")
     return escape("".join(out))
+
+
+def read_secret_file(path: str, option: str) -> str:
+    """The secret (a password, a token) in ``path``, given with ``option``: one line (a final
+    newline is dropped), in a regular file that neither group nor others may read. Never
+    echoed: messages name the file, not its content."""
+    shown = safe_name(path)
+    try:
+        with open(path, "rb") as file:
+            mode = os.fstat(file.fileno()).st_mode
+            if not stat.S_ISREG(mode):
+                fail(f"{option} {shown} is not a regular file.", 2)
+            if mode & 0o044:
+                fail(
+                    f"{option} {shown} is readable by group or others "
+                    f"(mode {stat.S_IMODE(mode):04o}): run chmod 600 on it.",
+                    2,
+                )
+            data = file.read(SECRET_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        fail(f"cannot read {option} {shown}: {safe_name(exc.strerror or type(exc).__name__)}", 2)
+    if len(data) > SECRET_FILE_MAX_BYTES:
+        fail(f"{option} {shown} is over {SECRET_FILE_MAX_BYTES} bytes: not a secret.", 2)
+    try:
+        secret = data.decode().rstrip("\r\n")
+    except UnicodeDecodeError:
+        fail(f"{option} {shown} is not UTF-8 text.", 2)
+    if not secret:
+        fail(f"{option} {shown} is empty.", 2)
+    return secret

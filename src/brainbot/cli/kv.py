@@ -10,8 +10,6 @@ import asyncio
 import base64
 import json
 import os
-import secrets
-import stat
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,10 +17,11 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from brainbot.cli.common import err, fail, handled, run, settings
+from brainbot.cli.common import err, fail, handled, read_secret_file, run, settings
 from brainbot.composition import kv_serve_dir, open_namespace
 from brainbot.kv.faults import Faults
 from brainbot.kv.namespace import KVNamespace, iter_keys
+from brainbot.service.auth import local_secret
 
 T = TypeVar("T")
 kv_app = typer.Typer(help="Read and write the configured KV namespace (embedded by default).")
@@ -140,8 +139,8 @@ SERVE_TOKEN_ENV = "BRAINBOT_KV_SERVE_TOKEN"  # noqa: S105 (a variable name, not 
 
 def _serve_token(data_dir: Path, given: str | None, token_file: Path | None) -> str:
     """The token: from --token (with a warning), the environment, --token-file, or
-    DATA/serve-token (read if it is ours and private; else created exclusively, 0600,
-    never through a symlink)."""
+    DATA/serve-token (``local_secret``: read if it is a private regular file, refused if a
+    symlink or readable by others, else created exclusively, 0600)."""
     sources = [s for s in (given, os.environ.get(SERVE_TOKEN_ENV), token_file) if s]
     if len(sources) > 1:
         fail(f"give the token one way: --token, {SERVE_TOKEN_ENV} or --token-file", 2)
@@ -150,32 +149,14 @@ def _serve_token(data_dir: Path, given: str | None, token_file: Path | None) -> 
         return given
     if os.environ.get(SERVE_TOKEN_ENV):
         return os.environ[SERVE_TOKEN_ENV]
-    path = token_file if token_file is not None else data_dir / "serve-token"
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except FileNotFoundError:
-        if token_file is not None:
-            fail(f"no token file at {path}", 2)
-        token = secrets.token_urlsafe(32)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            fail(f"cannot create {path}: {exc.strerror}", 2)
-        with os.fdopen(fd, "w") as out:
-            out.write(token + "\n")
+    if token_file is not None:
+        return read_secret_file(str(token_file), "--token-file")
+    path = data_dir / "serve-token"
+    created = not os.path.lexists(path)
+    with handled():
+        token = local_secret(path)
+    if created:
         err.print(f"no token given: generated one in {path} (mode 0600)")
-        return token
-    except OSError as exc:  # ELOOP: a symlink where the token file should be
-        fail(f"refusing {path}: {exc.strerror} (a symlink is never followed)", 2)
-    with os.fdopen(fd) as file:
-        status = os.fstat(file.fileno())
-        if not stat.S_ISREG(status.st_mode) or status.st_mode & 0o077:
-            fail(f"refusing {path}: readable by group or others, or not a file (chmod 600)", 2)
-        if status.st_uid != os.getuid():
-            fail(f"refusing {path}: owned by another user", 2)
-        token = file.read().strip()
-    if not token:
-        fail(f"{path} is empty", 2)
     return token
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import stat
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any, TypeVar
@@ -33,7 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from brainbot.cli.common import describe, fail, safe_name, settings
+from brainbot.cli.common import describe, fail, read_secret_file, safe_name, settings
 from brainbot.composition import bulk_process, migration_runs, open_namespace
 from brainbot.config import Settings
 from brainbot.errors import BrainbotError, InvalidInput, NotFound
@@ -45,7 +44,6 @@ console = Console(stderr=True, highlight=False)
 
 SOURCE_PASSWORD_ENV = "BRAINBOT_SOURCE_PASSWORD"  # noqa: S105 (a name, not a password)
 RESTORE_PASSWORD_ENV = "BRAINBOT_RESTORE_PASSWORD"  # noqa: S105
-PASSWORD_FILE_MAX_BYTES = 4096
 
 Source = Annotated[
     str,
@@ -94,42 +92,13 @@ def _run(work: Coroutine[Any, Any, T]) -> T:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _read_password_file(path: str, option: str) -> str:
-    """The password in ``path``: one line (a final newline is dropped), in a regular file
-    that neither group nor others may read."""
-    shown = safe_name(path)
-    try:
-        with open(path, "rb") as file:
-            mode = os.fstat(file.fileno()).st_mode
-            if not stat.S_ISREG(mode):
-                fail(f"{option} {shown} is not a regular file.", 2)
-            if mode & 0o044:
-                fail(
-                    f"{option} {shown} is readable by group or others "
-                    f"(mode {stat.S_IMODE(mode):04o}): run chmod 600 on it.",
-                    2,
-                )
-            data = file.read(PASSWORD_FILE_MAX_BYTES + 1)
-    except OSError as exc:
-        fail(f"cannot read {option} {shown}: {safe_name(exc.strerror or type(exc).__name__)}", 2)
-    if len(data) > PASSWORD_FILE_MAX_BYTES:
-        fail(f"{option} {shown} is over {PASSWORD_FILE_MAX_BYTES} bytes: not a password.", 2)
-    try:
-        password = data.decode().rstrip("\r\n")
-    except UnicodeDecodeError:
-        fail(f"{option} {shown} is not UTF-8 text.", 2)
-    if not password:
-        fail(f"{option} {shown} is empty.", 2)
-    return password
-
-
 def _password(file: str | None, env: str, option: str) -> str | None:
     """The password given outside the URL: in the environment variable ``env`` or in the
     file of ``option``, not both; ``None`` when neither (an empty variable counts as unset)."""
     from_env = os.environ.get(env) or None
     if file is not None and from_env is not None:
         fail(f"give the password either in {env} or with {option}, not both", 2)
-    return _read_password_file(file, option) if file is not None else from_env
+    return read_secret_file(file, option) if file is not None else from_env
 
 
 def _url(url: str, password: str | None, *, option: str, env: str, file_option: str) -> SourceURL:

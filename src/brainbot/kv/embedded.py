@@ -180,20 +180,23 @@ class EmbeddedKV:
         raws = [key_bytes(k) for k in keys]
         now = int(self._clock())
 
-        def read() -> dict[str, Entry | None]:
-            found: dict[bytes, Entry] = {}
-            for start in range(0, len(raws), _READ_CHUNK):
-                chunk = raws[start : start + _READ_CHUNK]
-                marks = ",".join("?" * len(chunk))
-                for row in self._conn.execute(
-                    f"SELECT key, value, expiration, metadata FROM entries "  # noqa: S608
-                    f"WHERE key IN ({marks}) AND (expiration IS NULL OR expiration > ?)",
-                    (*chunk, now),
-                ):
-                    found[row[0]] = _entry(row[1:])
-            return {k: found.get(r) for k, r in zip(keys, raws, strict=True)}
+        return await self._run(lambda: self._select(keys, raws, now))
 
-        return await self._run(read)
+    def _select(
+        self, keys: Sequence[str], raws: builtins.list[bytes], now: int
+    ) -> dict[str, Entry | None]:
+        """The live entries of ``keys`` (``raws``: their checked bytes), in chunks."""
+        found: dict[bytes, Entry] = {}
+        for start in range(0, len(raws), _READ_CHUNK):
+            chunk = raws[start : start + _READ_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            for row in self._conn.execute(
+                f"SELECT key, value, expiration, metadata FROM entries "  # noqa: S608
+                f"WHERE key IN ({marks}) AND (expiration IS NULL OR expiration > ?)",
+                (*chunk, now),
+            ):
+                found[row[0]] = _entry(row[1:])
+        return {k: found.get(r) for k, r in zip(keys, raws, strict=True)}
 
     async def list(
         self, *, prefix: str = "", cursor: str | None = None, limit: int = 1000
@@ -249,27 +252,10 @@ class EmbeddedKV:
 
         def run() -> R:
             with self._transaction():
-                now = int(self._clock())
-                found: dict[bytes, Entry] = {}
-                for start in range(0, len(raws), _READ_CHUNK):
-                    chunk = raws[start : start + _READ_CHUNK]
-                    marks = ",".join("?" * len(chunk))
-                    for row in self._conn.execute(
-                        f"SELECT key, value, expiration, metadata FROM entries "  # noqa: S608
-                        f"WHERE key IN ({marks}) AND (expiration IS NULL OR expiration > ?)",
-                        (*chunk, now),
-                    ):
-                        found[row[0]] = _entry(row[1:])
-                writes, result = change({k: found.get(r) for k, r in zip(keys, raws, strict=True)})
+                writes, result = change(self._select(keys, raws, int(self._clock())))
                 puts = [self._row(item) for item in writes.values() if item is not None]
                 gone = [key_bytes(key) for key, item in writes.items() if item is None]
-                if puts:
-                    self._conn.executemany(_UPSERT, puts)
-                if gone:
-                    self._conn.executemany(
-                        "DELETE FROM entries WHERE key = ?", [(r,) for r in gone]
-                    )
-                self._count_writes(len(puts) + len(gone))
+                self._store(puts, gone)
                 return result
 
         return await self._run(run)
@@ -311,13 +297,23 @@ class EmbeddedKV:
 
     def _write_rows(self, rows: builtins.list[tuple[bytes, bytes, int | None, str | None]]) -> None:
         with self._transaction():
-            self._conn.executemany(_UPSERT, rows)
-            self._count_writes(len(rows))
+            self._store(rows, [])
 
     def _delete_raws(self, raws: builtins.list[bytes]) -> None:
         with self._transaction():
-            self._conn.executemany("DELETE FROM entries WHERE key = ?", [(r,) for r in raws])
-            self._count_writes(len(raws))
+            self._store([], raws)
+
+    def _store(
+        self,
+        rows: builtins.list[tuple[bytes, bytes, int | None, str | None]],
+        gone: builtins.list[bytes],
+    ) -> None:
+        """Upsert ``rows`` and delete ``gone`` (the caller holds the transaction)."""
+        if rows:
+            self._conn.executemany(_UPSERT, rows)
+        if gone:
+            self._conn.executemany("DELETE FROM entries WHERE key = ?", [(r,) for r in gone])
+        self._count_writes(len(rows) + len(gone))
 
     def _count_writes(self, n: int) -> None:
         """Expired rows are invisible at once; this reclaims their space now and then."""

@@ -131,9 +131,18 @@ class Registry:
             json.dump(self.titles, out, indent=1, sort_keys=True)
         os.replace(temporary, self.path)
 
-    def create(self, title: str, namespace_id: str | None = None) -> str:
+    def _unique(self, title: str) -> None:
         if title in self.titles.values():
             raise _Refused(400, 10014, "a namespace with this account ID and title already exists")
+
+    def rename(self, namespace_id: str, title: str) -> None:
+        if title != self.titles[namespace_id]:
+            self._unique(title)
+            self.titles[namespace_id] = title
+            self.save()
+
+    def create(self, title: str, namespace_id: str | None = None) -> str:
+        self._unique(title)
         if len(self.titles) >= MAX_NAMESPACES:
             raise _Refused(400, 10026, f"an account has at most {MAX_NAMESPACES} namespaces")
         namespace_id = namespace_id or uuid.uuid4().hex
@@ -539,14 +548,7 @@ class LocalKVServer:
             if request.method == "GET":
                 return envelope(self._namespace_json(namespace_id))
             if request.method == "PUT":
-                title = await _title(request)
-                if title != self._registry.titles[namespace_id]:
-                    if title in self._registry.titles.values():
-                        raise _Refused(
-                            400, 10014, "a namespace with this account ID and title already exists"
-                        )
-                    self._registry.titles[namespace_id] = title
-                    self._registry.save()
+                self._registry.rename(namespace_id, await _title(request))
                 return envelope(self._namespace_json(namespace_id))
             kv = self._namespaces.pop(namespace_id, None)
             if kv is not None:

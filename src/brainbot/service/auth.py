@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,18 @@ def local_secret(path: Path) -> str:
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     except FileExistsError:
-        info = os.stat(path, follow_symlinks=False)
-        if not os.path.isfile(path) or os.path.islink(path) or info.st_mode & 0o077:
-            raise ConfigError(
-                f"{path} must be a regular file only its owner can read (chmod 600)."
-            ) from None
-        return path.read_text().strip()
+        refused = ConfigError(
+            f"{path} must be a regular file (not a symlink) only its owner can read (chmod 600)."
+        )
+        try:  # opened without following a symlink, checked on what was opened
+            with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW)) as existing:
+                if not stat.S_ISREG(os.fstat(existing.fileno()).st_mode):
+                    raise refused from None
+                if os.fstat(existing.fileno()).st_mode & 0o077:
+                    raise refused from None
+                return existing.read().strip()
+        except OSError:  # ELOOP: a symlink
+            raise refused from None
     with os.fdopen(fd, "w") as out:
         secret = secrets.token_urlsafe(32)
         out.write(secret + "\n")

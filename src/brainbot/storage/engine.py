@@ -395,7 +395,7 @@ class Engine:
 
     def _write_of(self, kvkey: str, item: Item | None) -> PutItem | None:
         """The KV write that stores ``item`` (None: delete, as for an empty container)."""
-        if item is None or (item.type != "string" and not item.data):
+        if item is None or _gone(item):
             return None
         return self._put_item(kvkey, item)
 
@@ -408,9 +408,7 @@ class Engine:
             await self.save(kvkey, item)
             return
         await self.pace(items)
-        puts = {
-            k: i for k, i in items.items() if i is not None and self._write_of(k, i) is not None
-        }
+        puts = {k: i for k, i in items.items() if i is not None and not _gone(i)}
         gone = [k for k in items if k not in puts]
         if puts:
             await self.save_many(puts, pace=False)
@@ -469,17 +467,13 @@ class Engine:
 
     async def save(self, kvkey: str, item: Item | None) -> None:
         """Write (or, for None or an empty container, delete) one key; caller holds its lock."""
-        if item is not None and item.type != "string" and not item.data:
-            item = None
+        put = self._write_of(kvkey, item)
         await self.pace([kvkey])
         if self.coordinator is not None:
-            await self.coordinator.write_exact({kvkey: self._write_of(kvkey, item)})
-            self._written([kvkey])
-            return
-        if item is None:
+            await self.coordinator.write_exact({kvkey: put})
+        elif put is None:
             await self.namespace.delete(kvkey)
         else:
-            put = self._put_item(kvkey, item)
             await self.namespace.put(
                 kvkey, put.value, expiration=put.expiration, metadata=put.metadata
             )
@@ -518,6 +512,11 @@ class Engine:
         self._written(k for k in kvkeys if k not in failed)
         if failed:
             raise ResponseError(f"KV did not delete {len(failed)} key(s) after retries.")
+
+
+def _gone(item: Item | None) -> bool:
+    """Whether writing ``item`` means deleting the key (None, or an empty container)."""
+    return item is None or (item.type != "string" and not item.data)
 
 
 class _Held(Exception):
