@@ -78,8 +78,12 @@ class Ledger:
                         None if info.metadata is None else orjson.dumps(info.metadata).decode(),
                     )
                 )
-            if rows:
-                self._db.executemany("INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)", rows)
+            if rows:  # one transaction a page (not one a row)
+                with self._db:
+                    self._db.execute("BEGIN")
+                    self._db.executemany(
+                        "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)", rows
+                    )
                 self.entries += len(rows)
             if page.cursor is None:
                 return self.entries
@@ -88,7 +92,9 @@ class Ledger:
     def remember(self, names: Iterable[str]) -> None:
         """Note the names earlier runs of this migration wrote (from their manifests)."""
         rows = ((name.encode("utf-8"),) for name in names)
-        self._db.executemany("INSERT OR IGNORE INTO earlier VALUES (?)", rows)
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR IGNORE INTO earlier VALUES (?)", rows)
 
     def written_before(self, names: Sequence[str]) -> set[str]:
         """Those of ``names`` an earlier run wrote."""
