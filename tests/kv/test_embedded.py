@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brainbot.kv import EmbeddedKV, Entry, iter_keys
+from brainbot.kv.namespace import PutItem
 
 WRITER = textwrap.dedent(
     """
@@ -132,5 +133,44 @@ def test_behaves_like_a_sorted_dict_with_expiry(
             assert listed == expected
             for key, (value, expiration) in live.items():
                 assert await kv.get(key) == Entry(value, expiration)
+
+    asyncio.run(run())
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    writes=st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "é", "nul\x00key", "🙂"]),
+            st.one_of(
+                st.binary(max_size=40),  # often not UTF-8: written row by row
+                st.text(max_size=40).map(str.encode),  # NULs and controls included
+                st.just(b"x" * (70 * 1024)),  # past the JSON path's size
+            ),
+            st.one_of(st.none(), st.dictionaries(st.text(max_size=5), st.text(max_size=5))),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_bulk_writes_keep_every_byte_and_the_last_write_of_a_key(
+    tmp_path_factory: object, writes: list[tuple[str, bytes, dict[str, str] | None]]
+) -> None:
+    """put_many sends text rows as one JSON document and the rest row by row: whichever
+    way a row goes, its bytes come back exactly, and the last write of a key wins."""
+
+    async def run() -> None:
+        directory = tmp_path_factory.mktemp("bulk")  # type: ignore[attr-defined]
+        async with EmbeddedKV(directory / "kv.sqlite3") as kv:
+            await kv.put_many([PutItem(k, v, None, None, m) for k, v, m in writes])
+            expected = {k: (v, m) for k, v, m in writes}
+            got = await kv.get_many(list(expected))
+            for key, (value, metadata) in expected.items():
+                entry = got[key]
+                assert entry is not None
+                assert (entry.value, entry.metadata) == (value, metadata)
+                assert isinstance(entry.value, bytes)
 
     asyncio.run(run())

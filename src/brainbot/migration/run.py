@@ -29,14 +29,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import itertools
 import math
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -261,6 +261,10 @@ class _Run:
         self.saved.restore(state["report"] or {})
         self.checkpointing = asyncio.Lock()
         self.to_back_up: list[str] = []
+        self.disk = ThreadPoolExecutor(max_workers=1, thread_name_prefix="brainbot-migration")
+        """The run's file writes, one at a time in the order given: a batch's backup is on
+        disk before its write is sent, a step's backup before its checkpoint."""
+        self.flushed: asyncio.Future[None] | None = None
 
     # -- planning ---------------------------------------------------------------------
 
@@ -307,7 +311,9 @@ class _Run:
                 self.backup.append(backup_line(p.record, read_ms))  # skipped ones too
                 self.backup_bytes += len(self.backup[-1])
                 if self.backup_bytes > BACKUP_BYTES:
-                    await self.flush_files()
+                    if self.flushed is not None:
+                        await self.flushed  # at most one backup chunk waiting for the disk
+                    self.flushed = self.flush_files()
             if p.skipped:
                 continue
             items = self.keep(p.items, tally)
@@ -356,7 +362,7 @@ class _Run:
         step.closed = True
         if len(self.batch.items) >= self.batch_entries:
             await self.dispatch()
-        await self.advance()
+        self.spawn(self.advance())
 
     # -- writing ----------------------------------------------------------------------
 
@@ -382,10 +388,10 @@ class _Run:
         """Send the current batch (after its keys' backup is on disk)."""
         batch, self.batch = self.batch, _Batch()
         self.raise_failure()
-        await self.flush_files()  # before the entries they cover are written
+        flushed = self.flush_files()  # the backup of its keys, before the write is sent
         if not batch.items:
+            await flushed
             return
-        loop = asyncio.get_running_loop()
         await self.slots.acquire()
         weight = batch.volume + ENTRY_WEIGHT * len(batch.items)
         async with self.landed:  # memory bounds the writes in flight as much as their count
@@ -393,26 +399,43 @@ class _Run:
                 lambda: self.flying == 0 or self.flying + weight <= IN_FLIGHT_WEIGHT
             )
             self.flying += weight
-        task = loop.create_task(self._write(batch, weight))
+        self.spawn(self._write(batch, weight, flushed))
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` alongside the planner; its failure stops the run (``finish``)."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except BaseException as exc:
+                self.failure = self.failure or exc
+
+        task = asyncio.get_running_loop().create_task(guarded())
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def flush_files(self) -> None:
-        """Put the backup and the owner claims read so far on disk."""
-        if self.path is None:
-            return  # a dry run keeps its claims in memory, and no backup
+    def flush_files(self) -> asyncio.Future[None]:
+        """Hand the backup and the owner claims read so far to the disk thread; the future
+        is done once they are on disk (and so is everything handed before them)."""
+        loop = asyncio.get_running_loop()
+        if self.path is None:  # a dry run keeps its claims in memory, and no backup
+            done: asyncio.Future[None] = loop.create_future()
+            done.set_result(None)
+            return done
         backup, self.backup = self.backup, []
         claims, self.claims = self.claims, []
         self.backup_bytes = 0
-        loop = asyncio.get_running_loop()
-        backup_file = self.path / "backup.jsonl.gz"
-        await loop.run_in_executor(
-            None, functools.partial(files.append, backup_file, backup, compressed=True)
-        )
-        await loop.run_in_executor(None, files.append, self.path / "owners.jsonl", claims)
+        backup_file, owners_file = self.path / "backup.jsonl.gz", self.path / "owners.jsonl"
 
-    async def _write(self, batch: _Batch, weight: int) -> None:
+        def write() -> None:
+            files.append(backup_file, backup, compressed=True)
+            files.append(owners_file, claims)
+
+        return loop.run_in_executor(self.disk, write)
+
+    async def _write(self, batch: _Batch, weight: int, flushed: asyncio.Future[None]) -> None:
         try:
+            await flushed
             result = await self.kv.put_many(batch.items)
             self.report.bulk_writes += 1
             if result.unsuccessful_keys:
@@ -450,7 +473,7 @@ class _Run:
             self.done_steps += 1
         if self.done_steps == first or self.path is None:
             return
-        await self.flush_files()  # the steps' backups before their checkpoint
+        flushed = self.flush_files()  # the steps' backups before their checkpoint
         manifest = [line for step in self.steps[first : self.done_steps] for line in step.manifest]
         for step in self.steps[first : self.done_steps]:
             step.manifest = []
@@ -461,9 +484,13 @@ class _Run:
         self.saved.bulk_writes = self.report.bulk_writes
         self.state["report"] = self.saved.to_json()
         path, state = self.path, dict(self.state)
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, files.append, path / "manifest.jsonl", manifest)
-        await loop.run_in_executor(None, files.write_json, path / "state.json", state)
+
+        def write() -> None:
+            files.append(path / "manifest.jsonl", manifest)
+            files.write_json(path / "state.json", state)
+
+        await flushed
+        await asyncio.get_running_loop().run_in_executor(self.disk, write)
 
     async def finish(self) -> None:
         await self.dispatch()
@@ -471,6 +498,9 @@ class _Run:
             await asyncio.gather(*self.tasks, return_exceptions=True)
         self.raise_failure()
         await self.advance()
+
+    def close(self) -> None:
+        self.disk.shutdown(wait=True)
 
 
 async def migrate_redis_to_kv(
@@ -528,6 +558,7 @@ async def migrate_redis_to_kv(
     kv = namespace
     ledger: Ledger | None = None
     scratch = contextlib.ExitStack()
+    run: _Run | None = None
     try:
         earlier = _earlier_keys(runs, earlier_states, state["run_id"])
         first = next(earlier, None)
@@ -601,6 +632,8 @@ async def migrate_redis_to_kv(
             files.write_json(run_path / "state.json", state)
             files.write_json(run_path / "report.json", report.to_json())
     finally:
+        if run is not None:
+            run.close()
         await redis.aclose()
         if ledger is not None:
             ledger.discard()
