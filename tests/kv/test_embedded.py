@@ -174,3 +174,28 @@ def test_bulk_writes_keep_every_byte_and_the_last_write_of_a_key(
                 assert isinstance(entry.value, bytes)
 
     asyncio.run(run())
+
+
+async def test_a_list_page_costs_the_same_deep_in_the_namespace(tmp_path: Path) -> None:
+    """Counted in SQLite VM steps (not time): the last page of a listing does no more work
+    than the first (a page once scanned from the prefix up to its cursor: quadratic)."""
+    async with EmbeddedKV(tmp_path / "kv.sqlite3") as kv:
+        await kv.put_many([PutItem(f"k{i:06d}", b"v") for i in range(20_000)])
+        steps = [0]
+
+        def count() -> int:
+            steps[0] += 1
+            return 0
+
+        kv._conn.set_progress_handler(count, 100)
+        costs = []
+        cursor = None
+        while True:
+            steps[0] = 0
+            page = await kv.list(prefix="k", cursor=cursor, limit=100)
+            costs.append(steps[0])
+            cursor = page.cursor
+            if cursor is None:
+                break
+        assert len(costs) == 200
+        assert max(costs[-10:]) < 2 * max(costs[:10]), (costs[:3], costs[-3:])

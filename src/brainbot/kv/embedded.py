@@ -225,14 +225,18 @@ class EmbeddedKV:
         now = int(self._clock())
 
         def read() -> ListPage:
-            clauses = ["key >= ?", "(expiration IS NULL OR expiration > ?)"]
-            args: builtins.list[object] = [low, now]
+            # one lower bound: given both, SQLite may seek to the prefix and scan up to the
+            # cursor, which made listing a namespace quadratic (16 ms a page at 380,000 keys)
+            args: builtins.list[object]
+            if after is not None and after >= low:
+                clauses, args = ["key > ?"], [after]
+            else:
+                clauses, args = ["key >= ?"], [low]
+            clauses.append("(expiration IS NULL OR expiration > ?)")
+            args.append(now)
             if high is not None:
                 clauses.append("key < ?")
                 args.append(high)
-            if after is not None:
-                clauses.append("key > ?")
-                args.append(after)
             rows = self._conn.execute(
                 "SELECT key, expiration, metadata FROM entries WHERE "  # noqa: S608
                 + " AND ".join(clauses)
@@ -245,7 +249,7 @@ class EmbeddedKV:
                 KeyInfo(
                     name=r[0].decode("utf-8"),
                     expiration=r[1],
-                    metadata=None if r[2] is None else json.loads(r[2]),
+                    metadata=_metadata(r[2]),
                 )
                 for r in rows
             ]
@@ -387,6 +391,18 @@ class _Transaction:
         self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
 
 
+def _metadata(text: str | None) -> JSON:
+    """Stored metadata text as JSON values (orjson, several times faster than json; json
+    only for what orjson refuses, such as a NaN an older version may have stored)."""
+    if text is None:
+        return None
+    try:
+        loaded: JSON = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        loaded = json.loads(text)
+    return loaded
+
+
 def _has_json(conn: sqlite3.Connection) -> bool:
     """Whether this SQLite has its JSON functions (built in since 3.38)."""
     try:
@@ -440,5 +456,5 @@ def _entry(row: tuple[bytes, int | None, str | None]) -> Entry:
     return Entry(
         value=bytes(value),
         expiration=expiration,
-        metadata=None if metadata is None else json.loads(metadata),
+        metadata=_metadata(metadata),
     )
