@@ -346,8 +346,8 @@ class EmbeddedKV:
         latest = {row[0]: row for row in rows} if len(rows) > 1 else {rows[0][0]: rows[0]}
         texts: builtins.list[tuple[str, str, int | None, str | None]] = []
         raw: builtins.list[tuple[bytes, bytes, int | None, str | None]] = []
-        for row in latest.values():
-            key, value = row[0], row[1]
+        for row in sorted(latest.values()) if len(latest) > 1 else latest.values():
+            key, value = row[0], row[1]  # in key order: SQLite's B-trees fill in sequence
             if len(value) > _JSON_ROW_BYTES or b"\0" in value or b"\0" in key:
                 raw.append(row)
                 continue

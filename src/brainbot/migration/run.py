@@ -66,7 +66,6 @@ from brainbot.migration.transform import (
     digest_of,
     owner_items,
     plan,
-    size_of,
 )
 
 BACKUP_RETENTION_DAYS = 30
@@ -325,7 +324,7 @@ class _Run:
                         "key": p.name,
                         "type": p.record.type,
                         "kind": p.kind,
-                        "size": size_of(p.record),
+                        "size": p.size,
                         "ttl_ms": p.record.pttl,
                         "kv": [[i.key, digest_of(i)] for i in items],
                         "note": p.note,

@@ -116,6 +116,17 @@ def _pattern(raw: str, owner: bool) -> re.Pattern[str]:
     return re.compile(re.escape(head) + body + re.escape(tail) + r"\Z", re.DOTALL)
 
 
+@cache
+def _patterns(conversation: str, session: str, owner: str) -> dict[str, re.Pattern[str]]:
+    """The three patterns compiled, once per set (``pattern`` runs three times a key)."""
+    compiled = {}
+    for which, raw in (("conversation", conversation), ("session", session), ("owner", owner)):
+        if raw.count("{id}") != 1:
+            raise InvalidInput(f"The {which} pattern must contain {{id}} once: {raw!r}")
+        compiled[which] = _pattern(raw, which == "owner")
+    return compiled
+
+
 @dataclass(frozen=True, slots=True)
 class Options:
     prefix: str = ""
@@ -129,8 +140,7 @@ class Options:
     the exact expiry) or ``skip`` (report, do not write)."""
 
     def __post_init__(self) -> None:
-        for which in ("conversation", "session", "owner"):
-            self.pattern(which)  # a bad pattern is refused before anything is read
+        self.pattern("conversation")  # a bad pattern is refused before anything is read
 
     def whole(self, key: bytes, kind: str) -> bool:
         """Whether the migration must see a container's elements: a legacy layout's."""
@@ -140,14 +150,7 @@ class Options:
         return bool(self.pattern(which).match(key.decode("utf-8", "replace")))
 
     def pattern(self, which: str) -> re.Pattern[str]:
-        raw = {
-            "conversation": self.conversation_pattern,
-            "session": self.session_pattern,
-            "owner": self.owner_pattern,
-        }[which]
-        if raw.count("{id}") != 1:
-            raise InvalidInput(f"The {which} pattern must contain {{id}} once: {raw!r}")
-        return _pattern(raw, which == "owner")
+        return _patterns(self.conversation_pattern, self.session_pattern, self.owner_pattern)[which]
 
 
 @dataclass(slots=True)
@@ -163,6 +166,8 @@ class Plan:
     goes to nobody (operators only) instead of to both."""
     skipped: str | None = None
     note: str | None = None
+    size: int = 0
+    """The bytes of the record's data (``size_of``), for keys not skipped."""
 
     @property
     def name(self) -> str:
@@ -230,7 +235,8 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     except KVValidationError as exc:
         result.skipped = f"key refused by KV: {exc.message}"
         return result
-    if size_of(record) > MAX_VALUE_BYTES:
+    result.size = size_of(record)
+    if result.size > MAX_VALUE_BYTES:
         result.skipped = "value over KV's 25 MiB"
         return result
     expire_ms = now_ms + record.pttl if record.pttl > 0 else None
