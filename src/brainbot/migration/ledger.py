@@ -6,27 +6,71 @@ the names, 1,000 a request, without values, so one pass over the namespace tells
 every key whether it is absent, still exactly what a run of this migration wrote, or
 something else (the bot wrote it since). The ledger keeps that in a SQLite file of the run
 (on disk, so a namespace of millions of keys costs no memory) for the run, ``verify`` and
-``rollback`` to look keys up in batches.
+``rollback`` to look keys up in batches; ``verify`` also puts there what the source says
+KV must hold, and SQLite compares the two in one join.
 """
 
 from __future__ import annotations
 
+import random
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 from brainbot.kv.namespace import KVNamespace
 from brainbot.migration.transform import stamp_of
+from brainbot.storage import codec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
-    name BLOB PRIMARY KEY, mark TEXT, run TEXT, digest TEXT, expiration INTEGER, meta TEXT
+    name BLOB PRIMARY KEY, mark TEXT, run TEXT, digest TEXT, expiration INTEGER,
+    type TEXT, x INTEGER
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS earlier (name BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS expected (
+    name BLOB, report TEXT, digest TEXT, type TEXT, typed INTEGER, x INTEGER, expiration INTEGER
+);
 """
+_MATCH = """coalesce((
+    k.digest = e.digest AND (e.typed = 0 OR e.type = k.type)
+    AND ((e.x IS NULL) = (k.x IS NULL))
+    AND (e.x IS NULL OR abs(e.x - k.x) <= :tolerance)
+    AND (e.x IS NOT NULL OR ((e.expiration IS NULL) = (k.expiration IS NULL)))
+), 0)"""
+"""An expected entry KV holds exactly (digest, type, expiry within the tolerance), by the
+rules of ``verify._compare``: Python looks only at what this does not call a match."""
+_EXPECTED_COLUMNS = "e.name, e.report, e.digest, e.type, e.typed, e.x, e.expiration"
+_EXPECT_JSON = (
+    "INSERT INTO expected SELECT CAST(json_extract(j.value, '$[0]') AS BLOB), "
+    "json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), "
+    "json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'), "
+    "json_extract(j.value, '$[5]'), json_extract(j.value, '$[6]') FROM json_each(?) AS j"
+)
 _LOOKUP_CHUNK = 500
+
+
+class Expected(NamedTuple):
+    """An entry the source says KV must hold (verify), as the ledger keeps it."""
+
+    name: bytes
+    report: str
+    """The Redis key, as reports show it."""
+    digest: str
+    type: str
+    typed: int
+    """Whether its metadata names its type (only then is the type compared)."""
+    x: int | None
+    """Its exact expiry (ms) from its metadata, if any."""
+    expiration: int | None
+    """KV's own expiry (s) it asks for."""
+
+    @property
+    def key(self) -> str:
+        return self.name.decode("utf-8")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +81,24 @@ class Seen:
     run: str | None
     digest: str | None
     expiration: int | None
-    metadata: Any
+    type: str = "string"
+    """The Redis type its metadata records (``codec.type_of``)."""
+    x: int | None = None
+    """The exact expiry (ms) its metadata records (``codec.expiry_of``)."""
+
+
+def seen_of(metadata: Any, expiration: int | None) -> Seen:
+    """What a listing (or a read) of an entry with this metadata shows."""
+    stamp = stamp_of(metadata)
+    exact = codec.expiry_of(metadata)
+    return Seen(
+        stamp.mark if stamp else None,
+        stamp.run if stamp else None,
+        stamp.digest if stamp else None,
+        expiration,
+        codec.type_of(metadata),
+        None if exact is None else int(exact),
+    )
 
 
 class Ledger:
@@ -60,29 +121,20 @@ class Ledger:
     async def load(self, namespace: KVNamespace, prefix: str) -> int:
         """List everything under ``prefix`` into the ledger; returns the number of names
         (one list request per 1,000)."""
-        import orjson
-
         cursor: str | None = None
         while True:
             page = await namespace.list(prefix=prefix, cursor=cursor, limit=1000)
             rows = []
             for info in page.keys:
-                stamp = stamp_of(info.metadata)
+                s = seen_of(info.metadata, info.expiration)
                 rows.append(
-                    (
-                        info.name.encode("utf-8"),
-                        stamp.mark if stamp else None,
-                        stamp.run if stamp else None,
-                        stamp.digest if stamp else None,
-                        info.expiration,
-                        None if info.metadata is None else orjson.dumps(info.metadata).decode(),
-                    )
+                    (info.name.encode("utf-8"), s.mark, s.run, s.digest, s.expiration, s.type, s.x)
                 )
             if rows:  # one transaction a page (not one a row)
                 with self._db:
                     self._db.execute("BEGIN")
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?)", rows
+                        "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?, ?)", rows
                     )
                 self.entries += len(rows)
             if page.cursor is None:
@@ -109,8 +161,6 @@ class Ledger:
 
     def lookup(self, names: Sequence[str]) -> dict[str, Seen]:
         """The listed state of those of ``names`` KV holds (absent names are left out)."""
-        import orjson
-
         found: dict[str, Seen] = {}
         if not self.entries:
             return found
@@ -118,14 +168,70 @@ class Ledger:
         for start in range(0, len(raws), _LOOKUP_CHUNK):
             chunk = raws[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            for name, mark, run, digest, expiration, meta in self._db.execute(
-                f"SELECT name, mark, run, digest, expiration, meta FROM kv WHERE name IN ({marks})",  # noqa: S608
+            for name, *seen in self._db.execute(
+                "SELECT name, mark, run, digest, expiration, type, x "  # noqa: S608
+                f"FROM kv WHERE name IN ({marks})",
                 chunk,
             ):
-                found[bytes(name).decode("utf-8")] = Seen(
-                    mark, run, digest, expiration, None if meta is None else orjson.loads(meta)
-                )
+                found[bytes(name).decode("utf-8")] = Seen(*seen)
         return found
+
+    # -- verify: what the source says KV must hold, compared in SQL --------------------------
+
+    def expect(self, rows: Sequence[Expected]) -> None:
+        """Note entries the source plans (compared with the listing by ``mismatches``).
+        One JSON document per call, so one statement: the GIL stays free while SQLite
+        inserts (row by row, a busy thread beside it would starve the insert); names with
+        a NUL, which SQLite's text functions may not carry, go row by row."""
+        plain = [r for r in rows if b"\0" not in r.name]
+        with self._db:
+            self._db.execute("BEGIN")
+            if plain:
+                document = orjson.dumps([(r.name.decode("utf-8"), *r[1:]) for r in plain])
+                self._db.execute(_EXPECT_JSON, (document,))
+            if len(plain) < len(rows):
+                rest = [r for r in rows if b"\0" in r.name]
+                self._db.executemany("INSERT INTO expected VALUES (?, ?, ?, ?, ?, ?, ?)", rest)
+
+    def expected_all(self) -> None:
+        """Every expected entry is in: index them by name (one sort, not one per insert)."""
+        self._db.execute("CREATE INDEX IF NOT EXISTS expected_by_name ON expected (name)")
+
+    def mismatches(self, tolerance_ms: int) -> Iterator[tuple[Expected, Seen | None]]:
+        """Every expected entry KV does not hold exactly, with what the listing showed of
+        it (None: not listed). Matches stay in SQLite: Python sees only differences."""
+        query = (
+            f"SELECT {_EXPECTED_COLUMNS}, k.name, k.mark, k.run, k.digest, k.expiration, "  # noqa: S608
+            f"k.type, k.x FROM expected e LEFT JOIN kv k ON k.name = e.name WHERE {_MATCH} = 0"
+        )
+        for row in self._db.execute(query, {"tolerance": tolerance_ms}):
+            yield Expected(*row[:7]), None if row[7] is None else Seen(*row[8:])
+
+    def sample(self, n: int, tolerance_ms: int) -> list[Expected]:
+        """About ``n`` matching entries picked at random (their values are read again)."""
+        (total,) = self._db.execute("SELECT max(rowid) FROM expected").fetchone()
+        if not total or n <= 0:
+            return []
+        picks = random.sample(range(1, total + 1), min(total, 2 * n))
+        marks = ",".join(f":p{i}" for i in range(len(picks)))
+        query = (
+            f"SELECT {_EXPECTED_COLUMNS} FROM expected e JOIN kv k ON k.name = e.name "  # noqa: S608
+            f"WHERE e.rowid IN ({marks}) AND {_MATCH} LIMIT {int(n)}"
+        )
+        params = {f"p{i}": p for i, p in enumerate(picks)} | {"tolerance": tolerance_ms}
+        return [Expected(*row) for row in self._db.execute(query, params)]
+
+    def unexpected(self, low: str, high: bytes | None) -> int:
+        """Names listed in [low, high) that no expected entry has (a conversation's
+        messages on KV that are not in Redis)."""
+        query = "SELECT count(*) FROM kv WHERE name >= ?"
+        args: list[Any] = [low.encode("utf-8")]
+        if high is not None:
+            query += " AND name < ?"
+            args.append(high)
+        query += " AND NOT EXISTS (SELECT 1 FROM expected e WHERE e.name = kv.name)"
+        count: int = self._db.execute(query, args).fetchone()[0]
+        return count
 
     def names(self, *, run: str | None = None, prefix: str = "") -> Iterable[str]:
         """Every listed name (of one run's entries, under ``prefix``), in byte order."""

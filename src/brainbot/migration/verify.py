@@ -1,11 +1,13 @@
 """``brainbot verify``: every key of the source compared with KV, in list pages.
 
 KV is listed once under the prefix into a ledger (1,000 entries a request: names, expiry
-and metadata, never values). Then the source is read, planned exactly as the migration
-plans it, and each planned entry is looked up: it must be there, with the digest of the
-expected value (the migration stamps it into the entry's metadata), and an expiry
-within a tolerance of the source's TTL; a legacy conversation must hold exactly its
-messages (none missing, none extra). Values are read only where metadata cannot answer:
+and metadata, never values) while the source is read and planned exactly as the migration
+plans it; each planned entry goes into the same ledger (a SQLite file: a million keys cost
+no memory). Then SQLite compares the two in one join: each entry must be there, with the
+digest of the expected value (the migration stamps it into the entry's metadata), its
+type, and an expiry within a tolerance of the source's TTL; a legacy conversation must
+hold exactly its messages (none missing, none extra). Only what does not match comes back
+to Python, which says how it differs. Values are read only where metadata cannot answer:
 
 * keys missing from the listing, looked at again after a pause (KV is eventually
   consistent) before they are called lost;
@@ -21,21 +23,26 @@ is given. Keys the migration skips (and why) are counted, not reported as differ
 from __future__ import annotations
 
 import asyncio
-import random
+import contextlib
 import tempfile
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from brainbot.kv.embedded import prefix_upper_bound
 from brainbot.kv.namespace import KVNamespace, PutItem
-from brainbot.migration.ledger import Ledger, Seen
+from brainbot.migration.ledger import Expected, Ledger, Seen, seen_of
 from brainbot.migration.source import Reader, Record, connect, scan_batches
 from brainbot.migration.transform import Options, Plan, digest, owner_items, plan
 from brainbot.storage import codec
 
 READ_CHUNK = 100  # values per bulk read
+YIELD_EVERY = 50
+"""Records planned between turns of the event loop: the listing runs alongside, one
+request at a time, and would otherwise wait for a whole SCAN step's planning."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,29 +71,33 @@ class VerifyReport:
         }
 
 
-def _expected_expiry(item: PutItem) -> tuple[int | None, int | None]:
-    """(exact expiry in ms from the metadata, KV's own expiry in s) an item asks for."""
+def expected(p: Plan, item: PutItem) -> Expected:
+    """What KV must hold for ``item`` of plan ``p``: its digest, type and expiries."""
     meta = item.metadata if isinstance(item.metadata, dict) else {}
     exact = meta.get("x")
-    return (exact if isinstance(exact, int) else None), item.expiration
+    return Expected(
+        item.key.encode("utf-8"),
+        p.name,
+        digest(item.value),
+        codec.type_of(meta),
+        int("t" in meta),
+        exact if isinstance(exact, int) else None,
+        item.expiration,
+    )
 
 
-def _compare(item: PutItem, seen: Seen, tolerance_ms: int) -> str | None:
-    """What differs between a planned entry and the listed one (None: nothing)."""
-    want = digest(item.value)
-    if seen.digest is not None and seen.digest != want:
+def _compare(want: Expected, seen: Seen, tolerance_ms: int) -> str | None:
+    """What differs between an expected entry and the listed one (None: nothing)."""
+    if seen.digest is not None and seen.digest != want.digest:
         return "value differs"
-    meta = item.metadata if isinstance(item.metadata, dict) else {}
-    got = seen.metadata if isinstance(seen.metadata, dict) else {}
-    if codec.type_of(meta) != codec.type_of(got) and "t" in meta:
-        return f"type is {codec.type_of(got)} on KV, {codec.type_of(meta)} in Redis"
-    exact, kv_seconds = _expected_expiry(item)
-    actual = codec.expiry_of(got)
+    if want.typed and want.type != seen.type:
+        return f"type is {seen.type} on KV, {want.type} in Redis"
+    exact, actual = want.x, seen.x
     if (exact is None) != (actual is None):
         return f"TTL differs: {'none' if actual is None else 'set'} on KV"
     if exact is not None and actual is not None and abs(exact - actual) > tolerance_ms:
         return f"expiry differs by {abs(exact - actual)} ms"
-    if exact is None and (kv_seconds is None) != (seen.expiration is None):
+    if exact is None and (want.expiration is None) != (seen.expiration is None):
         return "TTL differs"
     return None
 
@@ -114,49 +125,82 @@ async def verify(
     redis = connect(source, tls_ca_file=tls_ca_file, password=source_password)
     with tempfile.TemporaryDirectory(dir=work_dir, prefix="verify-") as scratch:
         ledger = Ledger(Path(scratch) / "kv-state.sqlite3")
+        check = _Check(namespace, ledger, report, ttl_tolerance_ms)
+        listing = asyncio.get_running_loop().create_task(ledger.load(namespace, options.prefix))
         try:
-            await ledger.load(namespace, options.prefix)
-            check = _Check(namespace, ledger, report, ttl_tolerance_ms, sample)
-            reader = Reader(redis, whole=options.whole)
-            async for _, keys in scan_batches(redis, match=match, type_=type_):
+            async for records in _read_ahead(
+                Reader(redis, whole=options.whole), redis, match, type_
+            ):
+                if listing.done():
+                    listing.result()  # a listing that failed stops the run now
                 now_ms = int(time.time() * 1000)
-                check.step([plan(r, options, now_ms) for r in await reader.read(keys)])
+                for start in range(0, len(records), YIELD_EVERY):
+                    chunk = records[start : start + YIELD_EVERY]
+                    check.step([plan(r, options, now_ms) for r in chunk])
+                    await asyncio.sleep(0)  # the listing's next page goes out now
             owners, _ = owner_items(check.claims, options.prefix, int(time.time() * 1000))
             holder = Plan(Record(b"(owners)", "set", set(), -1), kind="owners", items=owners)
             check.step([holder])
+            await listing
+            ledger.expected_all()
+            check.compare(sample)
             check.extra_messages(options.prefix)
             await check.read_values(recheck_after)
         finally:
+            if not listing.done():
+                listing.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await listing
             ledger.close()
             await redis.aclose()
     report.api_requests = _requests(namespace) - before
     return report
 
 
+async def _read_ahead(
+    reader: Reader, redis: Any, match: str | None, type_: str | None
+) -> AsyncIterator[list[Record]]:
+    """The records of each SCAN step, the next steps read while this one is checked."""
+    queue: asyncio.Queue[list[Record] | None] = asyncio.Queue(2)
+
+    async def read() -> None:
+        async for _, keys in scan_batches(redis, match=match, type_=type_):
+            async for piece in reader.pieces(keys):
+                await queue.put(piece)
+        await queue.put(None)
+
+    reading = asyncio.get_running_loop().create_task(read())
+    try:
+        while (records := await queue.get()) is not None:
+            yield records
+        await reading
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
+
+
 class _Check:
+    """The source's planned entries go into the ledger as they are read (while KV is
+    listed into it); once both are in, SQLite compares them and hands Python only what
+    differs, the entries to read, and the sample."""
+
     def __init__(
-        self,
-        kv: KVNamespace,
-        ledger: Ledger,
-        report: VerifyReport,
-        tolerance_ms: int,
-        sample: int,
+        self, kv: KVNamespace, ledger: Ledger, report: VerifyReport, tolerance_ms: int
     ) -> None:
         self.kv = kv
         self.ledger = ledger
         self.report = report
         self.tolerance_ms = tolerance_ms
-        self.sample = sample
         self.claims: dict[str, set[str]] = {}
-        self.missing: list[tuple[Plan, PutItem]] = []
-        self.unmarked: list[tuple[Plan, PutItem]] = []
-        self.sampled: list[tuple[Plan, PutItem]] = []
-        self.matched = 0
-        self.conversations: dict[str, set[str]] = {}  # prefix -> expected message keys
+        self.missing: list[Expected] = []
+        self.unmarked: list[Expected] = []
+        self.sampled: list[Expected] = []
+        self.conversations: dict[str, str] = {}  # key prefix of its messages -> its name
 
     def step(self, plans: list[Plan]) -> None:
-        items = [(p, item) for p in plans if not p.skipped for item in p.items]
-        seen = self.ledger.lookup([item.key for _, item in items])
+        rows = []
         for p in plans:
             if p.skipped:
                 self.report.skipped[p.skipped] += 1
@@ -166,38 +210,34 @@ class _Check:
             for owner, cid in p.claims:
                 self.claims.setdefault(cid, set()).add(owner)
             if p.kind == "conversation" and p.items:
-                prefix = p.items[0].key.rsplit("/", 1)[0] + "/"
-                self.conversations.setdefault(prefix, set()).update(i.key for i in p.items)
-        for p, item in items:
-            self.report.entries += 1
-            found = seen.get(item.key)
-            if found is None:
-                self.missing.append((p, item))
-            elif found.digest is None:
-                self.unmarked.append((p, item))  # no digest: only its value can tell
-            elif problem := _compare(item, found, self.tolerance_ms):
-                self.report.differences.append(Difference(p.name, problem))
-            else:
-                self.matched += 1  # reservoir sampling: a uniform sample of the matches
-                if len(self.sampled) < self.sample:
-                    self.sampled.append((p, item))
-                elif (slot := random.randrange(self.matched)) < self.sample:
-                    self.sampled[slot] = (p, item)
+                self.conversations[p.items[0].key.rsplit("/", 1)[0] + "/"] = p.name
+            rows += [expected(p, item) for item in p.items]
+        self.report.entries += len(rows)
+        self.ledger.expect(rows)
+
+    def compare(self, sample: int) -> None:
+        for want, seen in self.ledger.mismatches(self.tolerance_ms):
+            if seen is None:
+                self.missing.append(want)
+            elif seen.digest is None:
+                self.unmarked.append(want)  # no digest: only its value can tell
+            elif problem := _compare(want, seen, self.tolerance_ms):
+                self.report.differences.append(Difference(want.report, problem))
+        self.sampled = self.ledger.sample(sample, self.tolerance_ms) if sample else []
 
     def extra_messages(self, prefix: str) -> None:
-        for conversation, expected in self.conversations.items():
-            extra = [n for n in self.ledger.names(prefix=conversation) if n not in expected]
+        for conversation in self.conversations:
+            high = prefix_upper_bound(conversation.encode("utf-8"))
+            extra = self.ledger.unexpected(conversation, high)
             if extra:
                 name = conversation[len(prefix) :].removeprefix("conv/").rstrip("/")
                 self.report.differences.append(
-                    Difference(
-                        f"conversation {name}", f"{len(extra)} message(s) on KV not in Redis"
-                    )
+                    Difference(f"conversation {name}", f"{extra} message(s) on KV not in Redis")
                 )
 
-    async def _values(self, pairs: list[tuple[Plan, PutItem]]) -> dict[str, Any]:
+    async def _values(self, wanted: list[Expected]) -> dict[str, Any]:
         found: dict[str, Any] = {}
-        keys = [item.key for _, item in pairs]
+        keys = [w.key for w in wanted]
         for start in range(0, len(keys), READ_CHUNK):
             found.update(await self.kv.get_many(keys[start : start + READ_CHUNK]))
         self.report.values_read += len(keys)
@@ -208,18 +248,18 @@ class _Check:
         a digest, and the sample."""
         if self.missing:
             await asyncio.sleep(recheck_after)
-        for pairs in (self.missing, self.unmarked, self.sampled):
-            if not pairs:
+        for wanted in (self.missing, self.unmarked, self.sampled):
+            if not wanted:
                 continue
-            found = await self._values(pairs)
-            for p, item in pairs:
-                entry = found.get(item.key)
+            found = await self._values(wanted)
+            for want in wanted:
+                entry = found.get(want.key)
                 if entry is None:
-                    self.report.differences.append(Difference(p.name, "missing in KV"))
+                    self.report.differences.append(Difference(want.report, "missing in KV"))
                     continue
-                if digest(entry.value) != digest(item.value):
-                    self.report.differences.append(Difference(p.name, "value differs"))
+                if digest(entry.value) != want.digest:
+                    self.report.differences.append(Difference(want.report, "value differs"))
                     continue
-                seen = Seen(None, None, None, entry.expiration, entry.metadata)
-                if problem := _compare(item, seen, self.tolerance_ms):
-                    self.report.differences.append(Difference(p.name, problem))
+                seen = seen_of(entry.metadata, entry.expiration)
+                if problem := _compare(want, seen, self.tolerance_ms):
+                    self.report.differences.append(Difference(want.report, problem))
