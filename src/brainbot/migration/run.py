@@ -675,20 +675,22 @@ async def _pipeline(
 
     async def read_ahead() -> None:
         before = int(state["cursor"])
-        async for cursor, keys in scan_batches(
-            redis, cursor=before, match=match, type_=type_, count=scan_count
-        ):
-            pieces = reader.pieces(keys)
-            piece = await anext(pieces, None)
-            while piece is not None:
-                following = await anext(pieces, None)
-                # a step of big values comes in pieces: only its last one moves the
-                # checkpoint past it (a resumed run reads the whole step again)
-                at = cursor if following is None else before
-                await queue.put((at, piece, int(time.time() * 1000)))
-                piece = following
-            before = cursor
-        await queue.put(None)
+        try:
+            async for cursor, keys in scan_batches(
+                redis, cursor=before, match=match, type_=type_, count=scan_count
+            ):
+                pieces = reader.pieces(keys)
+                piece = await anext(pieces, None)
+                while piece is not None:
+                    following = await anext(pieces, None)
+                    # a step of big values comes in pieces: only its last one moves the
+                    # checkpoint past it (a resumed run reads the whole step again)
+                    at = cursor if following is None else before
+                    await queue.put((at, piece, int(time.time() * 1000)))
+                    piece = following
+                before = cursor
+        finally:  # also when reading fails: the planner stops waiting, and sees why
+            await queue.put(None)
 
     reading = asyncio.get_running_loop().create_task(read_ahead())
     try:
