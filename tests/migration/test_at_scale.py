@@ -16,19 +16,21 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
 from brainbot.config import Settings
-from brainbot.errors import RollbackError
+from brainbot.errors import RedisUnavailable, RollbackError
 from brainbot.kv import EmbeddedKV, iter_keys
 from brainbot.migration.run import KEPT, NOT_RECREATED
+from brainbot.migration.source import Reader
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore, Message
 from tests.support.kv import rest_client, server_stats
 from tests.support.migration import migrate, roll_back, verify_kv
-from tests.support.processes import Service, start_kv_server, start_redis
+from tests.support.processes import Service, free_port, start_kv_server, start_redis
 
 CLI = [sys.executable, "-m", "brainbot"]
 
@@ -94,10 +96,13 @@ async def test_verify_costs_at_most_two_requests_per_thousand_entries_at_the_ser
     assert write_requests <= report.bulk_writes + 2  # plus the look at what KV holds
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
 async def test_verify_finds_what_changed_and_what_is_missing(
-    source: aioredis.Redis, redis_url: str, tmp_path: Path
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, lanes: int
 ) -> None:
+    """In one process, and in lane processes (a big source's: each reads a share)."""
     await fill_generic(source, 300, conversations=2)
+    await source.set("session:7", json.dumps({"user": "ann", "conversation": "c0"}))
     settings = settings_for(tmp_path)
     await migrate(redis_url, settings, verify_after=False)
     async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as kv:
@@ -105,7 +110,7 @@ async def test_verify_finds_what_changed_and_what_is_missing(
         await kv.delete("g:000002")
     await source.set("g:000003", "changed in Redis")
     await source.rpush("conversation:c1", json.dumps({"role": "user", "content": "new"}))
-    report = await verify_kv(redis_url, settings, recheck_after=0)
+    report = await verify_kv(redis_url, settings, recheck_after=0, lanes=lanes)
     problems = {d.key: d.problem for d in report.differences}
     assert problems == {
         "g:000001": "value differs",
@@ -394,3 +399,46 @@ async def test_every_file_of_a_run_is_private(
     )
     for path in run_dir.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path.name
+
+
+async def test_a_verify_lane_that_fails_fails_verify_with_its_error(
+    redis_url: str, tmp_path: Path
+) -> None:
+    """A lane process's error comes back as the same typed error, its password nowhere
+    (the job goes to the lane on stdin, not in its argv)."""
+    dead = f"redis://:lane-secret@127.0.0.1:{free_port()}/0"
+    with pytest.raises(RedisUnavailable) as caught:
+        await verify_kv(dead, settings_for(tmp_path), lanes=2)
+    assert "lane-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("command", ["migrate", "verify"])
+async def test_a_source_that_fails_mid_run_stops_the_run_with_its_error(
+    source: aioredis.Redis,
+    redis_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    """Fault injection: the third SCAN step's read fails. Before: the planner waited for
+    a step that never came, for ever."""
+    await fill_generic(source, 3_000, conversations=0)
+    pieces = Reader.pieces
+    calls = [0]
+
+    async def failing(self: Reader, keys: Any, **kw: Any) -> AsyncIterator[Any]:
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RedisUnavailable("Redis: ConnectionError: injected.")
+        async for piece in pieces(self, keys, **kw):
+            yield piece
+
+    monkeypatch.setattr(Reader, "pieces", failing)
+    settings = settings_for(tmp_path)
+    run = (
+        verify_kv(redis_url, settings, lanes=1)
+        if command == "verify"
+        else migrate(redis_url, settings, verify_after=False, scan_count=500)
+    )
+    with pytest.raises(RedisUnavailable, match="injected"):
+        await asyncio.wait_for(run, 60)

@@ -193,6 +193,16 @@ class Ledger:
                 rest = [r for r in rows if b"\0" in r.name]
                 self._db.executemany("INSERT INTO expected VALUES (?, ?, ?, ?, ?, ?, ?)", rest)
 
+    def absorb(self, path: Path) -> None:
+        """Take in the expected entries another ledger file holds (a verify lane's)."""
+        self._db.execute("ATTACH DATABASE ? AS lane", (str(path),))
+        try:
+            with self._db:
+                self._db.execute("BEGIN")
+                self._db.execute("INSERT INTO expected SELECT * FROM lane.expected")
+        finally:
+            self._db.execute("DETACH DATABASE lane")
+
     def expected_all(self) -> None:
         """Every expected entry is in: index them by name (one sort, not one per insert)."""
         self._db.execute("CREATE INDEX IF NOT EXISTS expected_by_name ON expected (name)")

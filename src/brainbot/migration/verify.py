@@ -24,18 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import tempfile
 import time
+import zlib
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from brainbot import errors
+from brainbot.errors import BrainbotError, MigrationError
 from brainbot.kv.embedded import prefix_upper_bound
 from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.migration.ledger import Expected, Ledger, Seen, seen_of
-from brainbot.migration.source import Reader, Record, connect, scan_batches
+from brainbot.migration.source import Reader, Record, connect, scan_batches, translated
 from brainbot.migration.transform import Options, Plan, digest, owner_items, plan
 from brainbot.storage import codec
 
@@ -115,8 +122,10 @@ async def verify(
     recheck_after: float = 2.0,
     sample: int = 100,
     work_dir: Path | None = None,
+    lanes: int | None = None,
 ) -> VerifyReport:
-    """Compare every key of ``source`` with ``namespace`` (the caller opens and closes it)."""
+    """Compare every key of ``source`` with ``namespace`` (the caller opens and closes it).
+    ``lanes``: processes reading the source (None: one per CPU for a big source)."""
     from brainbot.migration.run import _requests
 
     options = options or Options()
@@ -128,16 +137,16 @@ async def verify(
         check = _Check(namespace, ledger, report, ttl_tolerance_ms)
         listing = asyncio.get_running_loop().create_task(ledger.load(namespace, options.prefix))
         try:
-            async for records in _read_ahead(
-                Reader(redis, whole=options.whole), redis, match, type_
-            ):
-                if listing.done():
-                    listing.result()  # a listing that failed stops the run now
-                now_ms = int(time.time() * 1000)
-                for start in range(0, len(records), YIELD_EVERY):
-                    chunk = records[start : start + YIELD_EVERY]
-                    check.step([plan(r, options, now_ms) for r in chunk])
-                    await asyncio.sleep(0)  # the listing's next page goes out now
+            if lanes is None:
+                with translated():
+                    lanes = lanes_for(int(await redis.dbsize()))
+            if lanes > 1:
+                lane = Lane(source, source_password, tls_ca_file, options, match, type_, lanes)
+                for path, result in await _run_lanes(lane, Path(scratch)):
+                    ledger.absorb(path)
+                    check.absorb(result)
+            else:
+                await _check_source(check, redis, options, match, type_, listing)
             owners, _ = owner_items(check.claims, options.prefix, int(time.time() * 1000))
             holder = Plan(Record(b"(owners)", "set", set(), -1), kind="owners", items=owners)
             check.step([holder])
@@ -157,17 +166,165 @@ async def verify(
     return report
 
 
+LANE_MIN_KEYS = 50_000
+"""Below this many source keys one process reads the source: starting lanes costs more."""
+MAX_LANES = 4
+
+
+def lanes_for(keys: int) -> int:
+    """How many processes read a source of ``keys`` keys: one per CPU this process may use
+    (planning is Python, one core each), for a big source."""
+    if keys < LANE_MIN_KEYS:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cpus or 1, MAX_LANES))
+
+
+async def _check_source(
+    check: _Check,
+    redis: Any,
+    options: Options,
+    match: str | None,
+    type_: str | None,
+    listing: asyncio.Task[int] | None,
+    lane: tuple[int, int] | None = None,
+) -> None:
+    """Read and plan the source (the keys of ``lane`` only, if given) into ``check``."""
+    reader = Reader(redis, whole=options.whole)
+    async for records in _read_ahead(reader, redis, match, type_, lane):
+        if listing is not None and listing.done():
+            listing.result()  # a listing that failed stops the run now
+        now_ms = int(time.time() * 1000)
+        for start in range(0, len(records), YIELD_EVERY):
+            chunk = records[start : start + YIELD_EVERY]
+            check.step([plan(r, options, now_ms) for r in chunk])
+            await asyncio.sleep(0)  # the listing's next page goes out now
+
+
+@dataclass(frozen=True)
+class Lane:
+    """What a lane process needs to read its share of the source. It goes to the process
+    on its stdin (as JSON), so the password is in no process's argv."""
+
+    source: str
+    password: str | None
+    tls_ca_file: str | None
+    options: Options
+    match: str | None
+    type_: str | None
+    lanes: int
+    index: int = 0
+
+    def __repr__(self) -> str:  # the source URL may hold a password
+        return f"Lane({self.index} of {self.lanes})"
+
+    def to_json(self) -> bytes:
+        return orjson.dumps({**vars(self), "options": asdict(self.options)})
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Lane:
+        fields = orjson.loads(data)
+        return cls(**{**fields, "options": Options(**fields["options"])})
+
+
+@dataclass
+class LaneResult:
+    checked: int
+    entries: int
+    skipped: dict[str, int]
+    claims: dict[str, list[str]]
+    conversations: dict[str, str]
+
+
+async def _run_lanes(lane: Lane, scratch: Path) -> list[tuple[Path, LaneResult]]:
+    """Each of ``lane.lanes`` processes (``python -m brainbot.migration.lane``) reads and
+    plans the keys whose CRC-32 falls in its lane into a ledger file of its own, while
+    this process lists KV."""
+    paths = [scratch / f"lane-{i}.sqlite3" for i in range(lane.lanes)]
+    processes = []
+    try:
+        for i, path in enumerate(paths):
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "brainbot.migration.lane",
+                str(path),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+            processes.append((process, replace(lane, index=i).to_json()))
+        outcomes = await asyncio.gather(*(p.communicate(job) for p, job in processes))
+    finally:
+        for process, _ in processes:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+    results = []
+    for (process, _), (out, err) in zip(processes, outcomes, strict=True):
+        try:
+            answer = orjson.loads(out)
+        except orjson.JSONDecodeError:
+            answer = None
+        if process.returncode != 0 or not isinstance(answer, dict) or "error" in answer:
+            raise _lane_error(answer, err)
+        results.append(LaneResult(**answer))
+    return list(zip(paths, results, strict=True))
+
+
+def _lane_error(answer: Any, stderr: bytes) -> BrainbotError:
+    """The error a lane process reported, as the same brainbot error class."""
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        kind = getattr(errors, str(answer.get("type")), None)
+        if isinstance(kind, type) and issubclass(kind, BrainbotError):
+            return kind(answer["error"])
+        return MigrationError(answer["error"])
+    tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
+    return MigrationError(f"A verify lane process failed: {tail[0][:500]}")
+
+
+async def read_lane(lane: Lane, path: Path) -> LaneResult:
+    """A lane process's work: its keys of the source, planned into its ledger file."""
+    redis = connect(lane.source, tls_ca_file=lane.tls_ca_file, password=lane.password)
+    ledger = Ledger(path)
+    report = VerifyReport()
+    check = _Check(None, ledger, report, 0)
+    try:
+        await _check_source(
+            check, redis, lane.options, lane.match, lane.type_, None, (lane.index, lane.lanes)
+        )
+    finally:
+        ledger.close()
+        await redis.aclose()
+    return LaneResult(
+        report.checked,
+        report.entries,
+        dict(report.skipped),
+        {cid: sorted(owners) for cid, owners in check.claims.items()},
+        check.conversations,
+    )
+
+
 async def _read_ahead(
-    reader: Reader, redis: Any, match: str | None, type_: str | None
+    reader: Reader,
+    redis: Any,
+    match: str | None,
+    type_: str | None,
+    lane: tuple[int, int] | None = None,
 ) -> AsyncIterator[list[Record]]:
-    """The records of each SCAN step, the next steps read while this one is checked."""
+    """The records of each SCAN step (its keys in ``lane`` only, if given: (index, of
+    lanes)), the next steps read while this one is checked."""
     queue: asyncio.Queue[list[Record] | None] = asyncio.Queue(2)
 
     async def read() -> None:
-        async for _, keys in scan_batches(redis, match=match, type_=type_):
-            async for piece in reader.pieces(keys):
-                await queue.put(piece)
-        await queue.put(None)
+        try:
+            async for _, keys in scan_batches(redis, match=match, type_=type_):
+                if lane is not None:
+                    keys = [k for k in keys if zlib.crc32(k) % lane[1] == lane[0]]
+                async for piece in reader.pieces(keys):
+                    await queue.put(piece)
+        finally:  # also when reading fails: the checker stops waiting, and sees why
+            await queue.put(None)
 
     reading = asyncio.get_running_loop().create_task(read())
     try:
@@ -187,7 +344,7 @@ class _Check:
     differs, the entries to read, and the sample."""
 
     def __init__(
-        self, kv: KVNamespace, ledger: Ledger, report: VerifyReport, tolerance_ms: int
+        self, kv: KVNamespace | None, ledger: Ledger, report: VerifyReport, tolerance_ms: int
     ) -> None:
         self.kv = kv
         self.ledger = ledger
@@ -215,6 +372,15 @@ class _Check:
         self.report.entries += len(rows)
         self.ledger.expect(rows)
 
+    def absorb(self, lane: LaneResult) -> None:
+        """Count in what a lane process read (its entries are in its ledger file)."""
+        self.report.checked += lane.checked
+        self.report.entries += lane.entries
+        self.report.skipped.update(lane.skipped)
+        for cid, owners in lane.claims.items():  # a conversation's claims may span lanes
+            self.claims.setdefault(cid, set()).update(owners)
+        self.conversations.update(lane.conversations)
+
     def compare(self, sample: int) -> None:
         for want, seen in self.ledger.mismatches(self.tolerance_ms):
             if seen is None:
@@ -236,6 +402,7 @@ class _Check:
                 )
 
     async def _values(self, wanted: list[Expected]) -> dict[str, Any]:
+        assert self.kv is not None
         found: dict[str, Any] = {}
         keys = [w.key for w in wanted]
         for start in range(0, len(keys), READ_CHUNK):
