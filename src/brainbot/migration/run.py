@@ -35,7 +35,7 @@ import math
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -55,6 +55,7 @@ from brainbot.migration.source import (
     Reader,
     Record,
     connect,
+    read_ahead,
     redacted,
     scan_batches,
     translated,
@@ -670,42 +671,29 @@ async def _pipeline(
     total: int | None,
 ) -> None:
     """Read ahead in a task; plan and write here, as the steps come."""
-    queue: asyncio.Queue[tuple[int, list[Record], int] | None] = asyncio.Queue(READ_AHEAD)
     reader = Reader(redis, whole=options.whole)
 
-    async def read_ahead() -> None:
+    async def read(hand_on: Callable[[tuple[int, list[Record], int]], Awaitable[None]]) -> None:
         before = int(state["cursor"])
-        try:
-            async for cursor, keys in scan_batches(
-                redis, cursor=before, match=match, type_=type_, count=scan_count
-            ):
-                pieces = reader.pieces(keys)
-                piece = await anext(pieces, None)
-                while piece is not None:
-                    following = await anext(pieces, None)
-                    # a step of big values comes in pieces: only its last one moves the
-                    # checkpoint past it (a resumed run reads the whole step again)
-                    at = cursor if following is None else before
-                    await queue.put((at, piece, int(time.time() * 1000)))
-                    piece = following
-                before = cursor
-        finally:  # also when reading fails: the planner stops waiting, and sees why
-            await queue.put(None)
+        async for cursor, keys in scan_batches(
+            redis, cursor=before, match=match, type_=type_, count=scan_count
+        ):
+            pieces = reader.pieces(keys)
+            piece = await anext(pieces, None)
+            while piece is not None:
+                following = await anext(pieces, None)
+                # a step of big values comes in pieces: only its last one moves the
+                # checkpoint past it (a resumed run reads the whole step again)
+                at = cursor if following is None else before
+                await hand_on((at, piece, int(time.time() * 1000)))
+                piece = following
+            before = cursor
 
-    reading = asyncio.get_running_loop().create_task(read_ahead())
-    try:
-        while (step := await queue.get()) is not None:
-            cursor, records, read_ms = step
-            plans = [plan(r, options, read_ms, mark, tag) for r in records]
-            await run.add_step(cursor, plans, read_ms)
-            if progress is not None:
-                progress(run.report.keys_seen, total)
-        await reading
-    finally:
-        if not reading.done():
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
+    async for cursor, records, read_ms in read_ahead(read, READ_AHEAD):
+        plans = [plan(r, options, read_ms, mark, tag) for r in records]
+        await run.add_step(cursor, plans, read_ms)
+        if progress is not None:
+            progress(run.report.keys_seen, total)
 
 
 def _open_run(runs: Path, state: dict[str, Any]) -> Path:

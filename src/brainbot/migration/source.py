@@ -26,13 +26,15 @@ a ``MigrationError``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import math
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -102,6 +104,39 @@ def connect(url: str, *, tls_ca_file: str | None = None, password: str | None = 
         return aioredis.Redis.from_url(**parsed.client_kwargs(), decode_responses=False, **options)
     except ValueError as exc:  # the URL is not repeated: it may hold a password
         raise InvalidInput(f"The source URL is not usable: {type(exc).__name__}.") from None
+
+
+T = TypeVar("T")
+
+
+async def read_ahead(
+    produce: Callable[[Callable[[T], Awaitable[None]]], Awaitable[None]], depth: int
+) -> AsyncIterator[T]:
+    """What ``produce`` hands on (to the function it is given), read in a task of its own
+    while the caller works on the previous items: at most ``depth`` wait. A failure of
+    ``produce`` ends the iteration with its error (the caller never waits for an item
+    that will not come); leaving the iteration early stops ``produce``."""
+    queue: asyncio.Queue[tuple[T] | None] = asyncio.Queue(depth)
+
+    async def hand_on(item: T) -> None:
+        await queue.put((item,))
+
+    async def run() -> None:
+        try:
+            await produce(hand_on)
+        finally:
+            await queue.put(None)
+
+    task = asyncio.get_running_loop().create_task(run())
+    try:
+        while (got := await queue.get()) is not None:
+            yield got[0]
+        await task
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def scan_batches(

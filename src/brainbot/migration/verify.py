@@ -30,7 +30,7 @@ import tempfile
 import time
 import zlib
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -42,7 +42,14 @@ from brainbot.errors import BrainbotError, MigrationError
 from brainbot.kv.embedded import prefix_upper_bound
 from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.migration.ledger import Expected, Ledger, Seen, seen_of
-from brainbot.migration.source import Reader, Record, connect, scan_batches, translated
+from brainbot.migration.source import (
+    Reader,
+    Record,
+    connect,
+    read_ahead,
+    scan_batches,
+    translated,
+)
 from brainbot.migration.transform import Options, Plan, digest, owner_items, plan
 from brainbot.storage import codec
 
@@ -191,7 +198,15 @@ async def _check_source(
 ) -> None:
     """Read and plan the source (the keys of ``lane`` only, if given) into ``check``."""
     reader = Reader(redis, whole=options.whole)
-    async for records in _read_ahead(reader, redis, match, type_, lane):
+
+    async def read(hand_on: Callable[[list[Record]], Awaitable[None]]) -> None:
+        async for _, keys in scan_batches(redis, match=match, type_=type_):
+            if lane is not None:  # (index, of lanes)
+                keys = [k for k in keys if zlib.crc32(k) % lane[1] == lane[0]]
+            async for piece in reader.pieces(keys):
+                await hand_on(piece)
+
+    async for records in read_ahead(read, 2):
         if listing is not None and listing.done():
             listing.result()  # a listing that failed stops the run now
         now_ms = int(time.time() * 1000)
@@ -303,39 +318,6 @@ async def read_lane(lane: Lane, path: Path) -> LaneResult:
         {cid: sorted(owners) for cid, owners in check.claims.items()},
         check.conversations,
     )
-
-
-async def _read_ahead(
-    reader: Reader,
-    redis: Any,
-    match: str | None,
-    type_: str | None,
-    lane: tuple[int, int] | None = None,
-) -> AsyncIterator[list[Record]]:
-    """The records of each SCAN step (its keys in ``lane`` only, if given: (index, of
-    lanes)), the next steps read while this one is checked."""
-    queue: asyncio.Queue[list[Record] | None] = asyncio.Queue(2)
-
-    async def read() -> None:
-        try:
-            async for _, keys in scan_batches(redis, match=match, type_=type_):
-                if lane is not None:
-                    keys = [k for k in keys if zlib.crc32(k) % lane[1] == lane[0]]
-                async for piece in reader.pieces(keys):
-                    await queue.put(piece)
-        finally:  # also when reading fails: the checker stops waiting, and sees why
-            await queue.put(None)
-
-    reading = asyncio.get_running_loop().create_task(read())
-    try:
-        while (records := await queue.get()) is not None:
-            yield records
-        await reading
-    finally:
-        if not reading.done():
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
 
 
 class _Check:
