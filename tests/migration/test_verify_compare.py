@@ -83,3 +83,31 @@ def test_sql_and_python_agree_on_what_matches(
         assert {n for n, ok in reference.items() if not ok} == flagged
 
     asyncio.run(run())
+
+
+async def test_a_ledger_left_by_a_killed_run_is_not_read_again(tmp_path: Path) -> None:
+    """A run killed before it discarded its ledger left a view of KV at that moment (and,
+    after an upgrade, of another schema): the resumed run lists KV afresh."""
+    path = tmp_path / "kv-state.sqlite3"
+    async with EmbeddedKV(tmp_path / "kv.sqlite3") as kv:
+        await kv.put("gone-since", b"v", metadata={"_m": "abcd1234.run1." + "a" * 24})
+        first = Ledger(path)
+        await first.load(kv, "")
+        first.close()  # killed: never discarded
+        await kv.delete("gone-since")
+        await kv.put("new", b"v")
+        again = Ledger(path)
+        await again.load(kv, "")
+        assert again.lookup(["gone-since", "new"]).keys() == {"new"}
+        again.close()
+    import sqlite3
+
+    old = sqlite3.connect(path)  # another version's schema
+    old.execute("DROP TABLE kv")
+    old.execute("CREATE TABLE kv (name BLOB PRIMARY KEY, mark, run, digest, expiration, meta)")
+    old.commit()
+    old.close()
+    async with EmbeddedKV(tmp_path / "kv.sqlite3") as kv:
+        ledger = Ledger(path)
+        assert await ledger.load(kv, "") == 1
+        ledger.close()

@@ -103,8 +103,12 @@ def seen_of(metadata: Any, expiration: int | None) -> Seen:
 
 class Ledger:
     def __init__(self, path: Path) -> None:
+        """A fresh ledger at ``path``: one a killed run left there (of another moment, maybe
+        of another version's schema) is replaced, never read."""
         self.path = path
         self.entries = 0
+        for stale in (path, path.with_name(path.name + "-journal")):
+            stale.unlink(missing_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=OFF")
         self._db.execute("PRAGMA synchronous=OFF")
