@@ -442,3 +442,31 @@ async def test_a_source_that_fails_mid_run_stops_the_run_with_its_error(
     )
     with pytest.raises(RedisUnavailable, match="injected"):
         await asyncio.wait_for(run, 60)
+
+
+def test_brainbot_verify_with_lanes_reports_what_changed(redis_url: str, tmp_path: Path) -> None:
+    """The command as a user runs it: ``--lanes 2`` reads the source in two processes."""
+
+    async def prepare(change: bool) -> None:
+        r = aioredis.Redis.from_url(redis_url)
+        if change:
+            await r.set("g:000010", "changed in Redis")
+        else:
+            await r.flushdb()
+            await fill_generic(r, 2_000, conversations=5)
+        await r.aclose()
+
+    asyncio.run(prepare(False))
+    env = {**os.environ, "BRAINBOT_DATA_DIR": str(tmp_path / "data")}
+    migrated = subprocess.run(
+        [*CLI, "migrate", "--source", redis_url, "--no-verify"], env=env, capture_output=True
+    )
+    assert migrated.returncode == 0, migrated.stderr.decode()[-2000:]
+    asyncio.run(prepare(True))
+    checked = subprocess.run(
+        [*CLI, "verify", "--source", redis_url, "--lanes", "2"], env=env, capture_output=True
+    )
+    assert checked.returncode == 1, checked.stderr.decode()[-2000:]
+    report = json.loads(checked.stdout)
+    assert report["checked"] == 2_005
+    assert report["differences"] == [{"key": "g:000010", "problem": "value differs"}]

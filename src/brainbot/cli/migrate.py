@@ -38,6 +38,7 @@ from brainbot.config import Settings
 from brainbot.errors import BrainbotError, InvalidInput, NotFound
 from brainbot.migration import Options, migrate_redis_to_kv, rollback, verify
 from brainbot.migration.url import SourceURL
+from brainbot.migration.verify import MAX_LANES
 
 T = TypeVar("T")
 console = Console(stderr=True, highlight=False)
@@ -64,6 +65,15 @@ Match = Annotated[str | None, typer.Option(help="Only keys matching this SCAN pa
 Type = Annotated[str | None, typer.Option("--type", help="Only keys of this Redis type.")]
 TLSCA = Annotated[
     str | None, typer.Option(help="CA file to trust for rediss:// (test certificates).")
+]
+Lanes = Annotated[
+    int | None,
+    typer.Option(
+        help="Processes reading the source for verify (default: one per CPU, at most 4, "
+        "for 50,000 keys or more; 1: this process only).",
+        min=1,
+        max=MAX_LANES,
+    ),
 ]
 ConversationPattern = Annotated[str, typer.Option(help="Legacy conversation lists.")]
 SessionPattern = Annotated[str, typer.Option(help="Legacy session strings.")]
@@ -179,6 +189,7 @@ def migrate(
     tls_ca_file: TLSCA = None,
     source_password_file: SourcePasswordFile = None,
     verify_after: Annotated[bool, typer.Option("--verify/--no-verify")] = True,
+    lanes: Lanes = None,
     scan_count: Annotated[int, typer.Option(help="SCAN COUNT per batch.", min=10)] = 1000,
     batch_entries: Annotated[
         int, typer.Option(help="KV entries per write and checkpoint.", min=1, max=10_000)
@@ -229,6 +240,7 @@ def migrate(
                     source_password=password,
                     progress=progress,
                     verify_after=verify_after,
+                    verify_lanes=lanes,
                     scan_count=scan_count,
                     batch_entries=batch_entries,
                     in_flight=in_flight,
@@ -258,6 +270,7 @@ def verify_command(
     owner_pattern: OwnerPattern = "user:{id}:conversations",
     tls_ca_file: TLSCA = None,
     source_password_file: SourcePasswordFile = None,
+    lanes: Lanes = None,
 ) -> None:
     """Compare every key of the source with KV (type, value, TTL) and list differences."""
     url, password = _source(source, source_password_file)
@@ -274,6 +287,7 @@ def verify_command(
                 type_=type_,
                 tls_ca_file=tls_ca_file,
                 source_password=password,
+                lanes=lanes,
             )
 
     report = _run(work())

@@ -521,6 +521,7 @@ async def migrate_redis_to_kv(
     source_password: str | None = None,
     progress: ProgressHook | None = None,
     verify_after: bool = True,
+    verify_lanes: int | None = None,
 ) -> Report:
     """Migrate every key of ``source`` (matching ``match``/``type_``) into ``namespace``
     (the caller opens and closes it), keeping the run's files under ``runs``."""
@@ -650,6 +651,7 @@ async def migrate_redis_to_kv(
             tls_ca_file=tls_ca_file,
             source_password=source_password,
             work_dir=run_path,
+            lanes=verify_lanes,
         )
         report.verify_differences = len(differences.differences)
         assert run_path is not None
