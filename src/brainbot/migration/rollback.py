@@ -134,10 +134,9 @@ async def _undo_kv(
     ledger = Ledger(run_path / "rollback-kv-state.sqlite3")
     try:
         await ledger.load(kv, prefix)
-        earlier = {
-            line["key"]: line
-            for line in files.lines(run_path / "kv-backup.jsonl.gz", compressed=True)
-        }
+        earlier: dict[str, dict[str, Any]] = {}
+        for line in files.lines(run_path / "kv-backup.jsonl.gz", compressed=True):
+            earlier.setdefault(line["key"], line)  # the first: what KV held before the run
         names = list(written)
         for start in range(0, len(names), CHUNK):
             chunk = names[start : start + CHUNK]

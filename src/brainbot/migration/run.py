@@ -265,6 +265,7 @@ class _Run:
         """The run's file writes, one at a time in the order given: a batch's backup is on
         disk before its write is sent, a step's backup before its checkpoint."""
         self.flushed: asyncio.Future[None] | None = None
+        self.disk_failure: BaseException | None = None
 
     # -- planning ---------------------------------------------------------------------
 
@@ -306,7 +307,10 @@ class _Run:
         step = _Step(cursor, tally)
         self.steps.append(step)
         self.to_back_up = []
-        for p in plans:
+        kept = [None if p.skipped else self.keep(p.items, tally) for p in plans]
+        if self.to_back_up:  # before any of them can go out in a batch
+            await self.back_up_kv(self.to_back_up)
+        for p, items in zip(plans, kept, strict=True):
             if self.path is not None and p.record.type in SUPPORTED and p.record.value is not None:
                 self.backup.append(backup_line(p.record, read_ms))  # skipped ones too
                 self.backup_bytes += len(self.backup[-1])
@@ -314,9 +318,8 @@ class _Run:
                     if self.flushed is not None:
                         await self.flushed  # at most one backup chunk waiting for the disk
                     self.flushed = self.flush_files()
-            if p.skipped:
+            if items is None:  # skipped
                 continue
-            items = self.keep(p.items, tally)
             self.claims += [orjson.dumps([owner, cid]) for owner, cid in p.claims]
             step.manifest.append(
                 orjson.dumps(
@@ -356,8 +359,6 @@ class _Run:
                 self.batch.steps[index] += 1
                 self.batch.volume += size
                 step.pending += 1
-        if self.to_back_up:
-            await self.back_up_kv(self.to_back_up)
         self.report.add(tally)
         step.closed = True
         if len(self.batch.items) >= self.batch_entries:
@@ -431,7 +432,23 @@ class _Run:
             files.append(backup_file, backup, compressed=True)
             files.append(owners_file, claims)
 
-        return loop.run_in_executor(self.disk, write)
+        return self.on_disk(write)
+
+    def on_disk(self, job: Callable[[], None]) -> asyncio.Future[None]:
+        """Run ``job`` on the disk thread, after everything handed before it. Once a job
+        has failed every later one fails with its error: nothing is written, sent or
+        checkpointed past a backup that is not on disk."""
+
+        def run() -> None:
+            if self.disk_failure is not None:
+                raise self.disk_failure
+            try:
+                job()
+            except BaseException as exc:
+                self.disk_failure = exc
+                raise
+
+        return asyncio.get_running_loop().run_in_executor(self.disk, run)
 
     async def _write(self, batch: _Batch, weight: int, flushed: asyncio.Future[None]) -> None:
         try:
@@ -490,9 +507,11 @@ class _Run:
             files.write_json(path / "state.json", state)
 
         await flushed
-        await asyncio.get_running_loop().run_in_executor(self.disk, write)
+        await self.on_disk(write)
 
     async def finish(self) -> None:
+        if self.flushed is not None:
+            await self.flushed
         await self.dispatch()
         while self.tasks:
             await asyncio.gather(*self.tasks, return_exceptions=True)
