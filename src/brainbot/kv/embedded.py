@@ -23,6 +23,7 @@ import binascii
 import builtins
 import json
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -84,6 +85,7 @@ _JSON_ROWS = 2_000
 """Rows per ``_UPSERT_JSON`` statement (a few MB of JSON at most for small values)."""
 _JSON_ROW_BYTES = 64 * 1024
 """Values bigger than this go row by row: the JSON copy would cost more than it saves."""
+_LONG_NUMBER = re.compile(r"\d{20}")
 _CURSOR_PREFIX = "c1."
 _SWEEP_EVERY_WRITES = 512
 _SWEEP_BATCH = 1000
@@ -393,13 +395,18 @@ class _Transaction:
 
 def _metadata(text: str | None) -> JSON:
     """Stored metadata text as JSON values (orjson, several times faster than json; json
-    only for what orjson refuses, such as a NaN an older version may have stored)."""
+    for what orjson refuses, such as a NaN an older version may have stored, and for an
+    integer of 20 digits or more, which orjson would read as a float)."""
     if text is None:
         return None
-    try:
-        loaded: JSON = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        loaded = json.loads(text)
+    if _LONG_NUMBER.search(text) is None:
+        try:
+            loaded: JSON = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            return loaded
+    loaded = json.loads(text)
     return loaded
 
 

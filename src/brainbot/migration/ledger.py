@@ -51,6 +51,9 @@ _EXPECT_JSON = (
     "json_extract(j.value, '$[5]'), json_extract(j.value, '$[6]') FROM json_each(?) AS j"
 )
 _LOOKUP_CHUNK = 500
+_FAR = 2**62
+"""Exact expiries beyond this are kept as this: SQLite holds 64-bit integers, and no real
+expiry (ms since 1970) comes near it, so the comparison's answer does not change."""
 
 
 class Expected(NamedTuple):
@@ -97,7 +100,7 @@ def seen_of(metadata: Any, expiration: int | None) -> Seen:
         stamp.digest if stamp else None,
         expiration,
         codec.type_of(metadata),
-        None if exact is None else int(exact),
+        None if exact is None else max(-_FAR, min(_FAR, int(exact))),
     )
 
 
