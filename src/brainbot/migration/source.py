@@ -124,8 +124,12 @@ async def read_ahead(
     async def run() -> None:
         try:
             await produce(hand_on)
-        finally:
-            await queue.put(None)
+        except asyncio.CancelledError:
+            raise  # the caller left: nobody waits for the end (and the queue may be full)
+        except BaseException:
+            await queue.put(None)  # the caller takes what is queued, then sees the error
+            raise
+        await queue.put(None)
 
     task = asyncio.get_running_loop().create_task(run())
     try:

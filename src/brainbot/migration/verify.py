@@ -261,6 +261,7 @@ async def _run_lanes(lane: Lane, scratch: Path) -> list[tuple[Path, LaneResult]]
         for i, path in enumerate(paths):
             process = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",  # not the working directory on sys.path: a stray redis.py there
                 "-m",
                 "brainbot.migration.lane",
                 str(path),
