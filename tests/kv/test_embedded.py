@@ -199,3 +199,18 @@ async def test_a_list_page_costs_the_same_deep_in_the_namespace(tmp_path: Path) 
                 break
         assert len(costs) == 200
         assert max(costs[-10:]) < 2 * max(costs[:10]), (costs[:3], costs[-3:])
+
+
+async def test_metadata_an_older_version_stored_reads_back_exactly(tmp_path: Path) -> None:
+    """Integers past 64 bits (json wrote them; orjson would read a float) and NaN."""
+    async with EmbeddedKV(tmp_path / "kv.sqlite3") as kv:
+        await kv.put("k", b"v", metadata={"n": 1})
+        kv._conn.execute(
+            "UPDATE entries SET metadata = ? WHERE key = ?",
+            ('{"n": 18446744073709551617, "f": NaN}', b"k"),
+        )
+        entry = await kv.get("k")
+        assert entry is not None
+        assert isinstance(entry.metadata, dict)
+        assert entry.metadata["n"] == 18446744073709551617
+        assert entry.metadata["f"] != entry.metadata["f"]  # NaN

@@ -21,9 +21,11 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from brainbot.composition import migration_runs
 from brainbot.config import Settings
 from brainbot.errors import RedisUnavailable, RollbackError
 from brainbot.kv import EmbeddedKV, iter_keys
+from brainbot.kv.namespace import PutItem
 from brainbot.migration.run import KEPT, NOT_RECREATED
 from brainbot.migration.source import Reader
 from brainbot.storage import KVStore
@@ -470,3 +472,76 @@ def test_brainbot_verify_with_lanes_reports_what_changed(redis_url: str, tmp_pat
     report = json.loads(checked.stdout)
     assert report["checked"] == 2_005
     assert report["differences"] == [{"key": "g:000010", "problem": "value differs"}]
+
+
+# -- found in review: failures on the disk, --overwrite's backup, odd metadata ---------------
+
+
+async def test_a_backup_that_cannot_be_written_stops_the_run_before_its_writes(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection (ENOSPC on the backup). Before: the failed backup chunk was another
+    future than the one the write waited for: the run wrote every key to KV, checkpointed
+    and said done, with 1 of 21 keys in its backup."""
+    import errno
+
+    from brainbot.migration import files
+    from brainbot.migration import run as run_module
+
+    await fill_generic(source, 21)
+    monkeypatch.setattr(run_module, "BACKUP_BYTES", 4_000)
+    append = files.append
+
+    def failing(path: Path, lines: Any, *, compressed: bool = False) -> None:
+        lines = list(lines)
+        if path.name == "backup.jsonl.gz" and len(lines) > 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        append(path, lines, compressed=compressed)
+
+    monkeypatch.setattr(files, "append", failing)
+    settings = settings_for(tmp_path)
+    with pytest.raises(OSError, match="No space"):
+        await migrate(redis_url, settings, verify_after=False, batch_entries=5)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        assert (await kv.list()).keys == []  # nothing sent without its backup
+    (state_file,) = migration_runs(settings).glob("*/state.json")
+    assert json.loads(state_file.read_text())["done"] is False
+
+
+async def test_overwrite_backs_up_the_kv_value_before_any_write_can_replace_it(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the KV values --overwrite replaces were read at the end of a SCAN step, after
+    batches of that step may already have replaced them (then the backup held the
+    migration's own value, and rollback "restored" it)."""
+    settings = settings_for(tmp_path)
+    names = [f"g:{i:06d}" for i in range(40)]
+    for name in names:
+        await source.set(name, f"redis {name}")
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put_many([PutItem(name, f"bot {name}".encode()) for name in names])
+    forced = await migrate(
+        redis_url, settings, overwrite=True, verify_after=False, batch_entries=1, in_flight=8
+    )
+    assert forced.entries["overwritten (its KV value backed up)"] == 40
+    undone = await roll_back(forced.run_id, settings, delete_kv=True)
+    assert undone.kv_restored == 40
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        values = await kv.get_many(names)
+    assert {n: e.value for n, e in values.items() if e} == {n: f"bot {n}".encode() for n in names}
+
+
+@pytest.mark.parametrize("x", [2**63, 2**64 - 1, True])
+async def test_odd_exact_expiries_on_kv_do_not_crash_migrate_or_verify(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, x: object
+) -> None:
+    """An entry anyone wrote with metadata ``x`` past SQLite's 64-bit integers. Before:
+    an OverflowError out of the ledger, for migrate and verify alike."""
+    await fill_generic(source, 10)
+    settings = settings_for(tmp_path)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("g:000003", b"the bot", metadata={"x": x})
+    report = await migrate(redis_url, settings, verify_after=False)
+    assert report.entries[KEPT] == 1
+    checked = await verify_kv(redis_url, settings, lanes=1)
+    assert [d.key for d in checked.differences] == ["g:000003"]

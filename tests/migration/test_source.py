@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 import pytest
@@ -144,3 +145,25 @@ async def test_where_scripts_are_refused_the_same_records_come_pipelined(
         return out
 
     assert shown(pipelined) == shown(scripted)
+
+
+async def test_read_ahead_stops_its_reader_when_the_caller_leaves_early() -> None:
+    """Before: the reader, cancelled while its queue was full, waited in its ``finally``
+    to hand on the end, and stayed pending with what it held."""
+    import asyncio
+
+    from brainbot.migration.source import read_ahead
+
+    async def endless(hand_on: Any) -> None:
+        n = 0
+        while True:
+            await hand_on(n)
+            n += 1
+
+    before = asyncio.all_tasks()
+    items = read_ahead(endless, 2)
+    assert await anext(items) == 0
+    await asyncio.sleep(0.01)  # the queue fills
+    await asyncio.wait_for(items.aclose(), 5)  # before: for ever
+    await asyncio.sleep(0)
+    assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
