@@ -545,3 +545,19 @@ async def test_odd_exact_expiries_on_kv_do_not_crash_migrate_or_verify(
     assert report.entries[KEPT] == 1
     checked = await verify_kv(redis_url, settings, lanes=1)
     assert [d.key for d in checked.differences] == ["g:000003"]
+
+
+async def test_a_dry_run_with_overwrite_says_what_it_would_replace_and_writes_nothing(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: an AssertionError (the dry run tried to back up the KV values)."""
+    await source.set("g:000001", "redis")
+    settings = settings_for(tmp_path)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("g:000001", b"the bot")
+    dry = await migrate(redis_url, settings, dry_run=True, overwrite=True)
+    assert dry.entries["overwritten (its KV value backed up)"] == 1
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        entry = await kv.get("g:000001")
+    assert entry is not None
+    assert entry.value == b"the bot"

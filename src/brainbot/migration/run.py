@@ -308,8 +308,8 @@ class _Run:
         self.steps.append(step)
         self.to_back_up = []
         kept = [None if p.skipped else self.keep(p.items, tally) for p in plans]
-        if self.to_back_up:  # before any of them can go out in a batch
-            await self.back_up_kv(self.to_back_up)
+        if self.to_back_up and self.path is not None:  # before any can go out in a batch
+            await self.back_up_kv(self.to_back_up)  # (a dry run writes nothing)
         for p, items in zip(plans, kept, strict=True):
             if self.path is not None and p.record.type in SUPPORTED and p.record.value is not None:
                 self.backup.append(backup_line(p.record, read_ms))  # skipped ones too
