@@ -345,11 +345,15 @@ class EmbeddedKV:
         4.2 s beside a busy thread row by row, 2.0 s as JSON. Binary values, NULs (which
         JSON text would not carry through SQLite's text functions) and big values go row
         by row."""
-        latest = {row[0]: row for row in rows} if len(rows) > 1 else {rows[0][0]: rows[0]}
+        # the last write of a key wins; in key order, SQLite's B-trees fill in sequence
+        latest = sorted({row[0]: row for row in rows}.values())
+        if not self._json_rows:
+            self._conn.executemany(_UPSERT, latest)
+            return
         texts: builtins.list[tuple[str, str, int | None, str | None]] = []
         raw: builtins.list[tuple[bytes, bytes, int | None, str | None]] = []
-        for row in sorted(latest.values()) if len(latest) > 1 else latest.values():
-            key, value = row[0], row[1]  # in key order: SQLite's B-trees fill in sequence
+        for row in latest:
+            key, value = row[0], row[1]
             if len(value) > _JSON_ROW_BYTES or b"\0" in value or b"\0" in key:
                 raw.append(row)
                 continue
@@ -357,9 +361,6 @@ class EmbeddedKV:
                 texts.append((key.decode("utf-8"), value.decode("utf-8"), row[2], row[3]))
             except UnicodeDecodeError:
                 raw.append(row)
-        if not self._json_rows:
-            raw += [(k.encode(), v.encode(), e, m) for k, v, e, m in texts]
-            texts = []
         for start in range(0, len(texts), _JSON_ROWS):
             self._conn.execute(_UPSERT_JSON, (orjson.dumps(texts[start : start + _JSON_ROWS]),))
         if raw:
