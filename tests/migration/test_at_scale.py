@@ -561,3 +561,18 @@ async def test_a_dry_run_with_overwrite_says_what_it_would_replace_and_writes_no
         entry = await kv.get("g:000001")
     assert entry is not None
     assert entry.value == b"the bot"
+
+
+def test_a_crashed_lanes_last_words_never_carry_the_password() -> None:
+    """A lane that dies outside brainbot's errors leaves only its stderr: the source URL and
+    its password (as given, and percent-decoded) are taken out of what verify raises."""
+    from brainbot.migration.transform import Options
+    from brainbot.migration.verify import Lane, _lane_error
+
+    url = "redis://:p%40ss-word@127.0.0.1:6379/0"
+    lane = Lane(url, None, None, Options(), None, None, 2)
+    stderr = f"Traceback ...\nValueError: cannot use {url} (password p@ss-word)\n".encode()
+    error = _lane_error(None, stderr, lane)
+    assert "p@ss-word" not in str(error)
+    assert "p%40ss-word" not in str(error)
+    assert "redis://:***@127.0.0.1:6379/0" in str(error)

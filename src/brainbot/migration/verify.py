@@ -47,10 +47,12 @@ from brainbot.migration.source import (
     Record,
     connect,
     read_ahead,
+    redacted,
     scan_batches,
     translated,
 )
 from brainbot.migration.transform import Options, Plan, digest, owner_items, plan
+from brainbot.migration.url import SourceURL
 from brainbot.storage import codec
 
 READ_CHUNK = 100  # values per bulk read
@@ -283,20 +285,31 @@ async def _run_lanes(lane: Lane, scratch: Path) -> list[tuple[Path, LaneResult]]
         except orjson.JSONDecodeError:
             answer = None
         if process.returncode != 0 or not isinstance(answer, dict) or "error" in answer:
-            raise _lane_error(answer, err)
+            raise _lane_error(answer, err, lane)
         results.append(LaneResult(**answer))
     return list(zip(paths, results, strict=True))
 
 
-def _lane_error(answer: Any, stderr: bytes) -> BrainbotError:
-    """The error a lane process reported, as the same brainbot error class."""
+def _lane_error(answer: Any, stderr: bytes, lane: Lane) -> BrainbotError:
+    """The error a lane process reported, as the same brainbot error class. Its text is
+    the lane's own (a crash's: the last line of its stderr), with the source URL and its
+    password taken out, whatever the lane printed."""
     if isinstance(answer, dict) and isinstance(answer.get("error"), str):
         kind = getattr(errors, str(answer.get("type")), None)
+        text = _without_secrets(answer["error"], lane)
         if isinstance(kind, type) and issubclass(kind, BrainbotError):
-            return kind(answer["error"])
-        return MigrationError(answer["error"])
+            return kind(text)
+        return MigrationError(text)
     tail = stderr.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no output"]
-    return MigrationError(f"A verify lane process failed: {tail[0][:500]}")
+    return MigrationError(f"A verify lane process failed: {_without_secrets(tail[0], lane)[:500]}")
+
+
+def _without_secrets(text: str, lane: Lane) -> str:
+    text = text.replace(lane.source, redacted(lane.source))
+    secrets = {lane.password, SourceURL.parse(lane.source, password=lane.password).password}
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
 
 
 async def read_lane(lane: Lane, path: Path) -> LaneResult:
