@@ -37,6 +37,7 @@ from brainbot.composition import bulk_process, migration_runs, open_namespace
 from brainbot.config import Settings
 from brainbot.errors import BrainbotError, InvalidInput, NotFound
 from brainbot.migration import Options, migrate_redis_to_kv, rollback, verify
+from brainbot.migration.heap import tune_for_bulk
 from brainbot.migration.url import SourceURL
 from brainbot.migration.verify import MAX_LANES
 
@@ -97,6 +98,7 @@ def _handled() -> Iterator[None]:
 
 
 def _run(work: Coroutine[Any, Any, T]) -> T:
+    tune_for_bulk()  # this process does nothing else from here on
     with _handled():
         return asyncio.run(work)
     raise AssertionError("unreachable")  # pragma: no cover

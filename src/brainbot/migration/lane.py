@@ -17,10 +17,12 @@ from pathlib import Path
 import orjson
 
 from brainbot.errors import BrainbotError
+from brainbot.migration.heap import tune_for_bulk
 from brainbot.migration.verify import Lane, read_lane
 
 
 def main() -> int:
+    tune_for_bulk()
     lane = Lane.from_json(sys.stdin.buffer.read())
     try:
         result = asyncio.run(read_lane(lane, Path(sys.argv[1])))
