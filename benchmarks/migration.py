@@ -22,11 +22,28 @@ from rich.table import Table
 from tests.support.processes import start_kv_server
 
 from brainbot.migration.source import Reader, connect, scan_batches
-from brainbot.migration.verify import lanes_for
 
-# the CLI in a fresh interpreter that reports its own peak RSS (VmHWM) on stderr
+# the CLI in a fresh interpreter that reports on stderr its own peak RSS (VmHWM) and the
+# peak of its RSS plus its children's (the verify lanes), sampled every 100 ms
 PROBE = """
-import re, resource, sys
+import os, re, sys, threading, time
+PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
+me, peak = os.getpid(), [0]
+def rss_kb(pid):
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * PAGE_KB
+def sample():
+    while True:
+        total = rss_kb(me)
+        for task in os.listdir(f"/proc/{me}/task"):
+            try:
+                with open(f"/proc/{me}/task/{task}/children") as f:
+                    total += sum(rss_kb(pid) for pid in f.read().split())
+            except OSError:
+                continue  # gone meanwhile
+        peak[0] = max(peak[0], total)
+        time.sleep(0.1)
+threading.Thread(target=sample, daemon=True).start()
 from brainbot.cli import main
 sys.argv = ["brainbot", *sys.argv[1:]]
 try:
@@ -36,9 +53,9 @@ except SystemExit as exc:
 else:
     code = 0
 status = open("/proc/self/status").read()
-print("PEAK_RSS_KB", re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1), file=sys.stderr)
-# its verify lanes, if it started any: the peak of the largest (KB on Linux)
-print("LANE_PEAK_RSS_KB", resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr)
+own = int(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+print("PEAK_RSS_KB", own, file=sys.stderr)
+print("TREE_PEAK_RSS_KB", max(own, peak[0]), file=sys.stderr)
 sys.exit(code)
 """
 
@@ -105,15 +122,13 @@ class Run:
     requests: int | None
     bulk_writes: int | None
     peak_mb: float
-    lanes: int = 0
-    """Verify lanes the command started (each its own process, not in ``peak_mb``)."""
-    lane_peak_mb: float = 0.0
-    """The peak RSS of the largest lane."""
+    tree_peak_mb: float
+    """The command's RSS with its verify lanes' (processes of their own), at its peak."""
 
 
 def cli(args: list[str], env: dict[str, str]) -> tuple[dict[str, object], float, float, float]:
-    """Run ``brainbot *args``: its JSON answer, wall seconds, its peak RSS and the largest
-    peak RSS of the processes it started (verify lanes), in MB."""
+    """Run ``brainbot *args``: its JSON answer, wall seconds, its peak RSS and the peak of
+    its RSS with its children's (verify lanes), in MB."""
     start = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-c", PROBE, *args], env=env, capture_output=True, timeout=3600
@@ -122,11 +137,11 @@ def cli(args: list[str], env: dict[str, str]) -> tuple[dict[str, object], float,
     if done.returncode != 0:
         raise RuntimeError(f"brainbot {args[0]} failed: {done.stderr.decode()[-2000:]}")
     peak = re.search(rb"\bPEAK_RSS_KB (\d+)", done.stderr)
-    lane_peak = re.search(rb"LANE_PEAK_RSS_KB (\d+)", done.stderr)
+    tree_peak = re.search(rb"TREE_PEAK_RSS_KB (\d+)", done.stderr)
     assert peak is not None
-    assert lane_peak is not None
+    assert tree_peak is not None
     answer: dict[str, object] = json.loads(done.stdout)
-    return answer, seconds, int(peak.group(1)) / 1024, int(lane_peak.group(1)) / 1024
+    return answer, seconds, int(peak.group(1)) / 1024, int(tree_peak.group(1)) / 1024
 
 
 def _int(value: object) -> int:
@@ -171,7 +186,7 @@ async def run(
                         }
                     if command == "verify":  # of what the run before wrote
                         env = previous_env
-                    answer, seconds, peak, lane_peak = cli([*command.split(), "--source", url], env)
+                    answer, seconds, peak, tree_peak = cli([*command.split(), "--source", url], env)
                     previous_env = env
                     remote = base_url is not None
                     runs.append(
@@ -184,8 +199,7 @@ async def run(
                             _int(answer.get("api_requests")) if remote else None,
                             _int(answer["bulk_writes"]) if "bulk_writes" in answer else None,
                             peak,
-                            lanes_for(n) if lane_peak else 0,
-                            lane_peak,
+                            tree_peak,
                         )
                     )
     finally:
@@ -240,8 +254,8 @@ def _render(runs: list[Run], floors: dict[int, float], sizes: tuple[int, int]) -
                 f"{r.entries:,}" if r.entries else "-",
                 "-" if r.requests is None else f"{r.requests:,}",
                 "-" if r.bulk_writes is None else f"{r.bulk_writes:,} ({minimum:,})",
-                f"{r.peak_mb:.0f} MB"
-                + (f" + {r.lanes} lanes × ≤{r.lane_peak_mb:.0f} MB" if r.lanes else ""),
+                f"{r.tree_peak_mb:.0f} MB"
+                + (f" (CLI {r.peak_mb:.0f} MB)" if r.tree_peak_mb > r.peak_mb * 1.05 else ""),
             ]
             table.add_row(*cells)
             lines.append("| " + " | ".join(cells) + " |")
@@ -270,8 +284,9 @@ def _render(runs: list[Run], floors: dict[int, float], sizes: tuple[int, int]) -
         "sets, and legacy conversations of 10 messages, which become one KV entry per message) "
         "from a real redis-server on loopback. Each command runs as a user runs it, "
         "`brainbot <command> --source redis://...` in its own process (interpreter start "
-        "included; peak RSS from /proc, of that process, plus the lane processes `verify` "
-        "starts for these sources, one per CPU, each counted at the largest lane's peak). "
+        "included; peak RSS from /proc: of that process with the lane processes `verify` "
+        "starts for these sources, one per CPU, summed, sampled every 100 ms; the CLI "
+        "process alone in brackets where they differ). "
         "`migrate --no-verify` writes (backup, manifest, "
         "checkpoints included); `verify` checks what it wrote; `migrate` is both, into a "
         "fresh namespace. The floor is the fastest honest read of the same keys: SCAN plus "
