@@ -25,6 +25,7 @@ from brainbot.composition import migration_runs
 from brainbot.config import Settings
 from brainbot.errors import RedisUnavailable, RollbackError
 from brainbot.kv import EmbeddedKV, iter_keys
+from brainbot.kv.errors import KVTransportError
 from brainbot.kv.namespace import PutItem
 from brainbot.migration.run import KEPT, NOT_RECREATED
 from brainbot.migration.source import Reader
@@ -412,6 +413,35 @@ async def test_a_verify_lane_that_fails_fails_verify_with_its_error(
     with pytest.raises(RedisUnavailable) as caught:
         await verify_kv(dead, settings_for(tmp_path), lanes=2)
     assert "lane-secret" not in str(caught.value)
+
+
+async def test_a_failed_kv_listing_stops_the_verify_lanes_at_once(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fault injection: KV's listing fails while the lane processes read the source. The
+    lanes are killed at once (before: the error came after every lane had read its share)."""
+    await fill_generic(source, 2_000)
+
+    class ListingFails(EmbeddedKV):
+        async def list(self, **_: Any) -> Any:
+            raise KVTransportError("KV: injected listing failure.")
+
+    started: list[asyncio.subprocess.Process] = []
+    spawn = asyncio.create_subprocess_exec
+
+    async def recorded(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        started.append(await spawn(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", recorded)
+    kv = ListingFails(tmp_path / "kv.sqlite3")
+    try:
+        with pytest.raises(KVTransportError, match="injected"):
+            await verify_kv(redis_url, settings_for(tmp_path), namespace=kv, lanes=2)
+    finally:
+        await kv.aclose()
+    assert len(started) == 2
+    assert [p.returncode for p in started] == [-signal.SIGKILL] * 2  # stopped, not finished
 
 
 @pytest.mark.parametrize("command", ["migrate", "verify"])

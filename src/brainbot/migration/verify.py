@@ -151,7 +151,7 @@ async def verify(
                     lanes = lanes_for(int(await redis.dbsize()))
             if lanes > 1:
                 lane = Lane(source, source_password, tls_ca_file, options, match, type_, lanes)
-                for path, result in await _run_lanes(lane, Path(scratch)):
+                for path, result in await _run_lanes(lane, Path(scratch), listing):
                     ledger.absorb(path)
                     check.absorb(result)
             else:
@@ -253,12 +253,15 @@ class LaneResult:
     conversations: dict[str, str]
 
 
-async def _run_lanes(lane: Lane, scratch: Path) -> list[tuple[Path, LaneResult]]:
+async def _run_lanes(
+    lane: Lane, scratch: Path, listing: asyncio.Task[int]
+) -> list[tuple[Path, LaneResult]]:
     """Each of ``lane.lanes`` processes (``python -m brainbot.migration.lane``) reads and
     plans the keys whose CRC-32 falls in its lane into a ledger file of its own, while
-    this process lists KV."""
+    this process lists KV (``listing``: if that fails, the lanes are stopped at once)."""
     paths = [scratch / f"lane-{i}.sqlite3" for i in range(lane.lanes)]
     processes = []
+    work: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
     try:
         for i, path in enumerate(paths):
             process = await asyncio.create_subprocess_exec(
@@ -272,8 +275,16 @@ async def _run_lanes(lane: Lane, scratch: Path) -> list[tuple[Path, LaneResult]]
                 stderr=asyncio.subprocess.PIPE,
             )
             processes.append((process, replace(lane, index=i).to_json()))
-        outcomes = await asyncio.gather(*(p.communicate(job) for p, job in processes))
+        work = asyncio.gather(*(p.communicate(job) for p, job in processes))
+        await asyncio.wait({work, listing}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done() and listing.exception() is not None:
+            listing.result()  # the listing failed: no use reading on
+        outcomes = await work
     finally:
+        if work is not None and not work.done():
+            work.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
         for process, _ in processes:
             if process.returncode is None:
                 process.kill()
