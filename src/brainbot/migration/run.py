@@ -156,6 +156,23 @@ def backup_line(record: Record, now_ms: int) -> bytes:
     )
 
 
+def manifest_line(run_id: str, p: Plan, items: list[PutItem]) -> bytes:
+    """What the manifest says of a migrated key: the KV entries written for it (``items``,
+    those of its plan that were kept) with their digests."""
+    return orjson.dumps(
+        {
+            "run": run_id,
+            "key": p.name,
+            "type": p.record.type,
+            "kind": p.kind,
+            "size": p.size,
+            "ttl_ms": p.record.pttl,
+            "kv": [[i.key, digest_of(i)] for i in items],
+            "note": p.note,
+        }
+    )
+
+
 def prune_backups(runs: Path, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
     """Delete the backups of finished runs older than ``days``; returns their run ids."""
     pruned = []
@@ -321,20 +338,7 @@ class _Run:
             if items is None:  # skipped
                 continue
             self.claims += [orjson.dumps([owner, cid]) for owner, cid in p.claims]
-            step.manifest.append(
-                orjson.dumps(
-                    {
-                        "run": self.state["run_id"],
-                        "key": p.name,
-                        "type": p.record.type,
-                        "kind": p.kind,
-                        "size": p.size,
-                        "ttl_ms": p.record.pttl,
-                        "kv": [[i.key, digest_of(i)] for i in items],
-                        "note": p.note,
-                    }
-                )
-            )
+            step.manifest.append(manifest_line(self.state["run_id"], p, items))
             if self.path is None or not items:
                 continue  # a dry run writes nothing
             batch = self.batch
@@ -770,4 +774,11 @@ def remove_run(runs: Path, run_id: str) -> None:
     shutil.rmtree(files.run_dir(runs, run_id), ignore_errors=True)
 
 
-__all__ = ["Report", "backup_line", "digest", "migrate_redis_to_kv", "prune_backups"]
+__all__ = [
+    "Report",
+    "backup_line",
+    "digest",
+    "manifest_line",
+    "migrate_redis_to_kv",
+    "prune_backups",
+]
