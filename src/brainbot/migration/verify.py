@@ -276,7 +276,8 @@ async def _run_lanes(
             )
             processes.append((process, replace(lane, index=i).to_json()))
         work = asyncio.gather(*(p.communicate(job) for p, job in processes))
-        await asyncio.wait({work, listing}, return_when=asyncio.FIRST_COMPLETED)
+        either: set[asyncio.Future[Any]] = {work, listing}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
         if not work.done() and listing.exception() is not None:
             listing.result()  # the listing failed: no use reading on
         outcomes = await work
