@@ -9,13 +9,23 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from brainbot.kv import EmbeddedKV
 from brainbot.kv.faults import Faults
+from brainbot.kv.limits import MAX_METADATA_BYTES
 from brainbot.storage import DualStore, KVStore
-from brainbot.storage.conversations import ConversationError, ConversationStore, Message
+from brainbot.storage.conversations import (
+    ROLES,
+    ConversationError,
+    ConversationStore,
+    Message,
+    message_item,
+)
 from brainbot.storage.sessions import SessionError, SessionNotFound, SessionStore
 from tests.support.kv import fault_args, rest_client
 from tests.support.processes import Service, start_kv_server
@@ -409,3 +419,35 @@ async def test_each_further_page_costs_one_list_request(tmp_path: Path, api_toke
             assert sum(costs) <= 30 + 3  # about one list request per page
     finally:
         service.stop()
+
+
+_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400) | st.text(
+    st.sampled_from('aé€😀"\\\n'), min_size=150, max_size=1_100
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content=_TEXT,
+    role=st.sampled_from(sorted(ROLES)),
+    extra=st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=300), max_size=3),
+)
+def test_a_message_is_summed_up_in_its_metadata_exactly_when_that_fits(
+    content: str, role: str, extra: dict[str, Any] | None
+) -> None:
+    """The entry's metadata holds role, time and content whenever their JSON fits beside
+    the migration's stamp, else a summary: the shortcut on lengths never decides otherwise
+    than encoding would. Characters of 1 to 4 bytes and escapes around the boundary."""
+    message = Message(role, content, 1_700_000_000.5, extra, "9999999999999.abcd")
+    item = message_item("p/", "c1", message, None)
+    small: dict[str, Any] = {"r": role, "t": message.timestamp, "c": content}
+    if extra is not None:
+        small["m"] = extra
+    fits = len(orjson.dumps(small)) <= MAX_METADATA_BYTES - 64
+    assert item.metadata == (
+        small
+        if fits
+        else {"r": role, "t": message.timestamp, "big": 1, "s": len(item.value.encode())}
+    )
+    assert item.value == message.text()
+    assert item.key == "p/conv/c1/9999999999999.abcd"

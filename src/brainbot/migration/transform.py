@@ -255,11 +255,11 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
         decoded = legacy_messages(record.value, strict=True)
         if decoded is not None:
             result.kind = "conversation"
-            for _, message in decoded:
-                item = message_item(options.prefix, conversation["id"], message, None)
-                result.items.append(
-                    PutItem(item.key, item.value, kv_expiration, None, item.metadata)
-                )
+            cid = conversation["id"]
+            result.items = [
+                message_item(options.prefix, cid, message, None, kv_expiration)
+                for _, message in decoded
+            ]
             return result
         result.note = "not legacy conversation messages: migrated as a plain list"
     session = options.pattern("session").match(name)

@@ -181,22 +181,29 @@ def message_id(ms: int, writer: str) -> str:
     return f"{_INVERT - ms:013d}.{writer}"
 
 
-def message_item(prefix: str, cid: str, message: Message, ttl: int | None) -> PutItem:
+def message_item(
+    prefix: str, cid: str, message: Message, ttl: int | None, expiration: int | None = None
+) -> PutItem:
     """The KV write that stores ``message`` (which has its id): the migration writes
-    legacy messages with exactly this encoding."""
+    legacy messages with exactly this encoding (and an absolute ``expiration``)."""
     text = message.text()
     small: dict[str, Any] = {"r": message.role, "t": message.timestamp, "c": message.content}
     if message.metadata is not None:
         small["m"] = message.metadata
     # room for the migration's mark and digest (about 60 bytes), so a migrated message
-    # is stored exactly as the bot would store it
-    fits = len(orjson.dumps(small)) <= MAX_METADATA_BYTES - 64
+    # is stored exactly as the bot would store it. ``small`` holds the same values as the
+    # text under shorter names and without the id, so the lengths of the text (at most 4
+    # bytes a character) and of the content settle most cases without encoding ``small``.
+    room = MAX_METADATA_BYTES - 64
+    fits = len(message.content) <= room and (
+        len(text) * 4 <= room or len(orjson.dumps(small)) <= room
+    )
     metadata: dict[str, Any] = (
         small
         if fits
         else {"r": message.role, "t": message.timestamp, "big": 1, "s": len(text.encode())}
     )
-    return PutItem(f"{prefix}conv/{cid}/{message.id}", text, None, ttl, metadata)
+    return PutItem(f"{prefix}conv/{cid}/{message.id}", text, expiration, ttl, metadata)
 
 
 @dataclass(frozen=True, slots=True)
