@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -28,6 +29,15 @@ def _fast_retries() -> Iterator[None]:
     """Retries keep their count (capped at 30) but skip their sleeps (stamina's test mode)."""
     with stamina.set_testing(True, attempts=30, cap=True):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _collector_as_found() -> Iterator[None]:
+    """The bulk commands tune the garbage collector for their process; run in-process by
+    a test, that must not carry over to the tests after it."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
 
 
 @pytest.fixture(scope="session")

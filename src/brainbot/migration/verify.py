@@ -262,6 +262,8 @@ async def _run_lanes(
     paths = [scratch / f"lane-{i}.sqlite3" for i in range(lane.lanes)]
     processes = []
     work: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
+    if listing.done() and listing.exception() is not None:
+        listing.result()  # failed already: no lane started for nothing
     try:
         for i, path in enumerate(paths):
             process = await asyncio.create_subprocess_exec(
