@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from brainbot import json_bytes
 from brainbot.errors import MigrationError
 from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.kv.overlay import ReadYourWrites
@@ -145,7 +146,7 @@ def backup_line(record: Record, now_ms: int) -> bytes:
         head = orjson.dumps({"key": files.b64(record.key), "type": record.type})
         tail = orjson.dumps({"pttl": record.pttl, "at_ms": now_ms})
         return head[:-1] + b',"value":' + record.value.backup + b"," + tail[1:]
-    return orjson.dumps(
+    return json_bytes.dumps(
         {
             "key": files.b64(record.key),
             "type": record.type,
@@ -159,7 +160,7 @@ def backup_line(record: Record, now_ms: int) -> bytes:
 def manifest_line(run_id: str, p: Plan, items: list[PutItem]) -> bytes:
     """What the manifest says of a migrated key: the KV entries written for it (``items``,
     those of its plan that were kept) with their digests."""
-    return orjson.dumps(
+    return json_bytes.dumps(
         {
             "run": run_id,
             "key": p.name,
@@ -337,7 +338,7 @@ class _Run:
                     self.flushed = self.flush_files()
             if items is None:  # skipped
                 continue
-            self.claims += [orjson.dumps([owner, cid]) for owner, cid in p.claims]
+            self.claims += [json_bytes.dumps([owner, cid]) for owner, cid in p.claims]
             step.manifest.append(manifest_line(self.state["run_id"], p, items))
             if self.path is None or not items:
                 continue  # a dry run writes nothing

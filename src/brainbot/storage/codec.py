@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import orjson
 
+from brainbot import json_bytes
 from brainbot.kv.limits import MAX_EXPIRATION
 from brainbot.kv.namespace import Entry
 
@@ -75,7 +76,7 @@ def encode(item: Item) -> tuple[bytes, dict[str, Any]]:
         ordered = sorted(item.data.items(), key=lambda p: (p[1], p[0]))
         members, binary = _texts([m for m, _ in ordered])
         body = [[m, _score_json(s)] for m, (_, s) in zip(members, ordered, strict=True)]
-    return orjson.dumps(body), item.metadata(binary=binary)  # compact UTF-8 JSON
+    return json_bytes.dumps(body), item.metadata(binary=binary)  # compact UTF-8 JSON
 
 
 def decode(entry: Entry) -> Item:
