@@ -12,7 +12,7 @@ SRC = ROOT / "src" / "brainbot"
 
 # Lowest first; a module may import its own layer and the ones below.
 LAYERS = [
-    ("brainbot.errors", "brainbot.config", "brainbot.serving"),
+    ("brainbot.errors", "brainbot.config", "brainbot.serving", "brainbot.json_bytes"),
     ("brainbot.kv",),
     ("brainbot.storage",),
     ("brainbot.migration", "brainbot.responder"),
