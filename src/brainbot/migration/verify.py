@@ -47,12 +47,11 @@ from brainbot.migration.source import (
     Record,
     connect,
     read_ahead,
-    redacted,
     scan_batches,
     translated,
 )
 from brainbot.migration.transform import Options, Plan, digest, owner_items, plan
-from brainbot.migration.url import SourceURL
+from brainbot.migration.url import REDACTED, SourceURL
 from brainbot.storage import codec
 
 READ_CHUNK = 100  # values per bulk read
@@ -262,7 +261,7 @@ async def _run_lanes(
     paths = [scratch / f"lane-{i}.sqlite3" for i in range(lane.lanes)]
     processes = []
     work: asyncio.Future[list[tuple[bytes, bytes]]] | None = None
-    if listing.done() and listing.exception() is not None:
+    if listing.done():
         listing.result()  # failed already: no lane started for nothing
     try:
         for i, path in enumerate(paths):
@@ -280,8 +279,8 @@ async def _run_lanes(
         work = asyncio.gather(*(p.communicate(job) for p, job in processes))
         either: set[asyncio.Future[Any]] = {work, listing}
         await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done() and listing.exception() is not None:
-            listing.result()  # the listing failed: no use reading on
+        if not work.done():
+            listing.result()  # the listing ended first: if it failed, no use reading on
         outcomes = await work
     finally:
         if work is not None and not work.done():
@@ -319,10 +318,10 @@ def _lane_error(answer: Any, stderr: bytes, lane: Lane) -> BrainbotError:
 
 
 def _without_secrets(text: str, lane: Lane) -> str:
-    text = text.replace(lane.source, redacted(lane.source))
-    secrets = {lane.password, SourceURL.parse(lane.source, password=lane.password).password}
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        text = text.replace(secret, "***")
+    url = SourceURL.parse(lane.source, password=lane.password)
+    text = text.replace(lane.source, url.redacted)
+    for secret in sorted(filter(None, {lane.password, url.password}), key=len, reverse=True):
+        text = text.replace(secret, REDACTED)
     return text
 
 
