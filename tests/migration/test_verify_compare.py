@@ -1,5 +1,5 @@
 """verify compares in SQL (``Ledger.mismatches``) what the source plans with what KV lists;
-the rules are ``verify._compare``'s. Hypothesis checks that the SQL never calls a match
+the rules are ``ledger.difference``'s. Hypothesis checks that the SQL never calls a match
 what ``_compare`` calls a difference, and the other way round."""
 
 from __future__ import annotations
@@ -12,22 +12,31 @@ from hypothesis import strategies as st
 
 from brainbot.kv import EmbeddedKV
 from brainbot.kv.namespace import PutItem
-from brainbot.migration.ledger import Expected, Ledger, seen_of
-from brainbot.migration.verify import _compare
+from brainbot.migration.ledger import Expected, Ledger, difference, expiry_floor, seen_of, shape_of
 
 DIGESTS = st.sampled_from(["a" * 24, "b" * 24])
 TYPES = st.sampled_from(["string", "list", "hash", "set", "zset"])
 EXACT = st.one_of(st.none(), st.integers(4_000_000_000_000, 4_000_000_020_000))
-KV_EXPIRY = st.one_of(st.none(), st.just(1_800_000_000))
+NOW = 1_700_000_000
+KV_EXPIRY = st.one_of(
+    st.none(),
+    # far off: the same second, within the tolerance, beyond it
+    st.sampled_from([1_800_000_000, 1_800_000_004, 1_800_000_100]),
+    # KV's 60-second floor: any two under it are the same expiry
+    st.sampled_from([NOW + 30, NOW + 66, NOW + 67, NOW + 70]),
+)
+ENCODING = st.sampled_from([None, "b"])
 TOLERANCE = 5_000
+FLOOR = expiry_floor(TOLERANCE, NOW)
 
 expected_entries = st.builds(
-    lambda digest, type_, typed, x, expiration: (digest, type_, typed, x, expiration),
+    lambda digest, type_, typed, x, expiration, e: (digest, type_, typed, x, expiration, e),
     DIGESTS,
     TYPES,
     st.sampled_from([0, 1]),
     EXACT,
     KV_EXPIRY,
+    ENCODING,
 )
 listed_entries = st.one_of(
     st.none(),  # not on KV
@@ -36,6 +45,7 @@ listed_entries = st.one_of(
             "digest": st.one_of(st.none(), DIGESTS),  # None: no stamp (written by the bot)
             "t": st.one_of(st.none(), TYPES, st.just("nonsense"), st.just(3)),
             "x": st.one_of(st.none(), EXACT, st.just(True), st.just("soon")),
+            "e": ENCODING,
             "expiration": KV_EXPIRY,
         }
     ),
@@ -48,14 +58,19 @@ listed_entries = st.one_of(
 @given(pairs=st.lists(st.tuples(expected_entries, listed_entries), min_size=1, max_size=25))
 def test_sql_and_python_agree_on_what_matches(
     tmp_path_factory: object,
-    pairs: list[tuple[tuple[str, str, int, int | None, int | None], dict[str, object] | None]],
+    pairs: list[
+        tuple[tuple[str, str, int, int | None, int | None, str | None], dict[str, object] | None]
+    ],
 ) -> None:
     async def run() -> None:
         directory: Path = tmp_path_factory.mktemp("cmp")  # type: ignore[attr-defined]
         wanted, listed, reference = [], [], {}
-        async with EmbeddedKV(directory / "kv.sqlite3", clock=lambda: 1_700_000_000) as kv:
-            for i, ((digest, type_, typed, x, expiration), kv_side) in enumerate(pairs):
-                want = Expected(f"k{i}".encode(), f"key {i}", digest, type_, typed, x, expiration)
+        async with EmbeddedKV(directory / "kv.sqlite3", clock=lambda: NOW - 100) as kv:
+            for i, ((digest, type_, typed, x, expiration, e), kv_side) in enumerate(pairs):
+                shape = shape_of({"t": type_} | ({"e": e} if e else {}))
+                want = Expected(
+                    f"k{i}".encode(), f"key {i}", digest, type_, typed, x, expiration, shape
+                )
                 wanted.append(want)
                 if kv_side is None:
                     reference[want.name] = False
@@ -63,14 +78,14 @@ def test_sql_and_python_agree_on_what_matches(
                 meta: dict[str, object] = {}
                 if kv_side["digest"] is not None:
                     meta["_m"] = f"abcd1234.run1.{kv_side['digest']}"
-                for field in ("t", "x"):
+                for field in ("t", "x", "e"):
                     if kv_side[field] is not None:
                         meta[field] = kv_side[field]
                 item = PutItem(want.key, b"v", kv_side["expiration"], None, meta)  # type: ignore[arg-type]
                 listed.append(item)
                 seen = seen_of(meta, kv_side["expiration"])  # type: ignore[arg-type]
                 reference[want.name] = (
-                    seen.digest is not None and _compare(want, seen, TOLERANCE) is None
+                    seen.digest is not None and difference(want, seen, TOLERANCE, FLOOR) is None
                 )
             if listed:
                 await kv.put_many(listed)
@@ -78,7 +93,7 @@ def test_sql_and_python_agree_on_what_matches(
             await ledger.load(kv, "")
         ledger.expect(wanted)
         ledger.expected_all()
-        flagged = {want.name for want, _ in ledger.mismatches(TOLERANCE)}
+        flagged = {want.name for want, _ in ledger.mismatches(TOLERANCE, FLOOR)}
         ledger.close()
         assert {n for n, ok in reference.items() if not ok} == flagged
 

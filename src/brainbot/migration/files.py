@@ -5,7 +5,8 @@
 * ``kv-backup.jsonl.gz`` the KV values ``--overwrite`` replaced;
 * ``manifest.jsonl``   what the run wrote: per Redis key, its KV entries and digests;
 * ``owners.jsonl``     the legacy owner claims read so far;
-* ``report.json``, ``verify.json``.
+* ``report.json``, ``verify.json``;
+* ``lock``             held (flock) by the one process working on the run.
 
 Run ids look like ``20261127T120000Z-1a2b3c``; :func:`run_dir` accepts only such an id of a
 run under ``runs`` (no path of any other shape is ever opened from a run id).
@@ -14,6 +15,8 @@ run under ``runs`` (no path of any other shape is ever opened from a run id).
 from __future__ import annotations
 
 import base64
+import contextlib
+import fcntl
 import gzip
 import os
 import re
@@ -25,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from brainbot.errors import RollbackError
+from brainbot.errors import BrainbotError, RollbackError
 
 RUN_ID = re.compile(r"\A\d{8}T\d{6}Z-[0-9a-f]{6}\Z")
 
@@ -51,6 +54,25 @@ def run_dir(runs: Path, run_id: str) -> Path:
     if read_json(state).get("run_id") != run_id:
         raise RollbackError(f"The state file under {run_id} names another run.")
     return path
+
+
+@contextlib.contextmanager
+def exclusive(run_path: Path, error: type[BrainbotError]) -> Iterator[None]:
+    """Hold the run's lock while working on it: a second process (a ``--resume`` or a
+    rollback while the run is under way) would write its files from a stale state. The
+    lock is the kernel's (flock): a killed process leaves none behind."""
+    fd = os.open(run_path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise error(
+                f"Run {run_path.name} is in use by another brainbot process (a migrate, "
+                "--resume or rollback of it): wait for that to end."
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -12,8 +12,10 @@ KV must hold, and SQLite compares the two in one join.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,35 +23,46 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from brainbot.kv.namespace import KVNamespace
-from brainbot.migration.transform import stamp_of
+from brainbot.kv.namespace import KVNamespace, PutItem
+from brainbot.migration.transform import STAMP, digest, stamp_of
 from brainbot.storage import codec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS kv (
     name BLOB PRIMARY KEY, mark TEXT, run TEXT, digest TEXT, expiration INTEGER,
-    type TEXT, x INTEGER
+    type TEXT, x INTEGER, shape TEXT
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS earlier (name BLOB PRIMARY KEY) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS earlier (name BLOB PRIMARY KEY, expiration INTEGER) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS expected (
-    name BLOB, report TEXT, digest TEXT, type TEXT, typed INTEGER, x INTEGER, expiration INTEGER
+    name BLOB, report TEXT, digest TEXT, type TEXT, typed INTEGER, x INTEGER, expiration INTEGER,
+    shape TEXT
 );
 """
+TTL_TOLERANCE_MS = 5_000
+"""How far two exact expiries may be apart and still be the same one (the source's TTL is
+read at a different moment each time)."""
 _MATCH = """coalesce((
-    k.digest = e.digest AND (e.typed = 0 OR e.type = k.type)
+    k.digest = e.digest AND (e.typed = 0 OR e.type = k.type) AND k.shape = e.shape
     AND ((e.x IS NULL) = (k.x IS NULL))
     AND (e.x IS NULL OR abs(e.x - k.x) <= :tolerance)
-    AND (e.x IS NOT NULL OR ((e.expiration IS NULL) = (k.expiration IS NULL)))
+    AND ((e.expiration IS NULL) = (k.expiration IS NULL))
+    AND (e.expiration IS NULL OR abs(e.expiration - k.expiration) <= :tolerance / 1000
+         OR (e.expiration <= :floor AND k.expiration <= :floor))
 ), 0)"""
-"""An expected entry KV holds exactly (digest, type, expiry within the tolerance), by the
-rules of ``verify._compare``: Python looks only at what this does not call a match."""
-_EXPECTED_COLUMNS = "e.name, e.report, e.digest, e.type, e.typed, e.x, e.expiration"
+"""An expected entry KV holds exactly (digest, type, the rest of its metadata, both
+expiries within the tolerance), by the rules of ``difference``: Python looks only at what
+this does not call a match."""
+_EXPECTED_COLUMNS = "e.name, e.report, e.digest, e.type, e.typed, e.x, e.expiration, e.shape"
 _EXPECT_JSON = (
     "INSERT INTO expected SELECT CAST(json_extract(j.value, '$[0]') AS BLOB), "
     "json_extract(j.value, '$[1]'), json_extract(j.value, '$[2]'), "
     "json_extract(j.value, '$[3]'), json_extract(j.value, '$[4]'), "
-    "json_extract(j.value, '$[5]'), json_extract(j.value, '$[6]') FROM json_each(?) AS j"
+    "json_extract(j.value, '$[5]'), json_extract(j.value, '$[6]'), "
+    "json_extract(j.value, '$[7]') FROM json_each(?) AS j"
 )
+_NOT_SHAPE = frozenset({STAMP, "x", "since"})
+"""Metadata that differs from run to run by design: the stamp, the exact expiry (compared
+with a tolerance) and when an owner entry was written."""
 _LOOKUP_CHUNK = 500
 _FAR = 2**62
 """Exact expiries beyond this are kept as this: SQLite holds 64-bit integers, and no real
@@ -70,10 +83,74 @@ class Expected(NamedTuple):
     """Its exact expiry (ms) from its metadata, if any."""
     expiration: int | None
     """KV's own expiry (s) it asks for."""
+    shape: str = ""
+    """``shape_of`` its metadata."""
 
     @property
     def key(self) -> str:
         return self.name.decode("utf-8")
+
+
+def shape_of(metadata: Any) -> str:
+    """A digest of what an entry's metadata says besides its stamp and exact expiry: its
+    type, its encoding (base64 or text), a message's role, time and summary. The stamp's
+    digest covers the value only; an entry whose metadata changed is not the same entry."""
+    if isinstance(metadata, dict):
+        metadata = {k: v for k, v in metadata.items() if k not in _NOT_SHAPE}
+    try:
+        text = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what orjson cannot write (an integer past 64 bits): matches nothing
+        return "?"
+    return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+def expected_of(item: PutItem, report: str) -> Expected:
+    """What KV must hold for ``item`` (``report``: the Redis key, as reports show it)."""
+    meta = item.metadata if isinstance(item.metadata, dict) else {}
+    exact = meta.get("x")
+    return Expected(
+        item.key.encode("utf-8"),
+        report,
+        digest(item.value),
+        codec.type_of(meta),
+        int("t" in meta),
+        exact if isinstance(exact, int) else None,
+        item.expiration,
+        shape_of(item.metadata),
+    )
+
+
+def expiry_floor(tolerance_ms: int, now: float | None = None) -> int:
+    """KV expiries up to this second may be KV's 60-second floor rather than the source's
+    TTL (``codec.kv_expiration``): two of them are the same expiry."""
+    return int(time.time() if now is None else now) + 62 + tolerance_ms // 1000
+
+
+def difference(want: Expected, seen: Seen, tolerance_ms: int, floor: int) -> str | None:
+    """What differs between an expected entry and the listed one (None: nothing); the
+    rules ``_MATCH`` applies in SQL."""
+    if seen.digest is not None and seen.digest != want.digest:
+        return "value differs"
+    if want.typed and want.type != seen.type:
+        return f"type is {seen.type} on KV, {want.type} in Redis"
+    if seen.shape is not None and seen.shape != want.shape:
+        return "metadata differs (encoding, or a message's summary)"
+    exact, actual = want.x, seen.x
+    if (exact is None) != (actual is None):
+        return f"TTL differs: {'none' if actual is None else 'set'} on KV"
+    if exact is not None and actual is not None and abs(exact - actual) > tolerance_ms:
+        return f"expiry differs by {abs(exact - actual)} ms"
+    mine, theirs = want.expiration, seen.expiration
+    if (mine is None) != (theirs is None):
+        return "TTL differs"
+    if (
+        mine is not None
+        and theirs is not None
+        and abs(mine - theirs) > tolerance_ms // 1000
+        and not (mine <= floor and theirs <= floor)
+    ):
+        return f"KV's own expiry differs by {abs(mine - theirs)} s"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +165,8 @@ class Seen:
     """The Redis type its metadata records (``codec.type_of``)."""
     x: int | None = None
     """The exact expiry (ms) its metadata records (``codec.expiry_of``)."""
+    shape: str | None = None
+    """``shape_of`` its metadata (None: not looked at)."""
 
 
 def seen_of(metadata: Any, expiration: int | None) -> Seen:
@@ -101,6 +180,7 @@ def seen_of(metadata: Any, expiration: int | None) -> Seen:
         expiration,
         codec.type_of(metadata),
         None if exact is None else max(-_FAR, min(_FAR, int(exact))),
+        shape_of(metadata),
     )
 
 
@@ -135,35 +215,55 @@ class Ledger:
             for info in page.keys:
                 s = seen_of(info.metadata, info.expiration)
                 rows.append(
-                    (info.name.encode("utf-8"), s.mark, s.run, s.digest, s.expiration, s.type, s.x)
+                    (
+                        info.name.encode("utf-8"),
+                        s.mark,
+                        s.run,
+                        s.digest,
+                        s.expiration,
+                        s.type,
+                        s.x,
+                        s.shape,
+                    )
                 )
             if rows:  # one transaction a page (not one a row)
                 with self._db:
                     self._db.execute("BEGIN")
                     self._db.executemany(
-                        "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                        "INSERT OR REPLACE INTO kv VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows
                     )
                 self.entries += len(rows)
             if page.cursor is None:
                 return self.entries
             cursor = page.cursor
 
-    def remember(self, names: Iterable[str]) -> None:
-        """Note the names earlier runs of this migration wrote (from their manifests)."""
-        rows = ((name.encode("utf-8"),) for name in names)
+    def remember(self, written: Iterable[tuple[str, int | None]]) -> None:
+        """Note the names earlier runs of this migration wrote (from their manifests), with
+        the latest KV expiry any of them gave (None: none, or not recorded)."""
+        rows = ((name.encode("utf-8"), expiration) for name, expiration in written)
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany("INSERT OR IGNORE INTO earlier VALUES (?)", rows)
+            self._db.executemany(
+                "INSERT INTO earlier VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET expiration = "
+                "CASE WHEN expiration IS NULL OR excluded.expiration IS NULL THEN NULL "
+                "ELSE max(expiration, excluded.expiration) END",
+                rows,
+            )
 
-    def written_before(self, names: Sequence[str]) -> set[str]:
-        """Those of ``names`` an earlier run wrote."""
+    def written_before(self, names: Sequence[str], now: float) -> set[str]:
+        """Those of ``names`` an earlier run wrote with an expiry still ahead at ``now``:
+        absent from KV, they were deleted there (one KV let expire is not)."""
         found: set[str] = set()
         raws = [n.encode("utf-8") for n in names]
         for start in range(0, len(raws), _LOOKUP_CHUNK):
             chunk = raws[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
-            query = f"SELECT name FROM earlier WHERE name IN ({marks})"  # noqa: S608
-            found.update(bytes(name).decode("utf-8") for (name,) in self._db.execute(query, chunk))
+            query = (
+                f"SELECT name FROM earlier WHERE name IN ({marks}) "  # noqa: S608
+                "AND (expiration IS NULL OR expiration > ?)"
+            )
+            rows = self._db.execute(query, [*chunk, int(now)])
+            found.update(bytes(name).decode("utf-8") for (name,) in rows)
         return found
 
     def lookup(self, names: Sequence[str]) -> dict[str, Seen]:
@@ -176,7 +276,7 @@ class Ledger:
             chunk = raws[start : start + _LOOKUP_CHUNK]
             marks = ",".join("?" * len(chunk))
             for name, *seen in self._db.execute(
-                "SELECT name, mark, run, digest, expiration, type, x "  # noqa: S608
+                "SELECT name, mark, run, digest, expiration, type, x, shape "  # noqa: S608
                 f"FROM kv WHERE name IN ({marks})",
                 chunk,
             ):
@@ -198,7 +298,7 @@ class Ledger:
                 self._db.execute(_EXPECT_JSON, (document,))
             if len(plain) < len(rows):
                 rest = [r for r in rows if b"\0" in r.name]
-                self._db.executemany("INSERT INTO expected VALUES (?, ?, ?, ?, ?, ?, ?)", rest)
+                self._db.executemany("INSERT INTO expected VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rest)
 
     def absorb(self, path: Path) -> None:
         """Take in the expected entries another ledger file holds (a verify lane's)."""
@@ -214,18 +314,20 @@ class Ledger:
         """Every expected entry is in: index them by name (one sort, not one per insert)."""
         self._db.execute("CREATE INDEX IF NOT EXISTS expected_by_name ON expected (name)")
 
-    def mismatches(self, tolerance_ms: int) -> Iterator[tuple[Expected, Seen | None]]:
+    def mismatches(self, tolerance_ms: int, floor: int) -> Iterator[tuple[Expected, Seen | None]]:
         """Every expected entry KV does not hold exactly, with what the listing showed of
         it (None: not listed). Matches stay in SQLite: Python sees only differences."""
         query = (
             f"SELECT {_EXPECTED_COLUMNS}, k.name, k.mark, k.run, k.digest, k.expiration, "  # noqa: S608
-            f"k.type, k.x FROM expected e LEFT JOIN kv k ON k.name = e.name WHERE {_MATCH} = 0"
+            f"k.type, k.x, k.shape FROM expected e LEFT JOIN kv k ON k.name = e.name "
+            f"WHERE {_MATCH} = 0"
         )
-        for row in self._db.execute(query, {"tolerance": tolerance_ms}):
-            yield Expected(*row[:7]), None if row[7] is None else Seen(*row[8:])
+        for row in self._db.execute(query, {"tolerance": tolerance_ms, "floor": floor}):
+            yield Expected(*row[:8]), None if row[8] is None else Seen(*row[9:])
 
-    def sample(self, n: int, tolerance_ms: int) -> list[Expected]:
-        """About ``n`` matching entries picked at random (their values are read again)."""
+    def sample(self, n: int, tolerance_ms: int, floor: int) -> list[Expected]:
+        """About ``n`` matching entries picked at random (their values are read again),
+        from anywhere in the ledger: twice as many rows drawn, those that match shuffled."""
         (total,) = self._db.execute("SELECT max(rowid) FROM expected").fetchone()
         if not total or n <= 0:
             return []
@@ -233,10 +335,24 @@ class Ledger:
         marks = ",".join(f":p{i}" for i in range(len(picks)))
         query = (
             f"SELECT {_EXPECTED_COLUMNS} FROM expected e JOIN kv k ON k.name = e.name "  # noqa: S608
-            f"WHERE e.rowid IN ({marks}) AND {_MATCH} LIMIT {int(n)}"
+            f"WHERE e.rowid IN ({marks}) AND {_MATCH}"
         )
-        params = {f"p{i}": p for i, p in enumerate(picks)} | {"tolerance": tolerance_ms}
-        return [Expected(*row) for row in self._db.execute(query, params)]
+        params = {f"p{i}": p for i, p in enumerate(picks)}
+        params |= {"tolerance": tolerance_ms, "floor": floor}
+        matching = [Expected(*row) for row in self._db.execute(query, params)]
+        random.shuffle(matching)  # SQLite gives them in rowid order: the first n, otherwise
+        return matching[:n]
+
+    def not_expected(self, mark: str) -> Iterator[str]:
+        """Names listed with this migration's ``mark`` that no expected entry has: what it
+        wrote that the source no longer holds (deleted from Redis since, a conversation no
+        longer owned)."""
+        query = (
+            "SELECT name FROM kv WHERE mark = ? AND NOT EXISTS "
+            "(SELECT 1 FROM expected e WHERE e.name = kv.name) ORDER BY name"
+        )
+        for (name,) in self._db.execute(query, (mark,)):
+            yield bytes(name).decode("utf-8", "backslashreplace")
 
     def unexpected(self, low: str, high: bytes | None) -> int:
         """Names listed in [low, high) that no expected entry has (a conversation's

@@ -4,8 +4,10 @@ nothing has changed since.
 * ``delete_kv``: for each KV entry the run's manifest lists, KV is looked at first (one
   listing under the prefix, 1,000 entries a request, metadata only). An entry that still
   carries this run's tag and the digest the run wrote is deleted, or, if the run replaced
-  a value with ``--overwrite``, given that value back (``kv-backup.jsonl.gz``). An entry the
-  bot changed since (no tag, another digest) or a later run rewrote is kept and reported.
+  a value with ``--overwrite``, given that value back (``kv-backup.jsonl.gz``; the last one
+  backed up: the value KV held when the run last replaced it). An entry the bot changed
+  since (no tag, another digest) or a later run rewrote is kept and reported. The run is
+  then marked rolled back: later runs of the migration write its keys again.
 * ``restore_to``: the run's backup of Redis is written back into a Redis (the source, or
   another one) key by key, only where that Redis does not hold the key or holds exactly
   the backed-up value (the TTL is then set again, counted from the backup). A key that
@@ -29,6 +31,7 @@ from typing import Any
 import orjson
 
 from brainbot.errors import RollbackError
+from brainbot.kv.limits import MIN_EXPIRATION_TTL
 from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.migration import files
 from brainbot.migration.ledger import Ledger
@@ -110,12 +113,29 @@ async def rollback(
     if delete_kv and namespace is None:
         raise RollbackError("Deleting a run's KV entries needs the namespace it wrote to.")
     run_path = files.run_dir(runs, run_id)
+    with files.exclusive(run_path, RollbackError):
+        return await _rollback(
+            run_path, run_id, namespace, delete_kv, restore_to, tls_ca_file, restore_password
+        )
+
+
+async def _rollback(
+    run_path: Path,
+    run_id: str,
+    namespace: KVNamespace | None,
+    delete_kv: bool,
+    restore_to: str | None,
+    tls_ca_file: str | None,
+    restore_password: str | None,
+) -> RollbackReport:
     state = files.read_json(run_path / "state.json")
     report = RollbackReport(run_id)
     if delete_kv:
         assert namespace is not None
-        written = {k: d for line in _manifest(run_path, run_id) for k, d in line.get("kv", [])}
+        written = {e[0]: e[1] for line in _manifest(run_path, run_id) for e in line.get("kv", [])}
         await _undo_kv(namespace, run_path, _prefix(state), files.run_tag(run_id), written, report)
+        state["rolled_back_at"] = time.time()  # its keys are not "written before" any more
+        files.write_json(run_path / "state.json", state)
     if restore_to is not None:
         list(_manifest(run_path, run_id))  # refuse a foreign manifest before touching Redis
         await _restore_redis(restore_to, run_path, report, tls_ca_file, restore_password)
@@ -136,7 +156,7 @@ async def _undo_kv(
         await ledger.load(kv, prefix)
         earlier: dict[str, dict[str, Any]] = {}
         for line in files.lines(run_path / "kv-backup.jsonl.gz", compressed=True):
-            earlier.setdefault(line["key"], line)  # the first: what KV held before the run
+            earlier[line["key"]] = line  # the last: what KV held when the run replaced it
         names = list(written)
         for start in range(0, len(names), CHUNK):
             chunk = names[start : start + CHUNK]
@@ -153,7 +173,9 @@ async def _undo_kv(
                     expiration = before.get("expiration") if before else None
                     if before is None or (expiration is not None and expiration <= now):
                         delete.append(name)
-                    else:
+                    else:  # KV keeps nothing under 60 s: a shorter expiry gets KV's floor
+                        if expiration is not None:
+                            expiration = max(expiration, int(now) + MIN_EXPIRATION_TTL + 1)
                         restore.append(
                             PutItem(
                                 name,

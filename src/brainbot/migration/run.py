@@ -17,12 +17,16 @@ what it finds already written by this migration is not written twice.
 **Never over live data.** Every entry carries the migration's mark, the run's tag and a
 digest of its value (``transform.marked``). Before writing, a run looks at what KV holds
 (a listing into the run's ledger: 1,000 keys a request, none when KV is empty): it writes
-a key KV does not hold; it skips a key that still holds exactly what this migration wrote;
-it rewrites one this migration wrote whose source changed; it keeps a key that holds
-anything else (the bot wrote it since: reported, or replaced with ``overwrite`` after its
-KV value is backed up); and it does not re-create a key an earlier run of this migration
-wrote that KV no longer holds (the bot deleted it). The listing is of the moment the run
-starts: a key the bot first creates while the run is under way is not protected.
+a key KV does not hold; it skips a key that still holds exactly what this migration wrote
+(value, metadata, expiry); it rewrites one this migration wrote whose source changed (its
+value, TTL or encoding); it keeps a key that holds anything else (the bot wrote it since:
+reported, or replaced with ``overwrite`` after its KV value is backed up); and it does not
+re-create a key an earlier run of this migration wrote that KV no longer holds, unless
+that run gave it an expiry now past (the bot deleted it; KV only let it expire). Runs
+rolled back with ``--delete-kv`` count as never run. What a killed attempt of this same
+run wrote is this run's: in its manifest, so its rollback undoes it. The listing is of the
+moment the run starts: a key the bot first creates while the run is under way is not
+protected.
 """
 
 from __future__ import annotations
@@ -49,7 +53,13 @@ from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.kv.overlay import ReadYourWrites
 from brainbot.kv.rest import CloudflareKV
 from brainbot.migration import files
-from brainbot.migration.ledger import Ledger
+from brainbot.migration.ledger import (
+    TTL_TOLERANCE_MS,
+    Ledger,
+    difference,
+    expected_of,
+    expiry_floor,
+)
 from brainbot.migration.source import (
     SUPPORTED,
     Encoded,
@@ -129,6 +139,7 @@ class Report:
 
 
 KEPT = "kept: changed on KV since the migration (--overwrite replaces it)"
+UNCHANGED = "unchanged (already written by this migration)"
 NOT_RECREATED = "not re-created: deleted on KV since an earlier run"
 
 
@@ -171,7 +182,7 @@ def manifest_line(run_id: str, p: Plan, items: list[PutItem]) -> bytes:
             "kind": p.kind,
             "size": p.size,
             "ttl_ms": p.record.pttl,
-            "kv": [[i.key, digest_of(i)] for i in items],
+            "kv": [[i.key, digest_of(i), i.expiration] for i in items],
             "note": p.note,
         }
     )
@@ -290,24 +301,33 @@ class _Run:
 
     # -- planning ---------------------------------------------------------------------
 
-    def keep(self, items: list[PutItem], tally: Report) -> list[PutItem]:
-        """The items to write, after looking at what KV holds (see the module docstring)."""
+    def keep(self, items: list[PutItem], tally: Report) -> tuple[list[PutItem], list[PutItem]]:
+        """The items to write, and those the manifest records as this run's (what it writes,
+        and what a killed attempt of this same run wrote), after looking at what KV holds
+        (see the module docstring)."""
         if self.ledger is None:
             tally.entries["written"] += len(items)
-            return items
+            return items, items
         names = [i.key for i in items]
         seen = self.ledger.lookup(names)
-        earlier = self.ledger.written_before([n for n in names if n not in seen])
-        keep = []
+        now = time.time()
+        earlier = self.ledger.written_before([n for n in names if n not in seen], now)
+        floor = expiry_floor(TTL_TOLERANCE_MS, now)
+        write: list[PutItem] = []
+        record: list[PutItem] = []
         for item in items:
-            now = seen.get(item.key)
-            if now is None:
+            there = seen.get(item.key)
+            if there is None:
                 if item.key in earlier:
                     tally.entries[NOT_RECREATED] += 1
                     continue
-            elif now.mark == self.mark:
-                if now.digest == digest_of(item):
-                    tally.entries["unchanged (already written by this migration)"] += 1
+            elif there.mark == self.mark:  # nobody wrote it since this migration did
+                if difference(expected_of(item, ""), there, TTL_TOLERANCE_MS, floor) is None:
+                    if there.run == self.tag:  # a killed attempt of this run wrote it
+                        tally.entries["written"] += 1
+                        record.append(item)
+                    else:
+                        tally.entries[UNCHANGED] += 1
                     continue
             elif not self.overwrite:
                 tally.entries[KEPT] += 1
@@ -315,11 +335,13 @@ class _Run:
             else:
                 tally.entries["overwritten (its KV value backed up)"] += 1
                 self.to_back_up.append(item.key)
-                keep.append(item)
+                write.append(item)
+                record.append(item)
                 continue
             tally.entries["written"] += 1
-            keep.append(item)
-        return keep
+            write.append(item)
+            record.append(item)
+        return write, record
 
     async def add_step(self, cursor: int, plans: list[Plan], read_ms: int) -> None:
         index = len(self.steps)
@@ -331,7 +353,7 @@ class _Run:
         kept = [None if p.skipped else self.keep(p.items, tally) for p in plans]
         if self.to_back_up and self.path is not None:  # before any can go out in a batch
             await self.back_up_kv(self.to_back_up)  # (a dry run writes nothing)
-        for p, items in zip(plans, kept, strict=True):
+        for p, chosen in zip(plans, kept, strict=True):
             if self.path is not None and p.record.type in SUPPORTED and p.record.value is not None:
                 self.backup.append(backup_line(p.record, read_ms))  # skipped ones too
                 self.backup_bytes += len(self.backup[-1])
@@ -339,10 +361,11 @@ class _Run:
                     if self.flushed is not None:
                         await self.flushed  # at most one backup chunk waiting for the disk
                     self.flushed = self.flush_files()
-            if items is None:  # skipped
+            if chosen is None:  # skipped
                 continue
+            items, recorded = chosen
             self.claims += [json_bytes.dumps([owner, cid]) for owner, cid in p.claims]
-            step.manifest.append(manifest_line(self.state["run_id"], p, items))
+            step.manifest.append(manifest_line(self.state["run_id"], p, recorded))
             if self.path is None or not items:
                 continue  # a dry run writes nothing
             batch = self.batch
@@ -559,7 +582,9 @@ async def migrate_redis_to_kv(
     earlier_states = _states(runs, print_text)
     state: dict[str, Any] | None = None
     if resume and not dry_run:
-        unfinished = [s for s in earlier_states if not s.get("done")]
+        unfinished = [
+            s for s in earlier_states if not s.get("done") and not s.get("rolled_back_at")
+        ]
         if not unfinished:
             raise MigrationError(
                 "Nothing to resume: no unfinished run of this migration. Run the same "
@@ -580,12 +605,15 @@ async def migrate_redis_to_kv(
     report = Report(state["run_id"], redacted(source), dry_run, resumed=state["report"] is not None)
     if state["report"]:
         report.restore(state["report"])
-    run_path = None if dry_run else _open_run(runs, state)
-
-    redis = connect(source, tls_ca_file=tls_ca_file, password=source_password)
+    scratch = contextlib.ExitStack()  # the run's lock and scratch files, until it ends
+    try:
+        run_path = None if dry_run else _open_run(runs, state, scratch)
+        redis = connect(source, tls_ca_file=tls_ca_file, password=source_password)
+    except BaseException:
+        scratch.close()
+        raise
     kv = namespace
     ledger: Ledger | None = None
-    scratch = contextlib.ExitStack()
     run: _Run | None = None
     try:
         earlier = _earlier_keys(runs, earlier_states, state["run_id"])
@@ -632,13 +660,19 @@ async def migrate_redis_to_kv(
         report.kv_entries += len(owners)
         if conflicts:
             report.notes["conversation several users claim: operators only"] += len(conflicts)
-        kept = run.keep(owners, report)
-        if kept and not dry_run:
+        run.to_back_up = []
+        kept, recorded = run.keep(owners, report)
+        if recorded and not dry_run:
             assert run_path is not None
-            result = await kv.put_many(kept)
-            report.bulk_writes += 1
-            if result.unsuccessful_keys:
-                raise MigrationError("KV did not accept the owners' entries; run with --resume.")
+            if run.to_back_up:  # what --overwrite replaces, on disk before it is replaced
+                await run.back_up_kv(run.to_back_up)
+            if kept:
+                result = await kv.put_many(kept)
+                report.bulk_writes += 1
+                if result.unsuccessful_keys:
+                    raise MigrationError(
+                        "KV did not accept the owners' entries; run with --resume."
+                    )
             files.append(
                 run_path / "manifest.jsonl",
                 [
@@ -647,7 +681,7 @@ async def migrate_redis_to_kv(
                             "run": state["run_id"],
                             "key": "(owners)",
                             "kind": "owners",
-                            "kv": [[i.key, digest_of(i)] for i in kept],
+                            "kv": [[i.key, digest_of(i), i.expiration] for i in recorded],
                         }
                     )
                 ],
@@ -725,24 +759,31 @@ async def _pipeline(
             progress(run.report.keys_seen, total)
 
 
-def _open_run(runs: Path, state: dict[str, Any]) -> Path:
-    """The run's directory, with its state file written first: resumable from here on."""
+def _open_run(runs: Path, state: dict[str, Any], held: contextlib.ExitStack) -> Path:
+    """The run's directory, locked for this process (``held``), with its state file
+    written first: resumable from here on."""
     runs.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_path = Path(runs, str(state["run_id"]))
     run_path.mkdir(exist_ok=True, mode=0o700)
+    held.enter_context(files.exclusive(run_path, MigrationError))
     files.write_json(run_path / "state.json", state)
     prune_backups(runs)
     return run_path
 
 
-def _earlier_keys(runs: Path, states: list[dict[str, Any]], run_id: str) -> Iterator[str]:
-    """KV keys earlier runs of this migration wrote (from their manifests)."""
+def _earlier_keys(
+    runs: Path, states: list[dict[str, Any]], run_id: str
+) -> Iterator[tuple[str, int | None]]:
+    """KV keys earlier runs of this migration wrote (from their manifests), with the KV
+    expiry each gave (None: none, or a manifest of an older version that did not say).
+    A run rolled back with ``--delete-kv`` wrote nothing that stays."""
     for state in states:
-        if state.get("run_id") == run_id:
+        if state.get("run_id") == run_id or state.get("rolled_back_at"):
             continue
         for line in files.lines(runs / state["run_id"] / "manifest.jsonl"):
-            yield from (k for k, _ in line.get("kv", ()))
-            yield from line.get("kv_keys", ())  # manifests of older versions
+            for entry in line.get("kv", ()):
+                yield entry[0], (entry[2] if len(entry) > 2 else None)
+            yield from ((k, None) for k in line.get("kv_keys", ()))  # older versions
 
 
 def _claims(lines: Iterable[Any]) -> dict[str, set[str]]:

@@ -41,7 +41,15 @@ from brainbot import errors
 from brainbot.errors import BrainbotError, MigrationError
 from brainbot.kv.embedded import prefix_upper_bound
 from brainbot.kv.namespace import KVNamespace, PutItem
-from brainbot.migration.ledger import Expected, Ledger, Seen, seen_of
+from brainbot.migration.ledger import (
+    TTL_TOLERANCE_MS,
+    Expected,
+    Ledger,
+    difference,
+    expected_of,
+    expiry_floor,
+    seen_of,
+)
 from brainbot.migration.source import (
     Reader,
     Record,
@@ -52,7 +60,6 @@ from brainbot.migration.source import (
 )
 from brainbot.migration.transform import Options, Plan, digest, owner_items, plan
 from brainbot.migration.url import REDACTED, SourceURL
-from brainbot.storage import codec
 
 READ_CHUNK = 100  # values per bulk read
 YIELD_EVERY = 50
@@ -87,34 +94,8 @@ class VerifyReport:
 
 
 def expected(p: Plan, item: PutItem) -> Expected:
-    """What KV must hold for ``item`` of plan ``p``: its digest, type and expiries."""
-    meta = item.metadata if isinstance(item.metadata, dict) else {}
-    exact = meta.get("x")
-    return Expected(
-        item.key.encode("utf-8"),
-        p.name,
-        digest(item.value),
-        codec.type_of(meta),
-        int("t" in meta),
-        exact if isinstance(exact, int) else None,
-        item.expiration,
-    )
-
-
-def _compare(want: Expected, seen: Seen, tolerance_ms: int) -> str | None:
-    """What differs between an expected entry and the listed one (None: nothing)."""
-    if seen.digest is not None and seen.digest != want.digest:
-        return "value differs"
-    if want.typed and want.type != seen.type:
-        return f"type is {seen.type} on KV, {want.type} in Redis"
-    exact, actual = want.x, seen.x
-    if (exact is None) != (actual is None):
-        return f"TTL differs: {'none' if actual is None else 'set'} on KV"
-    if exact is not None and actual is not None and abs(exact - actual) > tolerance_ms:
-        return f"expiry differs by {abs(exact - actual)} ms"
-    if exact is None and (want.expiration is None) != (seen.expiration is None):
-        return "TTL differs"
-    return None
+    """What KV must hold for ``item`` of plan ``p``: its digest, metadata and expiries."""
+    return expected_of(item, p.name)
 
 
 async def verify(
@@ -126,7 +107,7 @@ async def verify(
     type_: str | None = None,
     tls_ca_file: str | None = None,
     source_password: str | None = None,
-    ttl_tolerance_ms: int = 5_000,
+    ttl_tolerance_ms: int = TTL_TOLERANCE_MS,
     recheck_after: float = 2.0,
     sample: int = 100,
     work_dir: Path | None = None,
@@ -156,12 +137,15 @@ async def verify(
             else:
                 await _check_source(check, redis, options, match, type_, listing)
             owners, _ = owner_items(check.claims, options.prefix, int(time.time() * 1000))
-            holder = Plan(Record(b"(owners)", "set", set(), -1), kind="owners", items=owners)
-            check.step([holder])
+            for item in owners:  # one plan per owner, so a report names the one that differs
+                name = f"(owner of conversation {item.key.rsplit('/', 1)[-1]})"
+                holder = Plan(Record(name.encode(), "set", set(), -1), "owners", [item])
+                check.step([holder], counted=False)
             await listing
             ledger.expected_all()
             check.compare(sample)
             check.extra_messages(options.prefix)
+            check.not_in_source(options.prefix, _mark(source, match, type_, options))
             await check.read_values(recheck_after)
         finally:
             if not listing.done():
@@ -172,6 +156,13 @@ async def verify(
             await redis.aclose()
     report.api_requests = _requests(namespace) - before
     return report
+
+
+def _mark(source: str, match: str | None, type_: str | None, options: Options) -> str:
+    """The mark this migration stamps its entries with (``run.mark_of``)."""
+    from brainbot.migration.run import fingerprint, mark_of
+
+    return mark_of(fingerprint(source, match, type_, options))
 
 
 LANE_MIN_KEYS = 50_000
@@ -365,13 +356,15 @@ class _Check:
         self.sampled: list[Expected] = []
         self.conversations: dict[str, str] = {}  # key prefix of its messages -> its name
 
-    def step(self, plans: list[Plan]) -> None:
+    def step(self, plans: list[Plan], *, counted: bool = True) -> None:
+        """Note the entries ``plans`` expect (``counted``: as keys checked, unlike the owners'
+        entries, which come of other keys)."""
         rows = []
         for p in plans:
             if p.skipped:
                 self.report.skipped[p.skipped] += 1
                 continue
-            if p.record.key != b"(owners)":
+            if counted:
                 self.report.checked += 1
             for owner, cid in p.claims:
                 self.claims.setdefault(cid, set()).add(owner)
@@ -391,14 +384,40 @@ class _Check:
         self.conversations.update(lane.conversations)
 
     def compare(self, sample: int) -> None:
-        for want, seen in self.ledger.mismatches(self.tolerance_ms):
+        floor = expiry_floor(self.tolerance_ms)
+        for want, seen in self.ledger.mismatches(self.tolerance_ms, floor):
             if seen is None:
                 self.missing.append(want)
             elif seen.digest is None:
                 self.unmarked.append(want)  # no digest: only its value can tell
-            elif problem := _compare(want, seen, self.tolerance_ms):
+            elif problem := difference(want, seen, self.tolerance_ms, floor):
                 self.report.differences.append(Difference(want.report, problem))
-        self.sampled = self.ledger.sample(sample, self.tolerance_ms) if sample else []
+        self.sampled = self.ledger.sample(sample, self.tolerance_ms, floor) if sample else []
+
+    def not_in_source(self, prefix: str, mark: str) -> None:
+        """What this migration wrote that the source no longer holds (the migration never
+        deletes: a key deleted from Redis since stays on KV, an owner the source no longer
+        names keeps access). Messages of a conversation still in Redis are counted by
+        ``extra_messages``; those of one gone from Redis, per conversation."""
+        gone: Counter[str] = Counter()
+        for name in self.ledger.not_expected(mark):
+            head = name[len(prefix) :]
+            if head.startswith("conv/"):
+                conversation = name.rsplit("/", 1)[0] + "/"
+                if conversation not in self.conversations:
+                    gone[head.removeprefix("conv/").rsplit("/", 1)[0]] += 1
+            elif head.startswith("user/"):
+                cid = head.rsplit("/", 1)[-1]
+                problem = "an owner on KV that the source no longer names"
+                self.report.differences.append(
+                    Difference(f"(owner of conversation {cid})", problem)
+                )
+            else:
+                problem = "on KV (migrated), not in the source: deleted from Redis since?"
+                self.report.differences.append(Difference(head, problem))
+        for cid, n in sorted(gone.items()):
+            problem = f"{n} message(s) on KV, the conversation is not in Redis"
+            self.report.differences.append(Difference(f"conversation {cid}", problem))
 
     def extra_messages(self, prefix: str) -> None:
         for conversation in self.conversations:
@@ -437,5 +456,6 @@ class _Check:
                     self.report.differences.append(Difference(want.report, "value differs"))
                     continue
                 seen = seen_of(entry.metadata, entry.expiration)
-                if problem := _compare(want, seen, self.tolerance_ms):
+                floor = expiry_floor(self.tolerance_ms)
+                if problem := difference(want, seen, self.tolerance_ms, floor):
                     self.report.differences.append(Difference(want.report, problem))

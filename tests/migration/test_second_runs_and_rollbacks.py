@@ -1,0 +1,273 @@
+"""Runs after runs: a resumed run, a second run after the source or KV moved on, and the
+rollbacks of both, as an unlucky operator meets them (each case found by a review of the
+migration and failing on the code before its fix)."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import redis.asyncio as aioredis
+
+from brainbot.config import Settings
+from brainbot.errors import MigrationError, RollbackError
+from brainbot.kv import EmbeddedKV
+from brainbot.kv.namespace import BulkResult, PutItem
+from brainbot.migration import run as run_module
+from brainbot.migration.run import NOT_RECREATED
+from brainbot.storage import KVStore
+from brainbot.storage.conversations import ConversationStore, Message
+from tests.support.migration import migrate, roll_back
+
+UNCHANGED = "unchanged (already written by this migration)"
+OVERWRITTEN = "overwritten (its KV value backed up)"
+
+
+@pytest.fixture
+async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
+
+
+class Killed(Exception):
+    """The process died here (fault injection)."""
+
+
+class DiesAfterWrites(EmbeddedKV):
+    """The embedded KV, where the process dies right after ``writes`` bulk writes landed:
+    before the run could checkpoint them (a SIGKILL at the worst moment)."""
+
+    def __init__(self, path: Path, writes: int) -> None:
+        super().__init__(path)
+        self.left = writes
+
+    async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
+        result = await super().put_many(items)
+        self.left -= 1
+        if self.left <= 0:
+            raise Killed
+        return result
+
+
+async def killed_run(redis_url: str, settings: Settings, writes: int, **options: object) -> str:
+    """Start a run that dies after ``writes`` bulk writes; returns its run id."""
+    runs = settings.data_dir / "migrations"
+    before = set(runs.glob("*")) if runs.exists() else set()
+    async with DiesAfterWrites(settings.embedded_kv_path, writes) as kv:
+        with pytest.raises(Killed):
+            await migrate(redis_url, settings, namespace=kv, verify_after=False, **options)
+    (started,) = set(runs.glob("*")) - before
+    return started.name
+
+
+async def values(settings: Settings, names: list[str]) -> dict[str, bytes | None]:
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        found = await kv.get_many(names)
+    return {n: (e.value if e else None) for n, e in found.items()}
+
+
+async def test_a_resumed_overwrite_run_rolls_back_what_its_killed_attempt_replaced(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the resume called the entries its killed attempt wrote "unchanged" and left
+    them out of its manifest, so rollback neither deleted them nor gave the bot's values
+    back."""
+    settings = settings_for(tmp_path)
+    names = [f"g:{i}" for i in range(6)]
+    for name in names:
+        await source.set(name, f"redis {name}")
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put_many([PutItem(name, f"bot {name}".encode()) for name in names[:3]])
+    run_id = await killed_run(
+        redis_url, settings, 1, overwrite=True, batch_entries=2, in_flight=1, scan_count=2
+    )
+    resumed = await migrate(redis_url, settings, resume=True, overwrite=True, verify_after=False)
+    assert resumed.run_id == run_id
+    assert resumed.entries[UNCHANGED] == 0  # its own attempt's writes are its writes
+    assert await values(settings, names) == {n: f"redis {n}".encode() for n in names}
+    undone = await roll_back(run_id, settings, delete_kv=True)
+    assert undone.kv_restored == 3
+    assert undone.kv_deleted == 3
+    assert await values(settings, names) == {
+        **{n: f"bot {n}".encode() for n in names[:3]},
+        **dict.fromkeys(names[3:]),
+    }
+
+
+async def test_a_rollback_gives_back_the_last_value_the_run_replaced(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """The bot wrote between the killed attempt and the resume, which replaced that write
+    too. Before: rollback restored the first backup (the older bot value)."""
+    settings = settings_for(tmp_path)
+    await source.set("g:1", "redis")
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("g:1", b"bot old")
+    run_id = await killed_run(redis_url, settings, 1, overwrite=True)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("g:1", b"bot new")
+    resumed = await migrate(redis_url, settings, resume=True, overwrite=True, verify_after=False)
+    assert resumed.entries[OVERWRITTEN] == 1
+    undone = await roll_back(run_id, settings, delete_kv=True)
+    assert undone.kv_restored == 1
+    assert await values(settings, ["g:1"]) == {"g:1": b"bot new"}
+
+
+async def test_overwritten_owner_entries_are_backed_up_and_rolled_back(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the owners' entries went out without their KV values backed up, and
+    rollback deleted the bot's own ownership record."""
+    settings = settings_for(tmp_path)
+    async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as store:
+        conversations = ConversationStore(store)
+        cid = await conversations.create("alice")
+        await conversations.append(cid, Message("user", "hello"))
+    await source.sadd("user:alice:conversations", cid)
+    forced = await migrate(redis_url, settings, overwrite=True, verify_after=False)
+    assert forced.entries[OVERWRITTEN] == 1
+    undone = await roll_back(forced.run_id, settings, delete_kv=True)
+    assert undone.kv_restored == 1
+    async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as store:
+        assert await ConversationStore(store).owns(cid, "alice")
+
+
+async def test_a_ttl_or_encoding_changed_in_redis_reaches_kv_on_the_next_run(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the digest covers the value only, so a run called these "unchanged" and
+    never wrote them, and verify failed after every run."""
+    settings = settings_for(tmp_path)
+    await source.set("g:ttl", "v", ex=3600)
+    await source.rpush("g:list", b"\xff", b"a")  # binary: stored as base64 on KV
+    first = await migrate(redis_url, settings)
+    assert first.verify_differences == 0
+    await source.persist("g:ttl")
+    await source.delete("g:list")
+    await source.rpush("g:list", "/w==", "YQ==")  # the same JSON on KV, as text this time
+    second = await migrate(redis_url, settings)
+    assert second.entries["written"] == 2
+    assert second.verify_differences == 0
+    async with KVStore(EmbeddedKV(settings.embedded_kv_path), write_interval=0) as kv:
+        assert await kv.pttl("g:ttl") == -1
+        assert await kv.lrange("g:list", 0, -1) == [b"/w==", b"YQ=="]
+
+
+async def test_an_entry_that_expired_on_kv_is_written_again(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry KV let expire is not one the bot deleted. Before: the next run called it
+    "not re-created: deleted on KV" while Redis had extended its TTL."""
+    settings = settings_for(tmp_path)
+    await source.set("g:short", "important", ex=61)
+    await migrate(redis_url, settings, verify_after=False)
+    await source.expire("g:short", 86_400)
+    later = time.time() + 300  # the next run, five minutes on: KV has dropped the entry
+    monkeypatch.setattr(
+        run_module, "time", SimpleNamespace(time=lambda: later, monotonic=time.monotonic)
+    )
+    async with EmbeddedKV(settings.embedded_kv_path, clock=lambda: later) as kv:
+        assert await kv.get("g:short") is None
+        second = await migrate(redis_url, settings, namespace=kv, verify_after=False)
+        assert second.entries[NOT_RECREATED] == 0
+        assert second.entries["written"] == 1
+        entry = await kv.get("g:short")
+    assert entry is not None
+    assert entry.value == b"important"
+
+
+async def test_the_same_migration_after_a_rollback_writes_everything_again(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the rolled-back run's manifest still said "written before", so every key
+    counted as deleted by the bot and nothing was written."""
+    settings = settings_for(tmp_path)
+    for i in range(3):
+        await source.set(f"g:{i}", f"v{i}")
+    first = await migrate(redis_url, settings, verify_after=False)
+    undone = await roll_back(first.run_id, settings, delete_kv=True)
+    assert undone.kv_deleted == 3
+    again = await migrate(redis_url, settings)
+    assert again.entries["written"] == 3
+    assert again.verify_differences == 0
+
+
+async def test_a_rolled_back_unfinished_run_is_not_resumed(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path)
+    for i in range(4):
+        await source.set(f"g:{i}", f"v{i}")
+    run_id = await killed_run(redis_url, settings, 1, batch_entries=2, in_flight=1, scan_count=2)
+    await roll_back(run_id, settings, delete_kv=True)
+    with pytest.raises(Exception, match="Nothing to resume"):
+        await migrate(redis_url, settings, resume=True, verify_after=False)
+
+
+async def test_a_replaced_value_with_under_a_minute_left_is_restored_not_refused(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """KV refuses expiries under 60 s. Before: one such backed-up value failed the whole
+    rollback, and nothing was restored."""
+    settings = settings_for(tmp_path)
+    await source.set("a", "redis a")
+    await source.set("b", "redis b")
+    now = time.time()
+    async with EmbeddedKV(settings.embedded_kv_path, clock=lambda: now - 30) as kv:
+        await kv.put("a", b"bot a", expiration=int(now) + 40)  # written 30 s ago, ttl 70 s
+        await kv.put("b", b"bot b")
+    forced = await migrate(redis_url, settings, overwrite=True, verify_after=False)
+    assert forced.entries[OVERWRITTEN] == 2
+    undone = await roll_back(forced.run_id, settings, delete_kv=True)
+    assert undone.kv_restored == 2
+    assert await values(settings, ["a", "b"]) == {"a": b"bot a", "b": b"bot b"}
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        entry = await kv.get("a")
+    assert entry is not None
+    assert entry.expiration is not None
+    assert entry.expiration <= int(time.time()) + 62  # KV's floor, not later
+
+
+async def test_a_run_in_use_by_another_process_is_neither_resumed_nor_rolled_back(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: a ``--resume`` (or a rollback) while the run was still under way in another
+    process wrote the run's state and manifest from a stale checkpoint beside it."""
+    settings = settings_for(tmp_path)
+    for i in range(4):
+        await source.set(f"g:{i}", f"v{i}")
+    run_id = await killed_run(redis_url, settings, 1, batch_entries=2, in_flight=1, scan_count=2)
+    lock = settings.data_dir / "migrations" / run_id / "lock"
+    holder = await asyncio.create_subprocess_exec(  # another process, working on the run
+        sys.executable,
+        "-c",
+        "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+        "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+        str(lock),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert await holder.stdout.readline() == b"held\n"
+        with pytest.raises(MigrationError, match="in use by another brainbot process"):
+            await migrate(redis_url, settings, resume=True, verify_after=False)
+        with pytest.raises(RollbackError, match="in use by another brainbot process"):
+            await roll_back(run_id, settings, delete_kv=True)
+    finally:
+        holder.kill()
+        await holder.wait()
+    resumed = await migrate(redis_url, settings, resume=True)  # the holder is gone
+    assert resumed.run_id == run_id
+    assert resumed.verify_differences == 0

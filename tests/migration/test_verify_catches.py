@@ -1,0 +1,140 @@
+"""What ``verify`` must not call a match: each case found by a review that tried to make it
+say "no differences" while KV did not hold the source's data (each failed before its fix)."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from brainbot.config import Settings
+from brainbot.kv import EmbeddedKV, iter_keys
+from brainbot.kv.namespace import PutItem
+from brainbot.migration.ledger import Expected, Ledger, expiry_floor, shape_of
+from tests.support.migration import migrate, verify_kv
+
+
+@pytest.fixture
+async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_url)
+    await client.flushdb()
+    yield client
+    await client.flushdb()
+    await client.aclose()
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
+
+
+async def problems(redis_url: str, settings: Settings) -> dict[str, str]:
+    report = await verify_kv(redis_url, settings, lanes=1, recheck_after=0)
+    return {d.key: d.problem for d in report.differences}
+
+
+async def test_a_conversations_ttl_is_compared_not_only_its_presence(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Messages carry no exact expiry in metadata: KV's own expiry is what says when they
+    go. Before: a TTL moved from an hour to 30 days in Redis was "no differences"."""
+    settings = settings_for(tmp_path)
+    await source.rpush("conversation:c1", json.dumps({"role": "user", "content": "hi"}))
+    await source.expire("conversation:c1", 3600)
+    assert (await migrate(redis_url, settings)).verify_differences == 0
+    await source.expire("conversation:c1", 30 * 86_400)
+    assert "KV's own expiry differs" in (await problems(redis_url, settings))["conversation:c1"]
+
+
+async def test_an_encoding_change_is_a_difference(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """[b"\\xff", b"a"] is stored as base64 text with "e": "b"; the text list
+    ["/w==", "YQ=="] has the same JSON without it. Before: the same digest, so a match."""
+    settings = settings_for(tmp_path)
+    await source.rpush("g:list", b"\xff", b"a")
+    assert (await migrate(redis_url, settings)).verify_differences == 0
+    await source.delete("g:list")
+    await source.rpush("g:list", "/w==", "YQ==")
+    assert "metadata differs" in (await problems(redis_url, settings))["g:list"]
+
+
+async def test_what_the_source_no_longer_holds_is_reported(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: verify only looked for what the source has; KV entries of keys deleted from
+    Redis since, and owners the source no longer names, were never seen."""
+    settings = settings_for(tmp_path)
+    await source.set("g:kept", "v")
+    await source.set("g:deleted", "v")
+    await source.rpush("conversation:gone", json.dumps({"role": "user", "content": "hi"}))
+    await source.sadd("user:alice:conversations", "c1")
+    await source.sadd("user:bob:conversations", "c2")
+    assert (await migrate(redis_url, settings)).verify_differences == 0
+    await source.delete("g:deleted", "conversation:gone")
+    await source.srem("user:bob:conversations", "c2")
+    await source.sadd("user:mallory:conversations", "c1")  # c1 now claimed twice: nobody's
+    assert await problems(redis_url, settings) == {
+        "g:deleted": "on KV (migrated), not in the source: deleted from Redis since?",
+        "conversation gone": "1 message(s) on KV, the conversation is not in Redis",
+        "(owner of conversation c1)": "an owner on KV that the source no longer names",
+        "(owner of conversation c2)": "an owner on KV that the source no longer names",
+    }
+
+
+async def test_kv_expiring_an_entry_early_is_a_difference(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A writer kept the value and metadata (stamp and exact expiry) but gave the entry a
+    KV expiry of two minutes: KV would delete it a day early. Before: not compared."""
+    settings = settings_for(tmp_path)
+    await source.set("g:day", "v", ex=86_400)
+    assert (await migrate(redis_url, settings)).verify_differences == 0
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        entry = await kv.get("g:day")
+        assert entry is not None
+        await kv.put("g:day", entry.value, expiration_ttl=120, metadata=entry.metadata)
+    assert "KV's own expiry differs" in (await problems(redis_url, settings))["g:day"]
+
+
+async def test_a_message_summary_rewritten_under_the_stamp_is_a_difference(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """History shows small messages from their metadata ("r", "c"), not their value. Before:
+    only the value's digest was compared, so a rewritten summary passed."""
+    settings = settings_for(tmp_path)
+    await source.rpush("conversation:c1", json.dumps({"role": "user", "content": "hello"}))
+    assert (await migrate(redis_url, settings)).verify_differences == 0
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        (name,) = [k.name async for k in iter_keys(kv, prefix="conv/")]
+        entry = await kv.get(name)
+        assert entry is not None
+        assert isinstance(entry.metadata, dict)
+        forged = {**entry.metadata, "r": "system", "c": "EVIL"}
+        await kv.put(name, entry.value, metadata=forged)
+    assert "metadata differs" in (await problems(redis_url, settings))["conversation:c1"]
+
+
+async def test_the_sample_reaches_every_part_of_the_ledger(tmp_path: Path) -> None:
+    """Before: twice n rows drawn, the first n in rowid order kept: the last half of the
+    entries (a whole verify lane, the owners' entries) was never sampled."""
+    async with EmbeddedKV(tmp_path / "kv.sqlite3") as kv:
+        names = [f"k{i:04d}" for i in range(300)]
+        stamp = {"_m": "abcd1234.run1." + "a" * 24}
+        await kv.put_many([PutItem(n, b"v", metadata=stamp) for n in names])
+        ledger = Ledger(tmp_path / "ledger.sqlite3")
+        await ledger.load(kv, "")
+    ledger.expect(
+        [Expected(n.encode(), n, "a" * 24, "string", 0, None, None, shape_of({})) for n in names]
+    )
+    ledger.expected_all()
+    thirds: Counter[int] = Counter()
+    for _ in range(30):
+        picked = ledger.sample(100, 5_000, expiry_floor(5_000))
+        assert len(picked) == 100
+        thirds.update(int(p.report[1:]) // 100 for p in picked)
+    ledger.close()
+    assert min(thirds[t] for t in range(3)) > 600  # about 1,000 each of 3,000 picks
