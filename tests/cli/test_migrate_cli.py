@@ -312,7 +312,13 @@ def test_the_migration_report_shows_the_source_redacted(
 
 # -- key names on the console ---------------------------------------------------------------
 
-NASTY_KEYS = ["\x1b[31mred", "weird:[/nonexistent]", "bidi\u202eevil", "two\nlines"]
+NASTY_KEYS = [
+    "\x1b[31mred",
+    "weird:[/nonexistent]",
+    "bidi\u202eevil",
+    "two\nlines",
+    "cache:soon:1",  # Rich would print an emoji for ":soon:"
+]
 
 
 def test_verify_prints_every_key_name_escaped(
@@ -321,7 +327,7 @@ def test_verify_prints_every_key_name_escaped(
     """Today ``weird:[/nonexistent]`` crashes verify with Rich's MarkupError and the
     terminal escapes go to the terminal raw."""
     report = VerifyReport(
-        checked=4, differences=[Difference(k, f"message {k}/1 differs") for k in NASTY_KEYS]
+        checked=5, differences=[Difference(k, f"message {k}/1 differs") for k in NASTY_KEYS]
     )
     monkeypatch.setattr(migrate_cli, "verify", Recorder(answer=report))
     result = invoke("verify", "--source", "redis://127.0.0.1:1/0")
@@ -329,7 +335,13 @@ def test_verify_prints_every_key_name_escaped(
     lines = [line for line in result.stderr.splitlines() if line.startswith("DIFF")]
     assert lines == [
         f"DIFF {escaped}: message {escaped}/1 differs"
-        for escaped in ["\\x1b[31mred", "weird:[/nonexistent]", "bidi\\u202eevil", "two\\nlines"]
+        for escaped in [
+            "\\x1b[31mred",
+            "weird:[/nonexistent]",
+            "bidi\\u202eevil",
+            "two\\nlines",
+            "cache:soon:1",
+        ]
     ]
     for raw in ("\x1b", "\u202e"):
         assert raw not in result.stderr
@@ -465,3 +477,25 @@ def test_bulk_commands_tune_the_garbage_collector(
     gc.set_threshold(700, 10, 10)  # (conftest puts back what it found)
     assert invoke(command, "--source", "redis://127.0.0.1:1/0").exit_code == 0
     assert gc.get_threshold() == BULK_THRESHOLDS
+
+
+def test_verify_checks_a_short_ttl_skip_migration_as_it_ran(data_dir: Path, redis_url: str) -> None:
+    """Before: ``verify`` always planned with ``--short-ttl clamp``, so after a migration
+    that skipped the keys with under 60 s left it called each of them missing."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    try:
+        client.set("g:soon", "v", ex=40)
+        client.set("g:later", "v", ex=3600)
+        migrated = invoke("migrate", "--source", redis_url, "--short-ttl", "skip")
+        assert migrated.exit_code == 0, migrated.stderr
+        assert json.loads(migrated.stdout)["skipped"] == {"under 60 s left (policy: skip)": 1}
+        assert invoke("verify", "--source", redis_url, "--short-ttl", "skip").exit_code == 0
+        default = invoke("verify", "--source", redis_url)
+        assert default.exit_code == 1
+        assert "g:soon: missing in KV" in flat(default.stderr)
+    finally:
+        client.flushdb()
+        client.close()

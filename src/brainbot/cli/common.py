@@ -23,7 +23,7 @@ from brainbot.config import Settings
 from brainbot.errors import BrainbotError, ConfigError, InvalidInput, KVError, NotFound
 
 T = TypeVar("T")
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, emoji=False)  # ":soon:" in a key name stays text
 
 
 SECRET_FILE_MAX_BYTES = 4096

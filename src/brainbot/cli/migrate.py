@@ -42,7 +42,7 @@ from brainbot.migration.url import SourceURL
 from brainbot.migration.verify import MAX_LANES
 
 T = TypeVar("T")
-console = Console(stderr=True, highlight=False)
+console = Console(stderr=True, highlight=False, emoji=False)  # key names: no ":x:" emoji
 
 SOURCE_PASSWORD_ENV = "BRAINBOT_SOURCE_PASSWORD"  # noqa: S105 (a name, not a password)
 RESTORE_PASSWORD_ENV = "BRAINBOT_RESTORE_PASSWORD"  # noqa: S105
@@ -140,6 +140,12 @@ def _source(url: str, password_file: str | None) -> tuple[SourceURL, str | None]
     return parsed, password
 
 
+ShortTTL = Annotated[
+    str,
+    typer.Option(help="Keys with < 60 s left: clamp or skip (verify: as the migration did)."),
+]
+
+
 def _options(
     settings: Settings, conversation: str, session: str, owner: str, short_ttl: str
 ) -> Options:
@@ -184,7 +190,7 @@ def migrate(
     type_: Type = None,
     dry_run: Annotated[bool, typer.Option(help="Plan and count; write nothing.")] = False,
     resume: Annotated[bool, typer.Option(help="Continue the last unfinished run.")] = False,
-    short_ttl: Annotated[str, typer.Option(help="Keys with < 60 s left: clamp or skip.")] = "clamp",
+    short_ttl: ShortTTL = "clamp",
     conversation_pattern: ConversationPattern = "conversation:{id}",
     session_pattern: SessionPattern = "session:{id}",
     owner_pattern: OwnerPattern = "user:{id}:conversations",
@@ -273,11 +279,12 @@ def verify_command(
     tls_ca_file: TLSCA = None,
     source_password_file: SourcePasswordFile = None,
     lanes: Lanes = None,
+    short_ttl: ShortTTL = "clamp",
 ) -> None:
     """Compare every key of the source with KV (type, value, TTL) and list differences."""
     url, password = _source(source, source_password_file)
     config = bulk_process(settings())
-    options = _options(config, conversation_pattern, session_pattern, owner_pattern, "clamp")
+    options = _options(config, conversation_pattern, session_pattern, owner_pattern, short_ttl)
 
     async def work() -> Any:
         async with open_namespace(config, purpose="bulk") as kv:
