@@ -4,6 +4,7 @@ say "no differences" while KV did not hold the source's data (each failed before
 from __future__ import annotations
 
 import json
+import secrets
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,9 @@ from brainbot.config import Settings
 from brainbot.kv import EmbeddedKV, iter_keys
 from brainbot.kv.namespace import PutItem
 from brainbot.migration.ledger import Expected, Ledger, expiry_floor, shape_of
+from tests.support.kv import rest_client
 from tests.support.migration import migrate, verify_kv
+from tests.support.processes import Service
 
 
 @pytest.fixture
@@ -138,3 +141,30 @@ async def test_the_sample_reaches_every_part_of_the_ledger(tmp_path: Path) -> No
         thirds.update(int(p.report[1:]) // 100 for p in picked)
     ledger.close()
     assert min(thirds[t] for t in range(3)) > 600  # about 1,000 each of 3,000 picks
+
+
+async def test_through_cloudflares_simulator_a_second_run_and_verify_see_the_same_entries(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, miniflare: Service, api_token: str
+) -> None:
+    """Workers keep metadata as JavaScript values: a message time of 1700000000.0 comes
+    back as 1700000000. The comparison of metadata must not see a change there."""
+    prefix = f"t{secrets.token_hex(4)}/"
+    settings = Settings(  # type: ignore[call-arg]
+        BRAINBOT_DATA_DIR=tmp_path / "data", BRAINBOT_KV_PREFIX=prefix
+    )
+    await source.set("g:plain", "v")
+    await source.set("g:ttl", "v", ex=86_400)
+    await source.hset("g:hash", mapping={"a": "1", "b": "2"})
+    await source.rpush("g:binary", b"\xff", b"a")
+    await source.rpush(
+        "conversation:c1",
+        json.dumps({"role": "user", "content": "hi", "timestamp": 1_700_000_000}),
+        json.dumps({"role": "assistant", "content": "yes", "timestamp": 1_700_000_001.5}),
+    )
+    await source.sadd("user:alice:conversations", "c1")
+    async with rest_client(miniflare.url, api_token, "miniflare") as kv:
+        first = await migrate(redis_url, settings, namespace=kv)
+        assert first.verify_differences == 0
+        second = await migrate(redis_url, settings, namespace=kv)
+        assert second.entries == {"unchanged (already written by this migration)": 7}
+        assert second.verify_differences == 0

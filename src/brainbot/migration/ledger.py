@@ -13,6 +13,7 @@ KV must hold, and SQLite compares the two in one join.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import sqlite3
 import time
@@ -97,11 +98,24 @@ def shape_of(metadata: Any) -> str:
     digest covers the value only; an entry whose metadata changed is not the same entry."""
     if isinstance(metadata, dict):
         metadata = {k: v for k, v in metadata.items() if k not in _NOT_SHAPE}
+    plain = _as_javascript(metadata)
     try:
-        text = orjson.dumps(metadata, option=orjson.OPT_SORT_KEYS)
-    except TypeError:  # what orjson cannot write (an integer past 64 bits): matches nothing
-        return "?"
+        text = orjson.dumps(plain, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # what orjson cannot write (an integer past 64 bits)
+        text = json.dumps(plain, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.blake2b(text, digest_size=8).hexdigest()
+
+
+def _as_javascript(value: Any) -> Any:
+    """JSON as a Worker keeps it: JavaScript has one number type, so a float with no
+    fraction (a message time of 1700000000.0) comes back from Cloudflare as an integer."""
+    if isinstance(value, float):  # (exact as an integer up to 2**53, as in JavaScript)
+        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    if isinstance(value, dict):
+        return {k: _as_javascript(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_as_javascript(v) for v in value]
+    return value
 
 
 def expected_of(item: PutItem, report: str) -> Expected:
