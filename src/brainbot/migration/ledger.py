@@ -357,15 +357,16 @@ class Ledger:
         random.shuffle(matching)  # SQLite gives them in rowid order: the first n, otherwise
         return matching[:n]
 
-    def not_expected(self, mark: str) -> Iterator[str]:
+    def not_expected(self, mark: str, now_ms: int) -> Iterator[str]:
         """Names listed with this migration's ``mark`` that no expected entry has: what it
         wrote that the source no longer holds (deleted from Redis since, a conversation no
-        longer owned)."""
+        longer owned). Entries whose exact expiry has passed are gone for every reader
+        (KV drops them within a minute), as they are from Redis."""
         query = (
-            "SELECT name FROM kv WHERE mark = ? AND NOT EXISTS "
+            "SELECT name FROM kv WHERE mark = ? AND (x IS NULL OR x > ?) AND NOT EXISTS "
             "(SELECT 1 FROM expected e WHERE e.name = kv.name) ORDER BY name"
         )
-        for (name,) in self._db.execute(query, (mark,)):
+        for (name,) in self._db.execute(query, (mark, now_ms)):
             yield bytes(name).decode("utf-8", "backslashreplace")
 
     def unexpected(self, low: str, high: bytes | None) -> int:
