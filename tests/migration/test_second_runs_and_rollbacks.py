@@ -271,3 +271,62 @@ async def test_a_run_in_use_by_another_process_is_neither_resumed_nor_rolled_bac
     resumed = await migrate(redis_url, settings, resume=True)  # the holder is gone
     assert resumed.run_id == run_id
     assert resumed.verify_differences == 0
+
+
+async def test_rolling_back_a_run_that_rewrote_an_earlier_runs_entry_gives_that_entry_back(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the second run rewrote the first run's entry without a backup, its rollback
+    deleted it, and every later run called the key "deleted on KV" and never wrote it."""
+    settings = settings_for(tmp_path)
+    await source.set("k", "v1")
+    await migrate(redis_url, settings, verify_after=False)
+    await source.set("k", "v2")
+    second = await migrate(redis_url, settings, verify_after=False)
+    assert second.entries["written"] == 1
+    undone = await roll_back(second.run_id, settings, delete_kv=True)
+    assert undone.kv_restored == 1
+    assert await values(settings, ["k"]) == {"k": b"v1"}  # the first run's entry, as it was
+    third = await migrate(redis_url, settings)
+    assert third.entries["written"] == 1
+    assert third.verify_differences == 0
+
+
+async def test_the_last_run_that_wrote_a_key_says_when_it_expires(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Run 1 wrote the key with no TTL, run 2 with the TTL Redis gave it since; KV let run
+    2's entry expire. Before: run 1's "no expiry" won, and the key was never re-created."""
+    settings = settings_for(tmp_path)
+    await source.set("k", "v")
+    await migrate(redis_url, settings, verify_after=False)
+    await source.expire("k", 120)
+    assert (await migrate(redis_url, settings, verify_after=False)).entries["written"] == 1
+    await source.expire("k", 86_400)
+    later = time.time() + 600
+    monkeypatch.setattr(
+        run_module, "time", SimpleNamespace(time=lambda: later, monotonic=time.monotonic)
+    )
+    async with EmbeddedKV(settings.embedded_kv_path, clock=lambda: later) as kv:
+        third = await migrate(redis_url, settings, namespace=kv, verify_after=False)
+        assert third.entries == {"written": 1}
+
+
+async def test_rolling_back_a_killed_run_undoes_what_it_wrote_after_its_last_checkpoint(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A killed --overwrite run, then a fresh run (no --resume), which finds the killed
+    run's entries and leaves them. Before: the killed run's writes were in no manifest, so
+    no rollback gave the bot's values back (they sat in its kv-backup)."""
+    settings = settings_for(tmp_path)
+    names = ["a", "b", "c"]
+    for name in names:
+        await source.set(name, f"redis {name}")
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put_many([PutItem(name, f"bot {name}".encode()) for name in names])
+    killed = await killed_run(redis_url, settings, 1, overwrite=True)
+    fresh = await migrate(redis_url, settings, verify_after=False)
+    assert fresh.entries == {UNCHANGED: 3}
+    undone = await roll_back(killed, settings, delete_kv=True)
+    assert undone.kv_restored == 3
+    assert await values(settings, names) == {n: f"bot {n}".encode() for n in names}

@@ -252,15 +252,15 @@ class Ledger:
             cursor = page.cursor
 
     def remember(self, written: Iterable[tuple[str, int | None]]) -> None:
-        """Note the names earlier runs of this migration wrote (from their manifests), with
-        the latest KV expiry any of them gave (None: none, or not recorded)."""
+        """Note the names earlier runs of this migration wrote (from their manifests, oldest
+        run first), with the KV expiry the last run that wrote each gave it (None: none, or
+        not recorded): that run's entry is the one KV held."""
         rows = ((name.encode("utf-8"), expiration) for name, expiration in written)
         with self._db:
             self._db.execute("BEGIN")
             self._db.executemany(
-                "INSERT INTO earlier VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET expiration = "
-                "CASE WHEN expiration IS NULL OR excluded.expiration IS NULL THEN NULL "
-                "ELSE max(expiration, excluded.expiration) END",
+                "INSERT INTO earlier VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET expiration = excluded.expiration",
                 rows,
             )
 
@@ -381,13 +381,19 @@ class Ledger:
         count: int = self._db.execute(query, args).fetchone()[0]
         return count
 
-    def names(self, *, run: str | None = None, prefix: str = "") -> Iterable[str]:
-        """Every listed name (of one run's entries, under ``prefix``), in byte order."""
+    def names(
+        self, *, run: str | None = None, mark: str | None = None, prefix: str = ""
+    ) -> Iterable[str]:
+        """Every listed name (of one run's entries, of one migration's, under ``prefix``),
+        in byte order."""
         query = "SELECT name FROM kv WHERE name >= ?"
         args: list[Any] = [prefix.encode("utf-8")]
         if run is not None:
             query += " AND run = ?"
             args.append(run)
+        if mark is not None:
+            query += " AND mark = ?"
+            args.append(mark)
         for (name,) in self._db.execute(query + " ORDER BY name", args):
             text = bytes(name).decode("utf-8")
             if not text.startswith(prefix):

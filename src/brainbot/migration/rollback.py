@@ -1,9 +1,11 @@
 """``brainbot rollback``: undo one migration run, from its own records, and only where
 nothing has changed since.
 
-* ``delete_kv``: for each KV entry the run's manifest lists, KV is looked at first (one
-  listing under the prefix, 1,000 entries a request, metadata only). An entry that still
-  carries this run's tag and the digest the run wrote is deleted, or, if the run replaced
+* ``delete_kv``: for each KV entry the run's manifest lists, and each the listing shows
+  with this run's tag (what a run killed before its checkpoint wrote is in no manifest),
+  KV is looked at first (one listing under the prefix, 1,000 entries a request, metadata
+  only). An entry that still carries this run's tag and the digest the run wrote (the
+  manifest's, when it has one) is deleted, or, if the run replaced
   a value with ``--overwrite``, given that value back (``kv-backup.jsonl.gz``; the last one
   backed up: the value KV held when the run last replaced it). An entry the bot changed
   since (no tag, another digest) or a later run rewrote is kept and reported. The run is
@@ -86,6 +88,13 @@ def _manifest(run_path: Path, run_id: str) -> Iterator[dict[str, Any]]:
         yield line
 
 
+def _mark(state: dict[str, Any]) -> str:
+    """The mark of the migration the run belongs to (``run.mark_of``)."""
+    from brainbot.migration.run import mark_of
+
+    return str(state.get("mark") or mark_of(str(state.get("fingerprint", ""))))
+
+
 def _prefix(state: dict[str, Any]) -> str:
     """The prefix the run wrote under (from its fingerprint)."""
     try:
@@ -132,8 +141,12 @@ async def _rollback(
     report = RollbackReport(run_id)
     if delete_kv:
         assert namespace is not None
-        written = {e[0]: e[1] for line in _manifest(run_path, run_id) for e in line.get("kv", [])}
-        await _undo_kv(namespace, run_path, _prefix(state), files.run_tag(run_id), written, report)
+        written: dict[str, str | None] = {
+            e[0]: e[1] for line in _manifest(run_path, run_id) for e in line.get("kv", [])
+        }
+        tag = files.run_tag(run_id)
+        prefix, mark = _prefix(state), _mark(state)
+        await _undo_kv(namespace, run_path, prefix, mark, tag, written, report)
         state["rolled_back_at"] = time.time()  # its keys are not "written before" any more
         files.write_json(run_path / "state.json", state)
     if restore_to is not None:
@@ -147,6 +160,7 @@ async def _undo_kv(
     kv: KVNamespace,
     run_path: Path,
     prefix: str,
+    mark: str,
     tag: str,
     written: dict[str, str | None],
     report: RollbackReport,
@@ -154,6 +168,8 @@ async def _undo_kv(
     ledger = Ledger(run_path / "rollback-kv-state.sqlite3")
     try:
         await ledger.load(kv, prefix)
+        for name in ledger.names(run=tag, mark=mark, prefix=prefix):
+            written.setdefault(name, None)  # the run's, and in no manifest: any digest
         earlier: dict[str, dict[str, Any]] = {}
         for line in files.lines(run_path / "kv-backup.jsonl.gz", compressed=True):
             earlier[line["key"]] = line  # the last: what KV held when the run replaced it
@@ -168,7 +184,7 @@ async def _undo_kv(
                 entry = seen.get(name)
                 if entry is None:
                     report.kv_absent += 1
-                elif entry.run == tag and entry.digest == written[name]:
+                elif entry.run == tag and written[name] in (None, entry.digest):
                     before = earlier.get(name)
                     expiration = before.get("expiration") if before else None
                     if before is None or (expiration is not None and expiration <= now):

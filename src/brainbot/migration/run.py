@@ -329,6 +329,8 @@ class _Run:
                     else:
                         tally.entries[UNCHANGED] += 1
                     continue
+                if there.run != self.tag:  # an earlier run's entry: rolling this run back
+                    self.to_back_up.append(item.key)  # gives it back, so back it up
             elif not self.overwrite:
                 tally.entries[KEPT] += 1
                 continue
