@@ -17,6 +17,8 @@ from brainbot.config import Settings
 from brainbot.kv import EmbeddedKV, iter_keys
 from brainbot.kv.namespace import PutItem
 from brainbot.migration.ledger import Expected, Ledger, expiry_floor, shape_of
+from brainbot.storage import KVStore
+from brainbot.storage.conversations import ConversationStore
 from tests.support.kv import rest_client
 from tests.support.migration import migrate, verify_kv
 from tests.support.processes import Service
@@ -155,7 +157,9 @@ async def test_through_cloudflares_simulator_a_second_run_and_verify_see_the_sam
     source: aioredis.Redis, redis_url: str, tmp_path: Path, miniflare: Service, api_token: str
 ) -> None:
     """Workers keep metadata as JavaScript values: a message time of 1700000000.0 comes
-    back as 1700000000. The comparison of metadata must not see a change there."""
+    back as 1700000000, 1e20 as 100000000000000000000. The comparison of metadata must not
+    see a change there; and an integer past 2**53 (a snowflake id), which would come back
+    rounded, stays out of the metadata (the message is read from its value)."""
     prefix = f"t{secrets.token_hex(4)}/"
     settings = Settings(  # type: ignore[call-arg]
         BRAINBOT_DATA_DIR=tmp_path / "data", BRAINBOT_KV_PREFIX=prefix
@@ -169,13 +173,18 @@ async def test_through_cloudflares_simulator_a_second_run_and_verify_see_the_sam
         json.dumps({"role": "user", "content": "hi", "timestamp": 1_700_000_000}),
         json.dumps({"role": "assistant", "content": "yes", "timestamp": 1_700_000_001.5}),
     )
+    snowflake = {"role": "user", "content": "id", "message_id": 1234567890123456789, "r": 1e20}
+    await source.rpush("conversation:c2", json.dumps(snowflake))
     await source.sadd("user:alice:conversations", "c1")
     async with rest_client(miniflare.url, api_token, "miniflare") as kv:
         first = await migrate(redis_url, settings, namespace=kv)
         assert first.verify_differences == 0
         second = await migrate(redis_url, settings, namespace=kv)
-        assert second.entries == {"unchanged (already written by this migration)": 7}
+        assert second.entries == {"unchanged (already written by this migration)": 8}
         assert second.verify_differences == 0
+        async with KVStore(kv, prefix=prefix) as store:
+            (message,) = await ConversationStore(store).history("c2", limit=10)
+    assert message.metadata == {"message_id": 1234567890123456789, "r": 1e20}
 
 
 async def test_a_key_that_expired_in_redis_and_for_kv_readers_is_not_a_difference(

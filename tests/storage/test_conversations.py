@@ -430,7 +430,9 @@ _TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=400) | st.
 @given(
     content=_TEXT,
     role=st.sampled_from(sorted(ROLES)),
-    extra=st.none() | st.dictionaries(st.text(max_size=5), st.text(max_size=300), max_size=3),
+    extra=st.none()
+    | st.dictionaries(st.text(max_size=5), st.text(max_size=300), max_size=3)
+    | st.dictionaries(st.text(max_size=5), st.integers(-(2**60), 2**60), max_size=3),
 )
 def test_a_message_is_summed_up_in_its_metadata_exactly_when_that_fits(
     content: str, role: str, extra: dict[str, Any] | None
@@ -443,7 +445,10 @@ def test_a_message_is_summed_up_in_its_metadata_exactly_when_that_fits(
     small: dict[str, Any] = {"r": role, "t": message.timestamp, "c": content}
     if extra is not None:
         small["m"] = extra
-    fits = len(orjson.dumps(small)) <= MAX_METADATA_BYTES - 64
+    exact = all(  # a Worker keeps integers exactly up to 2**53 only
+        abs(v) <= 2**53 for v in (extra or {}).values() if isinstance(v, int)
+    )
+    fits = len(orjson.dumps(small)) <= MAX_METADATA_BYTES - 64 and exact
     assert item.metadata == (
         small
         if fits

@@ -107,10 +107,16 @@ def shape_of(metadata: Any) -> str:
 
 
 def _as_javascript(value: Any) -> Any:
-    """JSON as a Worker keeps it: JavaScript has one number type, so a float with no
-    fraction (a message time of 1700000000.0) comes back from Cloudflare as an integer."""
-    if isinstance(value, float):  # (exact as an integer up to 2**53, as in JavaScript)
-        return int(value) if value.is_integer() and abs(value) < 2**53 else value
+    """JSON as a Worker keeps it: JavaScript has one number type, a double, so a float
+    with no fraction (a message time of 1700000000.0) comes back from Cloudflare as an
+    integer, and an integer past 2**53 as the double nearest to it."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+        try:
+            value = float(value)
+        except OverflowError:  # past any double: not a number a Worker could hold
+            return value
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
     if isinstance(value, dict):
         return {k: _as_javascript(v) for k, v in value.items()}
     if isinstance(value, list):

@@ -181,6 +181,19 @@ def message_id(ms: int, writer: str) -> str:
     return f"{_INVERT - ms:013d}.{writer}"
 
 
+def exact_in_javascript(value: Any) -> bool:
+    """Whether a Worker keeps this JSON as it is: Cloudflare stores metadata as JavaScript
+    values, where a number is a double and an integer past 2**53 (a snowflake id in a
+    legacy message's fields) comes back rounded. Metadata that would not stays in the
+    value (the summary is then the "big" form, and reads fetch the value)."""
+    if isinstance(value, bool) or not isinstance(value, int | dict | list):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= 2**53
+    items = value.values() if isinstance(value, dict) else value
+    return all(exact_in_javascript(v) for v in items)
+
+
 def message_item(
     prefix: str, cid: str, message: Message, ttl: int | None, expiration: int | None = None
 ) -> PutItem:
@@ -195,8 +208,10 @@ def message_item(
     # text under shorter names and without the id, so the lengths of the text (at most 4
     # bytes a character) and of the content settle most cases without encoding ``small``.
     room = MAX_METADATA_BYTES - 64
-    fits = len(message.content) <= room and (
-        len(text) * 4 <= room or len(orjson.dumps(small)) <= room
+    fits = (
+        len(message.content) <= room
+        and (len(text) * 4 <= room or len(orjson.dumps(small)) <= room)
+        and (message.metadata is None or exact_in_javascript(message.metadata))
     )
     metadata: dict[str, Any] = (
         small
