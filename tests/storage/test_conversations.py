@@ -3,6 +3,7 @@ REST to `brainbot kv serve`), redis, and dual; KV's request costs; read-your-wri
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from brainbot.storage.conversations import (
     ConversationError,
     ConversationStore,
     Message,
+    legacy_messages,
     message_item,
 )
 from brainbot.storage.sessions import SessionError, SessionNotFound, SessionStore
@@ -456,3 +458,19 @@ def test_a_message_is_summed_up_in_its_metadata_exactly_when_that_fits(
     )
     assert item.value == message.text()
     assert item.key == "p/conv/c1/9999999999999.abcd"
+
+
+def test_legacy_times_in_milliseconds_are_read_as_seconds() -> None:
+    """Before: a time in milliseconds made an id of a negative number
+    (``-1690000004123000.legacy00``), which sorts before every other message."""
+    raws = [
+        orjson.dumps({"role": "user", "content": "a", "timestamp": 1_700_000_004_123}),
+        orjson.dumps({"role": "user", "content": "b", "timestamp": 1_700_000_005_000_000}),
+        orjson.dumps({"role": "user", "content": "c", "timestamp": 1_700_000_006}),
+    ]
+    decoded = legacy_messages(raws, strict=True)
+    assert decoded is not None
+    messages = [m for _, m in decoded]
+    assert [m.timestamp for m in messages] == [1_700_000_004.123, 1_700_000_005.0, 1_700_000_006]
+    assert all(re.fullmatch(r"\d{13}\.legacy00", m.id) for m in messages)
+    assert sorted(m.id for m in messages) == [m.id for m in reversed(messages)]  # newest first

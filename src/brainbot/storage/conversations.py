@@ -481,6 +481,8 @@ class KVLayout:
 
 
 LEGACY_WRITER = "legacy00"
+_LATEST_SECONDS = _INVERT / 1000
+"""Seconds past this (the year 2286) are not seconds: a legacy time in milliseconds."""
 _ID_FORMAT = re.compile(r"\A\d{13}\.[0-9a-z]{8}\Z")
 
 
@@ -509,6 +511,8 @@ def legacy_messages(
             continue
         stamp = body.get("timestamp")
         timestamp = float(stamp) if isinstance(stamp, int | float) and stamp > 0 else 0.0
+        while timestamp >= _LATEST_SECONDS:  # milliseconds (or finer): ids need seconds
+            timestamp /= 1000
         given = body.get("id")
         if isinstance(given, str) and _ID_FORMAT.match(given):
             mid = given
