@@ -27,6 +27,7 @@ from brainbot.errors import RedisUnavailable, RollbackError
 from brainbot.kv import EmbeddedKV, iter_keys
 from brainbot.kv.errors import KVTransportError
 from brainbot.kv.namespace import PutItem
+from brainbot.migration import rollback
 from brainbot.migration.run import KEPT, NOT_RECREATED
 from brainbot.migration.source import Reader
 from brainbot.storage import KVStore
@@ -97,6 +98,26 @@ async def test_verify_costs_at_most_two_requests_per_thousand_entries_at_the_ser
     write_requests = int(middle["requests"]) - int(before["requests"])  # type: ignore[call-overload]
     assert report.bulk_writes <= math.ceil(1.02 * math.ceil(entries / 10_000))
     assert write_requests <= report.bulk_writes + 2  # plus the look at what KV holds
+    # the report counts what the server counted (before: the look at KV was left out)
+    assert report.api_requests == write_requests
+    # and the default migrate (with its verify) counts both: a second run, all unchanged
+    async with rest_client(kv_service.url, api_token, "verify-cost") as kv:
+        again = await migrate(redis_url, settings, namespace=kv)
+    total = int((await server_stats(kv_service.url, api_token))["requests"]) - int(
+        after["requests"]
+    )  # type: ignore[call-overload]
+    assert again.resumed is False
+    assert again.entries == {"unchanged (already written by this migration)": entries}
+    assert again.api_requests == total
+    # rolling the first run back: one listing, then bulk deletes of 10,000 (were 1,000)
+    async with rest_client(kv_service.url, api_token, "verify-cost") as kv:
+        start = int((await server_stats(kv_service.url, api_token))["requests"])  # type: ignore[call-overload]
+        undone = await rollback(
+            report.run_id, runs=migration_runs(settings), namespace=kv, delete_kv=True
+        )
+        spent = int((await server_stats(kv_service.url, api_token))["requests"]) - start  # type: ignore[call-overload]
+    assert undone.kv_deleted == entries
+    assert spent == math.ceil(entries / 1000) + math.ceil(entries / 10_000)
 
 
 @pytest.mark.parametrize("lanes", [1, 2])

@@ -95,6 +95,7 @@ async def test_a_resumed_overwrite_run_rolls_back_what_its_killed_attempt_replac
     )
     resumed = await migrate(redis_url, settings, resume=True, overwrite=True, verify_after=False)
     assert resumed.run_id == run_id
+    assert resumed.resumed  # (before: False for a run killed before its first checkpoint)
     assert resumed.entries[UNCHANGED] == 0  # its own attempt's writes are its writes
     assert await values(settings, names) == {n: f"redis {n}".encode() for n in names}
     undone = await roll_back(run_id, settings, delete_kv=True)

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 
 from brainbot.errors import RollbackError
-from brainbot.kv.limits import MIN_EXPIRATION_TTL
+from brainbot.kv.limits import BULK_DELETE_MAX_KEYS, MIN_EXPIRATION_TTL
 from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.migration import files
 from brainbot.migration.ledger import Ledger
@@ -174,10 +174,10 @@ async def _undo_kv(
         for line in files.lines(run_path / "kv-backup.jsonl.gz", compressed=True):
             earlier[line["key"]] = line  # the last: what KV held when the run replaced it
         names = list(written)
+        delete: list[str] = []  # sent 10,000 a request (one bulk delete's most)
         for start in range(0, len(names), CHUNK):
             chunk = names[start : start + CHUNK]
             seen = ledger.lookup(chunk)
-            delete: list[str] = []
             restore: list[PutItem] = []
             now = time.time()
             for name in chunk:
@@ -204,16 +204,22 @@ async def _undo_kv(
                     report.keep(REWRITTEN, name)
                 else:
                     report.keep(CHANGED_ON_KV, name)
-            if delete:
-                result = await kv.delete_many(delete)
-                report.kv_deleted += result.successful_key_count
-                report.kv_unsuccessful += list(result.unsuccessful_keys)
+            if len(delete) >= BULK_DELETE_MAX_KEYS or start + CHUNK >= len(names):
+                await _delete(kv, delete, report)
+                delete = []
             if restore:
                 result = await kv.put_many(restore)
                 report.kv_restored += result.successful_key_count
                 report.kv_unsuccessful += list(result.unsuccessful_keys)
     finally:
         ledger.discard()
+
+
+async def _delete(kv: KVNamespace, names: list[str], report: RollbackReport) -> None:
+    for start in range(0, len(names), BULK_DELETE_MAX_KEYS):
+        result = await kv.delete_many(names[start : start + BULK_DELETE_MAX_KEYS])
+        report.kv_deleted += result.successful_key_count
+        report.kv_unsuccessful += list(result.unsuccessful_keys)
 
 
 def _backup(run_path: Path) -> Iterator[dict[str, Any]]:

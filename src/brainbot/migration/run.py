@@ -265,6 +265,7 @@ class _Run:
         overwrite: bool,
         batch_entries: int,
         in_flight: int,
+        requests_before: int,
     ) -> None:
         self.kv = kv
         self.report = report
@@ -286,7 +287,7 @@ class _Run:
         self.landed = asyncio.Condition()
         self.tasks: set[asyncio.Task[None]] = set()
         self.failure: BaseException | None = None
-        self.requests_before = _requests(kv)
+        self.requests_before = requests_before
         self.earlier_requests = report.api_requests
         self.saved = Report(report.run_id, report.source, report.dry_run)
         """What the checkpointed steps counted (the live report counts steps in flight)."""
@@ -604,7 +605,8 @@ async def migrate_redis_to_kv(
             "started_at": time.time(),
             "report": None,
         }
-    report = Report(state["run_id"], redacted(source), dry_run, resumed=state["report"] is not None)
+    resumed = resume and not dry_run  # (a resume that found nothing has raised)
+    report = Report(state["run_id"], redacted(source), dry_run, resumed=resumed)
     if state["report"]:
         report.restore(state["report"])
     scratch = contextlib.ExitStack()  # the run's lock and scratch files, until it ends
@@ -617,6 +619,7 @@ async def migrate_redis_to_kv(
     kv = namespace
     ledger: Ledger | None = None
     run: _Run | None = None
+    requests_at_start = _requests(kv)  # the listing of what KV holds counts too
     try:
         earlier = _earlier_keys(runs, earlier_states, state["run_id"])
         first = next(earlier, None)
@@ -636,6 +639,7 @@ async def migrate_redis_to_kv(
             overwrite=overwrite,
             batch_entries=batch_entries,
             in_flight=in_flight,
+            requests_before=requests_at_start,
         )
         with translated():
             total = None if match or type_ else int(await redis.dbsize())
@@ -717,8 +721,10 @@ async def migrate_redis_to_kv(
             lanes=verify_lanes,
         )
         report.verify_differences = len(differences.differences)
+        report.api_requests += differences.api_requests  # one count for the whole command
         assert run_path is not None
         files.write_json(run_path / "verify.json", differences.to_json())
+        files.write_json(run_path / "report.json", report.to_json())
     return report
 
 
