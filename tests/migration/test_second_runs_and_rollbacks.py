@@ -5,6 +5,7 @@ migration and failing on the code before its fix)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -18,6 +19,7 @@ from brainbot.config import Settings
 from brainbot.errors import MigrationError, RollbackError
 from brainbot.kv import EmbeddedKV
 from brainbot.kv.namespace import BulkResult, PutItem
+from brainbot.migration import Options
 from brainbot.migration import run as run_module
 from brainbot.migration.run import NOT_RECREATED
 from brainbot.storage import KVStore
@@ -331,3 +333,101 @@ async def test_rolling_back_a_killed_run_undoes_what_it_wrote_after_its_last_che
     undone = await roll_back(killed, settings, delete_kv=True)
     assert undone.kv_restored == 3
     assert await values(settings, names) == {n: f"bot {n}".encode() for n in names}
+
+
+async def test_a_key_scan_gives_twice_is_backed_up_once_as_it_was_before_the_run(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SCAN may return a key twice. The second time, the run's own entry was on KV, and the
+    run backed it up as if it were the bot's: rollback then "restored" the run's value."""
+    settings = settings_for(tmp_path)
+    await source.set("k", "redis")
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("k", b"bot")
+    real = run_module.scan_batches
+
+    async def twice(*args: object, **kwargs: object) -> AsyncIterator[tuple[int, list[bytes]]]:
+        steps = [step async for step in real(*args, **kwargs)]  # type: ignore[arg-type]
+        for step in steps[:-1]:
+            yield step
+        yield 1, steps[-1][1]  # the key once more, in a step of its own
+        yield steps[-1]
+
+    monkeypatch.setattr(run_module, "scan_batches", twice)
+    forced = await migrate(redis_url, settings, overwrite=True, verify_after=False, batch_entries=1)
+    undone = await roll_back(forced.run_id, settings, delete_kv=True)
+    assert undone.kv_restored == 1
+    assert await values(settings, ["k"]) == {"k": b"bot"}
+
+
+async def test_rolling_back_out_of_order_does_not_bring_back_an_undone_run(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Run A wrote k, run B rewrote it (backing A's entry up). Rolling back A (k is B's:
+    kept), then B, gave A's entry back, though A was rolled back."""
+    settings = settings_for(tmp_path)
+    await source.set("k", "v1")
+    first = await migrate(redis_url, settings, verify_after=False)
+    await source.set("k", "v2")
+    second = await migrate(redis_url, settings, verify_after=False)
+    assert (await roll_back(first.run_id, settings, delete_kv=True)).kv_kept
+    undone = await roll_back(second.run_id, settings, delete_kv=True)
+    assert undone.kv_deleted == 1
+    assert await values(settings, ["k"]) == {"k": None}
+
+
+async def test_a_resume_reads_the_runs_state_again_under_its_lock(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run was chosen from a state read before the lock; a rollback ended it since.
+    Before: the resume wrote that stale state back and carried on from its cursor."""
+    settings = settings_for(tmp_path)
+    for i in range(4):
+        await source.set(f"g:{i}", f"v{i}")
+    run_id = await killed_run(redis_url, settings, 1, batch_entries=2, in_flight=1, scan_count=2)
+    runs = settings.data_dir / "migrations"
+    stale = run_module._states(runs, run_module.fingerprint(redis_url, None, None, Options()))
+    await roll_back(run_id, settings, delete_kv=True)
+    monkeypatch.setattr(run_module, "_states", lambda *_: stale)
+    with pytest.raises(MigrationError, match="rolled back meanwhile"):
+        await migrate(redis_url, settings, resume=True, verify_after=False)
+    state = json.loads((runs / run_id / "state.json").read_text())
+    assert state["rolled_back_at"]
+
+
+async def test_a_partial_rollback_keeps_the_keys_it_left_protected(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """A rollback that kept a key (the bot changed it) used to mark the whole run as never
+    run: once the bot deleted that key, the next run brought it back."""
+    settings = settings_for(tmp_path)
+    await source.set("a", "v")
+    await source.set("b", "v")
+    first = await migrate(redis_url, settings, verify_after=False)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("b", b"the bot")
+    undone = await roll_back(first.run_id, settings, delete_kv=True)
+    assert (undone.kv_deleted, sum(undone.kv_kept.values())) == (1, 1)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.delete("b")  # the bot deletes it
+    again = await migrate(redis_url, settings, verify_after=False)
+    assert again.entries == {"written": 1, NOT_RECREATED: 1}
+    assert await values(settings, ["a", "b"]) == {"a": b"v", "b": None}
+
+
+async def test_a_run_killed_after_its_last_checkpoint_resumes_without_reading_again(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """SCAN's last cursor is 0, its first too. Before: a run killed while writing the
+    owners' entries (after its last checkpoint) resumed from the start and counted every
+    key twice."""
+    settings = settings_for(tmp_path)
+    for i in range(3):
+        await source.set(f"g:{i}", f"v{i}")
+    await source.sadd("user:alice:conversations", "c1")
+    run_id = await killed_run(redis_url, settings, 2)  # the keys' write, then the owners'
+    resumed = await migrate(redis_url, settings, resume=True)
+    assert resumed.run_id == run_id
+    assert resumed.keys_seen == 4
+    assert resumed.entries == {"written": 4}
+    assert resumed.verify_differences == 0

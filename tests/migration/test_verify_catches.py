@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from brainbot.config import Settings
 from brainbot.kv import EmbeddedKV, iter_keys
 from brainbot.kv.namespace import PutItem
+from brainbot.migration import Options
 from brainbot.migration.ledger import Expected, Ledger, expiry_floor, shape_of
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore
@@ -200,3 +201,37 @@ async def test_a_key_that_expired_in_redis_and_for_kv_readers_is_not_a_differenc
     async with EmbeddedKV(settings.embedded_kv_path) as kv:
         assert [k.name async for k in iter_keys(kv)] == ["g:brief"]  # still listed
     assert await problems(redis_url, settings) == {}
+
+
+async def test_a_key_the_replan_skips_for_its_short_ttl_is_not_reported_gone(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Migrated with 61.5 s left; verify re-plans it with under 60 s left, which
+    ``--short-ttl skip`` skips. Before: "on KV (migrated), not in the source"."""
+    settings = settings_for(tmp_path)
+    await source.set("g:minute", "v", px=61_500)
+    options = Options(short_ttl="skip")
+    assert (await migrate(redis_url, settings, options=options, verify_after=False)).kv_entries == 1
+    await asyncio.sleep(2)
+    report = await verify_kv(redis_url, settings, options=options, lanes=1, recheck_after=0)
+    assert report.skipped == {"under 60 s left (policy: skip)": 1}
+    assert report.differences == []
+
+
+async def test_verify_says_when_it_cannot_see_what_the_source_no_longer_holds(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Verify finds this migration's entries by its mark, made of the source URL and the
+    options: with other options it finds none. Before: silently nothing reported."""
+    settings = settings_for(tmp_path)
+    await source.set("g:1", "v")
+    await migrate(redis_url, settings, verify_after=False)
+    await source.delete("g:1")
+    await source.set("g:2", "v")
+    other = Options(conversation_pattern="chat:{id}")
+    report = await verify_kv(redis_url, settings, options=other, lanes=1, recheck_after=0)
+    assert [d.key for d in report.differences] == ["g:2"]  # missing; g:1 not looked for
+    assert "No KV entry carries this migration's mark" in report.notes[0]
+    same = await verify_kv(redis_url, settings, lanes=1, recheck_after=0)
+    assert same.notes == []
+    assert sorted(d.key for d in same.differences) == ["g:1", "g:2"]

@@ -26,6 +26,7 @@ from brainbot.storage.conversations import (
     ConversationStore,
     Message,
     legacy_messages,
+    message_id,
     message_item,
 )
 from brainbot.storage.sessions import SessionError, SessionNotFound, SessionStore
@@ -464,13 +465,15 @@ def test_legacy_times_in_milliseconds_are_read_as_seconds() -> None:
     """Before: a time in milliseconds made an id of a negative number
     (``-1690000004123000.legacy00``), which sorts before every other message."""
     raws = [
-        orjson.dumps({"role": "user", "content": "a", "timestamp": 1_700_000_004_123}),
+        orjson.dumps({"role": "user", "content": "a", "timestamp": 1_700_000_004_001}),
         orjson.dumps({"role": "user", "content": "b", "timestamp": 1_700_000_005_000_000}),
         orjson.dumps({"role": "user", "content": "c", "timestamp": 1_700_000_006}),
     ]
     decoded = legacy_messages(raws, strict=True)
     assert decoded is not None
     messages = [m for _, m in decoded]
-    assert [m.timestamp for m in messages] == [1_700_000_004.123, 1_700_000_005.0, 1_700_000_006]
+    assert [m.timestamp for m in messages] == [1_700_000_004.001, 1_700_000_005.0, 1_700_000_006]
     assert all(re.fullmatch(r"\d{13}\.legacy00", m.id) for m in messages)
+    # the id keeps the exact milliseconds (1700000004.001 * 1000 is 1700000004000.9998)
+    assert messages[0].id == message_id(1_700_000_004_001, "legacy00")
     assert sorted(m.id for m in messages) == [m.id for m in reversed(messages)]  # newest first

@@ -305,6 +305,8 @@ def verify_command(
             f"[red]DIFF[/] {safe_name(str(difference.key))}: {safe_name(str(difference.problem))}",
             soft_wrap=True,
         )
+    for note in report.notes:
+        console.print(f"[yellow]NOTE[/] {safe_name(note)}", soft_wrap=True)
     console.print(
         f"checked {report.checked} key(s) of {safe_name(url.redacted)}: "
         f"{len(report.differences)} difference(s); skipped {sum(report.skipped.values())}",

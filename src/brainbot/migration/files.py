@@ -2,7 +2,9 @@
 
 * ``state.json``       the checkpoint (written first, then replaced atomically, fsync'd);
 * ``backup.jsonl.gz``  every migrated key as Redis held it (gzip members, appended);
-* ``kv-backup.jsonl.gz`` the KV values ``--overwrite`` replaced;
+* ``kv-backup.jsonl.gz`` the KV values the run replaced (the bot's, with ``--overwrite``;
+                       an earlier run's entries it rewrote);
+* ``undone.jsonl``     the keys a rollback of the run undid;
 * ``manifest.jsonl``   what the run wrote: per Redis key, its KV entries and digests;
 * ``owners.jsonl``     the legacy owner claims read so far;
 * ``report.json``, ``verify.json``;
@@ -61,7 +63,7 @@ def exclusive(run_path: Path, error: type[BrainbotError]) -> Iterator[None]:
     """Hold the run's lock while working on it: a second process (a ``--resume`` or a
     rollback while the run is under way) would write its files from a stale state. The
     lock is the kernel's (flock): a killed process leaves none behind."""
-    fd = os.open(run_path / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(run_path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

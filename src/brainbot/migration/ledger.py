@@ -84,7 +84,7 @@ class Expected(NamedTuple):
     """Its exact expiry (ms) from its metadata, if any."""
     expiration: int | None
     """KV's own expiry (s) it asks for."""
-    shape: str = ""
+    shape: str
     """``shape_of`` its metadata."""
 
     @property
@@ -260,15 +260,20 @@ class Ledger:
     def remember(self, written: Iterable[tuple[str, int | None]]) -> None:
         """Note the names earlier runs of this migration wrote (from their manifests, oldest
         run first), with the KV expiry the last run that wrote each gave it (None: none, or
-        not recorded): that run's entry is the one KV held."""
-        rows = ((name.encode("utf-8"), expiration) for name, expiration in written)
+        not recorded): that run's entry is the one KV held. An expiry of -1 forgets the
+        name (a rollback undid it)."""
+        note = (
+            "INSERT INTO earlier VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET expiration = excluded.expiration"
+        )
         with self._db:
             self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT INTO earlier VALUES (?, ?) "
-                "ON CONFLICT (name) DO UPDATE SET expiration = excluded.expiration",
-                rows,
-            )
+            for name, expiration in written:
+                raw = name.encode("utf-8")
+                if expiration == -1:
+                    self._db.execute("DELETE FROM earlier WHERE name = ?", (raw,))
+                else:
+                    self._db.execute(note, (raw, expiration))
 
     def written_before(self, names: Sequence[str], now: float) -> set[str]:
         """Those of ``names`` an earlier run wrote with an expiry still ahead at ``now``:
@@ -285,6 +290,13 @@ class Ledger:
             rows = self._db.execute(query, [*chunk, int(now)])
             found.update(bytes(name).decode("utf-8") for (name,) in rows)
         return found
+
+    def marked(self, mark: str) -> bool:
+        """Whether any listed entry carries this migration's ``mark``."""
+        return (
+            self._db.execute("SELECT 1 FROM kv WHERE mark = ? LIMIT 1", (mark,)).fetchone()
+            is not None
+        )
 
     def lookup(self, names: Sequence[str]) -> dict[str, Seen]:
         """The listed state of those of ``names`` KV holds (absent names are left out)."""
@@ -363,16 +375,19 @@ class Ledger:
         random.shuffle(matching)  # SQLite gives them in rowid order: the first n, otherwise
         return matching[:n]
 
-    def not_expected(self, mark: str, now_ms: int) -> Iterator[str]:
+    def not_expected(self, mark: str, now_ms: int, floor: int) -> Iterator[str]:
         """Names listed with this migration's ``mark`` that no expected entry has: what it
         wrote that the source no longer holds (deleted from Redis since, a conversation no
-        longer owned). Entries whose exact expiry has passed are gone for every reader
-        (KV drops them within a minute), as they are from Redis."""
+        longer owned). Entries that expire within KV's floor (exact expiry, or KV's own:
+        ``floor``) are left out: gone or going for every reader, as from Redis, or skipped
+        by a re-plan that found under 60 s left (``--short-ttl skip``)."""
         query = (
-            "SELECT name FROM kv WHERE mark = ? AND (x IS NULL OR x > ?) AND NOT EXISTS "
+            "SELECT name FROM kv WHERE mark = ? AND (x IS NULL OR x > ?) "
+            "AND (expiration IS NULL OR expiration > ?) AND NOT EXISTS "
             "(SELECT 1 FROM expected e WHERE e.name = kv.name) ORDER BY name"
         )
-        for (name,) in self._db.execute(query, (mark, now_ms)):
+        soon = now_ms + (floor - now_ms // 1000) * 1000  # the floor, in ms
+        for (name,) in self._db.execute(query, (mark, soon, floor)):
             yield bytes(name).decode("utf-8", "backslashreplace")
 
     def unexpected(self, low: str, high: bytes | None) -> int:

@@ -25,7 +25,7 @@ import hashlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.migration import files
 from brainbot.migration.ledger import Ledger
 from brainbot.migration.source import Reader, Record, connect, translated
+from brainbot.migration.transform import stamp_of
 
 CHUNK = 1_000
 SHOWN = 100  # names of kept entries listed in the report
@@ -86,6 +87,17 @@ def _manifest(run_path: Path, run_id: str) -> Iterator[dict[str, Any]]:
                 "brainbot, without digests): refusing to act on it."
             )
         yield line
+
+
+def _rolled_back_tags(runs: Path, state: dict[str, Any]) -> set[str]:
+    """The tags of this migration's runs rolled back already: a value one of them wrote,
+    backed up by a later run, is not given back (it was undone)."""
+    from brainbot.migration.run import _states
+
+    fingerprint = str(state.get("fingerprint", ""))
+    return {
+        files.run_tag(s["run_id"]) for s in _states(runs, fingerprint) if s.get("rolled_back_at")
+    }
 
 
 def _mark(state: dict[str, Any]) -> str:
@@ -146,8 +158,9 @@ async def _rollback(
         }
         tag = files.run_tag(run_id)
         prefix, mark = _prefix(state), _mark(state)
-        await _undo_kv(namespace, run_path, prefix, mark, tag, written, report)
-        state["rolled_back_at"] = time.time()  # its keys are not "written before" any more
+        undone = _rolled_back_tags(run_path.parent, state)
+        await _undo_kv(namespace, run_path, prefix, mark, tag, written, report, undone)
+        state["rolled_back_at"] = time.time()  # not resumed; its undone keys are forgotten
         files.write_json(run_path / "state.json", state)
     if restore_to is not None:
         list(_manifest(run_path, run_id))  # refuse a foreign manifest before touching Redis
@@ -164,6 +177,7 @@ async def _undo_kv(
     tag: str,
     written: dict[str, str | None],
     report: RollbackReport,
+    rolled_back: set[str],
 ) -> None:
     ledger = Ledger(run_path / "rollback-kv-state.sqlite3")
     try:
@@ -187,7 +201,12 @@ async def _undo_kv(
                 elif entry.run == tag and written[name] in (None, entry.digest):
                     before = earlier.get(name)
                     expiration = before.get("expiration") if before else None
-                    if before is None or (expiration is not None and expiration <= now):
+                    was = stamp_of(before.get("metadata")) if before else None
+                    if (
+                        before is None
+                        or (expiration is not None and expiration <= now)
+                        or (was is not None and was.mark == mark and was.run in rolled_back)
+                    ):
                         delete.append(name)
                     else:  # KV keeps nothing under 60 s: a shorter expiry gets KV's floor
                         if expiration is not None:
@@ -200,26 +219,38 @@ async def _undo_kv(
                                 metadata=before.get("metadata"),
                             )
                         )
-                elif entry.run is not None and entry.digest is not None and entry.run != tag:
+                elif entry.mark == mark and entry.digest is not None and entry.run != tag:
                     report.keep(REWRITTEN, name)
                 else:
                     report.keep(CHANGED_ON_KV, name)
             if len(delete) >= BULK_DELETE_MAX_KEYS or start + CHUNK >= len(names):
-                await _delete(kv, delete, report)
+                await _delete(kv, delete, report, run_path)
                 delete = []
             if restore:
                 result = await kv.put_many(restore)
                 report.kv_restored += result.successful_key_count
                 report.kv_unsuccessful += list(result.unsuccessful_keys)
+                _note_undone(run_path, [i.key for i in restore], result.unsuccessful_keys)
     finally:
         ledger.discard()
 
 
-async def _delete(kv: KVNamespace, names: list[str], report: RollbackReport) -> None:
-    for start in range(0, len(names), BULK_DELETE_MAX_KEYS):
-        result = await kv.delete_many(names[start : start + BULK_DELETE_MAX_KEYS])
-        report.kv_deleted += result.successful_key_count
-        report.kv_unsuccessful += list(result.unsuccessful_keys)
+async def _delete(kv: KVNamespace, names: list[str], report: RollbackReport, run: Path) -> None:
+    """Delete ``names``, one bulk request per 10,000 (the most one takes)."""
+    if not names:
+        return
+    result = await kv.delete_many(names)
+    report.kv_deleted += result.successful_key_count
+    report.kv_unsuccessful += list(result.unsuccessful_keys)
+    _note_undone(run, names, result.unsuccessful_keys)
+
+
+def _note_undone(run_path: Path, names: list[str], failed: Sequence[str]) -> None:
+    """Record the keys the rollback undid (``undone.jsonl``): later runs of the migration
+    no longer count them as written before. Keys it kept (the bot changed them) stay
+    counted, so a later run still does not re-create one the bot deletes."""
+    missed = set(failed)
+    files.append(run_path / "undone.jsonl", [orjson.dumps(n) for n in names if n not in missed])
 
 
 def _backup(run_path: Path) -> Iterator[dict[str, Any]]:

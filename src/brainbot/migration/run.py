@@ -78,6 +78,7 @@ from brainbot.migration.transform import (
     digest_of,
     owner_items,
     plan,
+    stamp_of,
 )
 
 BACKUP_RETENTION_DAYS = 30
@@ -138,6 +139,8 @@ class Report:
             getattr(self, name).update(saved.get(name, {}))
 
 
+FORGET = -1
+"""In place of an expiry from ``_earlier_keys``: a key a rollback undid."""
 KEPT = "kept: changed on KV since the migration (--overwrite replaces it)"
 UNCHANGED = "unchanged (already written by this migration)"
 NOT_RECREATED = "not re-created: deleted on KV since an earlier run"
@@ -189,14 +192,19 @@ def manifest_line(run_id: str, p: Plan, items: list[PutItem]) -> bytes:
 
 
 def prune_backups(runs: Path, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
-    """Delete the backups of finished runs older than ``days``; returns their run ids."""
+    """Delete the backups of finished runs older than ``days``; returns their run ids.
+    A run another process holds (a rollback restoring from that backup) is left alone."""
     pruned = []
     cutoff = time.time() - days * 86400
     for state_file in runs.glob("*/state.json"):
         state = files.read_json(state_file)
         backup = state_file.parent / "backup.jsonl.gz"
         if state.get("done") and state.get("finished_at", time.time()) < cutoff and backup.exists():
-            backup.unlink()
+            try:
+                with files.exclusive(state_file.parent, MigrationError):
+                    backup.unlink()
+            except MigrationError:
+                continue  # in use: pruned by a later run
             pruned.append(state["run_id"])
     return pruned
 
@@ -237,6 +245,7 @@ class _Step:
 
     cursor: int
     tally: Report
+    final: bool = False  # the last of the SCAN: past it, nothing is left to read
     pending: int = 0  # its entries not acknowledged yet
     closed: bool = False  # all its entries handed to batches
     manifest: list[bytes] = field(default_factory=list)
@@ -346,11 +355,13 @@ class _Run:
             record.append(item)
         return write, record
 
-    async def add_step(self, cursor: int, plans: list[Plan], read_ms: int) -> None:
+    async def add_step(
+        self, cursor: int, plans: list[Plan], read_ms: int, *, final: bool = False
+    ) -> None:
         index = len(self.steps)
         tally = Report(self.report.run_id, self.report.source, self.report.dry_run)
         _tally(tally, plans)
-        step = _Step(cursor, tally)
+        step = _Step(cursor, tally, final)
         self.steps.append(step)
         self.to_back_up = []
         kept = [None if p.skipped else self.keep(p.items, tally) for p in plans]
@@ -402,9 +413,16 @@ class _Run:
     # -- writing ----------------------------------------------------------------------
 
     async def back_up_kv(self, keys: list[str]) -> None:
-        """Keep the KV values ``overwrite`` is about to replace (for rollback)."""
+        """Keep the KV values this run is about to replace (the bot's under ``overwrite``,
+        an earlier run's it rewrites), for rollback. An entry this run wrote already (a
+        key SCAN gave twice, a killed attempt's write the listing did not show yet) is
+        not backed up: it is no earlier value, and rollback would put it back."""
         assert self.path is not None
-        found = await self.kv.get_many(keys)
+        found = dict(await self.kv.get_many(keys))
+        for key, entry in list(found.items()):
+            stamp = stamp_of(entry.metadata) if entry is not None else None
+            if stamp is not None and (stamp.mark, stamp.run) == (self.mark, self.tag):
+                del found[key]
         lines = [
             orjson.dumps(
                 {
@@ -530,6 +548,8 @@ class _Run:
             step.manifest = []
             self.saved.add(step.tally)
         self.state["cursor"] = self.steps[self.done_steps - 1].cursor
+        if self.steps[self.done_steps - 1].final:  # cursor 0 again: the end, not the start
+            self.state["scanned"] = True
         self.report.api_requests = self.earlier_requests + _requests(self.kv) - self.requests_before
         self.saved.api_requests = self.report.api_requests
         self.saved.bulk_writes = self.report.bulk_writes
@@ -606,126 +626,135 @@ async def migrate_redis_to_kv(
             "report": None,
         }
     resumed = resume and not dry_run  # (a resume that found nothing has raised)
-    report = Report(state["run_id"], redacted(source), dry_run, resumed=resumed)
-    if state["report"]:
-        report.restore(state["report"])
-    scratch = contextlib.ExitStack()  # the run's lock and scratch files, until it ends
+    held = contextlib.ExitStack()  # the run's lock, until the command ends (verify too)
     try:
-        run_path = None if dry_run else _open_run(runs, state, scratch)
+        run_path = None if dry_run else _open_run(runs, state, held, resumed=resumed)
         redis = connect(source, tls_ca_file=tls_ca_file, password=source_password)
     except BaseException:
-        scratch.close()
+        held.close()
         raise
-    kv = namespace
-    ledger: Ledger | None = None
-    run: _Run | None = None
-    requests_at_start = _requests(kv)  # the listing of what KV holds counts too
     try:
-        earlier = _earlier_keys(runs, earlier_states, state["run_id"])
-        first = next(earlier, None)
-        if first is not None or (await kv.list(prefix=options.prefix, limit=10)).keys:
-            where = run_path or Path(scratch.enter_context(tempfile.TemporaryDirectory()))
-            ledger = Ledger(where / "kv-state.sqlite3")
-            ledger.remember(itertools.chain([first] if first else [], earlier))
-            await ledger.load(kv, options.prefix)
-        run = _Run(
-            kv,
-            report,
-            state,
-            run_path,
-            ledger,
-            mark=mark,
-            tag=files.run_tag(state["run_id"]),
-            overwrite=overwrite,
-            batch_entries=batch_entries,
-            in_flight=in_flight,
-            requests_before=requests_at_start,
-        )
-        with translated():
-            total = None if match or type_ else int(await redis.dbsize())
-        await _pipeline(
-            redis,
-            run,
-            options,
-            mark,
-            files.run_tag(state["run_id"]),
-            state,
-            match,
-            type_,
-            scan_count,
-            progress,
-            total,
-        )
-        await run.finish()
-        claims = (
-            _claims(run.claims) if dry_run else _claims(files.lines(run_path / "owners.jsonl"))  # type: ignore[operator]
-        )
-        owners, conflicts = owner_items(
-            claims, options.prefix, int(time.time() * 1000), mark, files.run_tag(state["run_id"])
-        )
-        report.kv_entries += len(owners)
-        if conflicts:
-            report.notes["conversation several users claim: operators only"] += len(conflicts)
-        run.to_back_up = []
-        kept, recorded = run.keep(owners, report)
-        if recorded and not dry_run:
-            assert run_path is not None
-            if run.to_back_up:  # what --overwrite replaces, on disk before it is replaced
-                await run.back_up_kv(run.to_back_up)
-            if kept:
-                result = await kv.put_many(kept)
-                report.bulk_writes += 1
-                if result.unsuccessful_keys:
-                    raise MigrationError(
-                        "KV did not accept the owners' entries; run with --resume."
-                    )
-            files.append(
-                run_path / "manifest.jsonl",
-                [
-                    orjson.dumps(
-                        {
-                            "run": state["run_id"],
-                            "key": "(owners)",
-                            "kind": "owners",
-                            "kv": [[i.key, digest_of(i), i.expiration] for i in recorded],
-                        }
-                    )
-                ],
+        report = Report(state["run_id"], redacted(source), dry_run, resumed=resumed)
+        if state["report"]:
+            report.restore(state["report"])
+        scratch = contextlib.ExitStack()  # scratch files, until the run's part ends
+        kv = namespace
+        ledger: Ledger | None = None
+        run: _Run | None = None
+        requests_at_start = _requests(kv)  # the listing of what KV holds counts too
+        try:
+            earlier = _earlier_keys(runs, earlier_states, state["run_id"])
+            first = next(earlier, None)
+            if first is not None or (await kv.list(prefix=options.prefix, limit=10)).keys:
+                where = run_path or Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+                ledger = Ledger(where / "kv-state.sqlite3")
+                ledger.remember(itertools.chain([first] if first else [], earlier))
+                await ledger.load(kv, options.prefix)
+            run = _Run(
+                kv,
+                report,
+                state,
+                run_path,
+                ledger,
+                mark=mark,
+                tag=files.run_tag(state["run_id"]),
+                overwrite=overwrite,
+                batch_entries=batch_entries,
+                in_flight=in_flight,
+                requests_before=requests_at_start,
             )
-        report.api_requests = run.earlier_requests + _requests(kv) - run.requests_before
-        report.seconds = time.monotonic() - started
-        if run_path is not None:
-            state["done"], state["finished_at"] = True, time.time()
-            state["report"] = report.to_json()
-            files.write_json(run_path / "state.json", state)
-            files.write_json(run_path / "report.json", report.to_json())
-    finally:
-        if run is not None:
-            run.close()
-        await redis.aclose()
-        if ledger is not None:
-            ledger.discard()
-        scratch.close()
-    if verify_after and not dry_run:
-        from brainbot.migration.verify import verify
+            with translated():
+                total = None if match or type_ else int(await redis.dbsize())
+            await _pipeline(
+                redis,
+                run,
+                options,
+                mark,
+                files.run_tag(state["run_id"]),
+                state,
+                match,
+                type_,
+                scan_count,
+                progress,
+                total,
+            )
+            await run.finish()
+            claims = (
+                _claims(run.claims) if dry_run else _claims(files.lines(run_path / "owners.jsonl"))  # type: ignore[operator]
+            )
+            owners, conflicts = owner_items(
+                claims,
+                options.prefix,
+                int(time.time() * 1000),
+                mark,
+                files.run_tag(state["run_id"]),
+            )
+            report.kv_entries += len(owners)
+            if conflicts:
+                report.notes["conversation several users claim: operators only"] += len(conflicts)
+            run.to_back_up = []
+            kept, recorded = run.keep(owners, report)
+            if recorded and not dry_run:
+                assert run_path is not None
+                if run.to_back_up:  # what --overwrite replaces, on disk before it is replaced
+                    await run.back_up_kv(run.to_back_up)
+                if kept:
+                    result = await kv.put_many(kept)
+                    report.bulk_writes += math.ceil(len(kept) / WRITE_ENTRIES)
+                    if result.unsuccessful_keys:
+                        raise MigrationError(
+                            "KV did not accept the owners' entries; run with --resume."
+                        )
+                files.append(
+                    run_path / "manifest.jsonl",
+                    [
+                        orjson.dumps(
+                            {
+                                "run": state["run_id"],
+                                "key": "(owners)",
+                                "kind": "owners",
+                                "kv": [[i.key, digest_of(i), i.expiration] for i in recorded],
+                            }
+                        )
+                    ],
+                )
+            report.api_requests = run.earlier_requests + _requests(kv) - run.requests_before
+            report.seconds = time.monotonic() - started
+            if run_path is not None:
+                state["done"], state["finished_at"] = True, time.time()
+                state["report"] = report.to_json()
+                files.write_json(run_path / "state.json", state)
+                files.write_json(run_path / "report.json", report.to_json())
+        finally:
+            if run is not None:
+                run.close()
+            await redis.aclose()
+            if ledger is not None:
+                ledger.discard()
+            scratch.close()
+        if verify_after and not dry_run:
+            from brainbot.migration.verify import verify
 
-        differences = await verify(
-            source,
-            namespace=namespace,
-            options=options,
-            match=match,
-            type_=type_,
-            tls_ca_file=tls_ca_file,
-            source_password=source_password,
-            work_dir=run_path,
-            lanes=verify_lanes,
-        )
-        report.verify_differences = len(differences.differences)
-        report.api_requests += differences.api_requests  # one count for the whole command
-        assert run_path is not None
-        files.write_json(run_path / "verify.json", differences.to_json())
-        files.write_json(run_path / "report.json", report.to_json())
-    return report
+            differences = await verify(
+                source,
+                namespace=namespace,
+                options=options,
+                match=match,
+                type_=type_,
+                tls_ca_file=tls_ca_file,
+                source_password=source_password,
+                work_dir=run_path,
+                lanes=verify_lanes,
+            )
+            report.verify_differences = len(differences.differences)
+            report.api_requests += differences.api_requests  # one count for the whole command
+            assert run_path is not None
+            files.write_json(run_path / "verify.json", differences.to_json())
+            files.write_json(run_path / "report.json", report.to_json())
+        return report
+
+    finally:
+        held.close()
 
 
 async def _pipeline(
@@ -744,7 +773,11 @@ async def _pipeline(
     """Read ahead in a task; plan and write here, as the steps come."""
     reader = Reader(redis, whole=options.whole)
 
-    async def read(hand_on: Callable[[tuple[int, list[Record], int]], Awaitable[None]]) -> None:
+    async def read(
+        hand_on: Callable[[tuple[int, list[Record], int, bool]], Awaitable[None]],
+    ) -> None:
+        if state.get("scanned"):  # killed after its last step's checkpoint: all read
+            return
         before = int(state["cursor"])
         async for cursor, keys in scan_batches(
             redis, cursor=before, match=match, type_=type_, count=scan_count
@@ -756,24 +789,38 @@ async def _pipeline(
                 # a step of big values comes in pieces: only its last one moves the
                 # checkpoint past it (a resumed run reads the whole step again)
                 at = cursor if following is None else before
-                await hand_on((at, piece, int(time.time() * 1000)))
+                final = following is None and cursor == 0
+                await hand_on((at, piece, int(time.time() * 1000), final))
                 piece = following
             before = cursor
 
-    async for cursor, records, read_ms in read_ahead(read, READ_AHEAD):
+    async for cursor, records, read_ms, final in read_ahead(read, READ_AHEAD):
         plans = [plan(r, options, read_ms, mark, tag) for r in records]
-        await run.add_step(cursor, plans, read_ms)
+        await run.add_step(cursor, plans, read_ms, final=final)
         if progress is not None:
             progress(run.report.keys_seen, total)
 
 
-def _open_run(runs: Path, state: dict[str, Any], held: contextlib.ExitStack) -> Path:
+def _open_run(
+    runs: Path, state: dict[str, Any], held: contextlib.ExitStack, *, resumed: bool
+) -> Path:
     """The run's directory, locked for this process (``held``), with its state file
-    written first: resumable from here on."""
+    written first: resumable from here on. A resumed run's state is read again under the
+    lock: the run may have ended, or been rolled back, since it was chosen."""
     runs.mkdir(parents=True, exist_ok=True, mode=0o700)
     run_path = Path(runs, str(state["run_id"]))
     run_path.mkdir(exist_ok=True, mode=0o700)
     held.enter_context(files.exclusive(run_path, MigrationError))
+    if resumed:
+        now = files.read_json(run_path / "state.json")
+        if now.get("done") or now.get("rolled_back_at"):
+            held.close()
+            raise MigrationError(
+                f"Nothing to resume: run {state['run_id']} ended or was rolled back meanwhile. "
+                "Run the same command without --resume to start a fresh run."
+            )
+        state.clear()
+        state.update(now)
     files.write_json(run_path / "state.json", state)
     prune_backups(runs)
     return run_path
@@ -783,15 +830,19 @@ def _earlier_keys(
     runs: Path, states: list[dict[str, Any]], run_id: str
 ) -> Iterator[tuple[str, int | None]]:
     """KV keys earlier runs of this migration wrote (from their manifests), with the KV
-    expiry each gave (None: none, or a manifest of an older version that did not say).
-    A run rolled back with ``--delete-kv`` wrote nothing that stays."""
+    expiry each gave (None: none, or a manifest of an older version that did not say),
+    oldest run first; then, for a run rolled back with ``--delete-kv``, the keys that
+    rollback undid, with ``FORGET``: they no longer count as written before."""
     for state in states:
-        if state.get("run_id") == run_id or state.get("rolled_back_at"):
+        if state.get("run_id") == run_id:
             continue
-        for line in files.lines(runs / state["run_id"] / "manifest.jsonl"):
+        run = runs / state["run_id"]
+        for line in files.lines(run / "manifest.jsonl"):
             for entry in line.get("kv", ()):
                 yield entry[0], (entry[2] if len(entry) > 2 else None)
             yield from ((k, None) for k in line.get("kv_keys", ()))  # older versions
+        if state.get("rolled_back_at"):
+            yield from ((name, FORGET) for name in files.lines(run / "undone.jsonl"))
 
 
 def _claims(lines: Iterable[Any]) -> dict[str, set[str]]:

@@ -81,6 +81,8 @@ class VerifyReport:
     skipped: Counter[str] = field(default_factory=Counter)
     values_read: int = 0
     api_requests: int = 0
+    notes: list[str] = field(default_factory=list)
+    """What verify could not check, and why (not differences)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class VerifyReport:
             "skipped": dict(self.skipped),
             "values_read": self.values_read,
             "api_requests": self.api_requests,
+            "notes": self.notes,
         }
 
 
@@ -402,8 +405,18 @@ class _Check:
         counts only when the source now names another owner of that conversation (or
         several): one whose conversation no legacy record names any more (the session that
         named it expired in Redis) keeps its access, as the migration gave it."""
+        if not self.ledger.marked(mark):
+            if self.report.entries:
+                self.report.notes.append(
+                    "No KV entry carries this migration's mark: what the source no longer "
+                    "holds was not looked for. Give verify the source URL and options the "
+                    "migration ran with (--match, --type, --short-ttl, the patterns, "
+                    "BRAINBOT_KV_PREFIX)."
+                )
+            return
         gone: Counter[str] = Counter()
-        for name in self.ledger.not_expected(mark, int(time.time() * 1000)):
+        now_ms = int(time.time() * 1000)
+        for name in self.ledger.not_expected(mark, now_ms, expiry_floor(self.tolerance_ms)):
             head = name[len(prefix) :]
             if head.startswith("conv/"):
                 conversation = name.rsplit("/", 1)[0] + "/"

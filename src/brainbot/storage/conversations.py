@@ -43,6 +43,7 @@ import base64
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import time
@@ -510,15 +511,19 @@ def legacy_messages(
                 return None
             continue
         stamp = body.get("timestamp")
-        timestamp = float(stamp) if isinstance(stamp, int | float) and stamp > 0 else 0.0
+        usable = isinstance(stamp, int | float) and 0 < stamp < math.inf
+        timestamp = float(stamp) if usable else 0.0
+        scale = 1
         while timestamp >= _LATEST_SECONDS:  # milliseconds (or finer): ids need seconds
             timestamp /= 1000
+            scale *= 1000
         given = body.get("id")
         if isinstance(given, str) and _ID_FORMAT.match(given):
             mid = given
             last_ms = max(last_ms, _INVERT - int(given[:13]))
         else:
-            last_ms = max(int(timestamp * 1000), last_ms + 1)  # keeps the list's order
+            ms = int(timestamp * 1000) if scale == 1 else int(stamp) * 1000 // scale
+            last_ms = max(ms, last_ms + 1)  # keeps the list's order
             mid = message_id(last_ms, LEGACY_WRITER)
         extra = {
             k: v
