@@ -350,8 +350,9 @@ async def test_a_key_scan_gives_twice_is_backed_up_once_as_it_was_before_the_run
         steps = [step async for step in real(*args, **kwargs)]  # type: ignore[arg-type]
         for step in steps[:-1]:
             yield step
-        yield 1, steps[-1][1]  # the key once more, in a step of its own
-        yield steps[-1]
+        yield 1, steps[-1][1]
+        await asyncio.sleep(0.5)  # the first write of the key lands meanwhile
+        yield steps[-1]  # the key once more, in a step of its own
 
     monkeypatch.setattr(run_module, "scan_batches", twice)
     forced = await migrate(redis_url, settings, overwrite=True, verify_after=False, batch_entries=1)
