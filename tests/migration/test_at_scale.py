@@ -22,7 +22,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from brainbot.composition import migration_runs
-from brainbot.config import Settings
 from brainbot.errors import RedisUnavailable, RollbackError
 from brainbot.kv import EmbeddedKV, iter_keys
 from brainbot.kv.errors import KVTransportError
@@ -33,23 +32,10 @@ from brainbot.migration.source import Reader
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore, Message
 from tests.support.kv import rest_client, server_stats
-from tests.support.migration import migrate, roll_back, verify_kv
+from tests.support.migration import migrate, roll_back, settings_for, verify_kv
 from tests.support.processes import Service, free_port, start_kv_server, start_redis
 
 CLI = [sys.executable, "-m", "brainbot"]
-
-
-@pytest.fixture
-async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-def settings_for(tmp_path: Path) -> Settings:
-    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
 
 
 async def fill_generic(r: aioredis.Redis, n: int, *, conversations: int = 0) -> None:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +24,8 @@ from brainbot.kv.faults import Faults
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore
 from tests.support.kv import fault_args, rest_client
-from tests.support.migration import migrate, roll_back, verify_kv
+from tests.support.migration import migrate, roll_back, settings_for, verify_kv
 from tests.support.processes import free_port, start_kv_server, start_service
-
-
-@pytest.fixture
-async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
 
 
 async def fill(r: aioredis.Redis, *, conversations: int = 3, generic: int = 50) -> None:
@@ -77,10 +68,6 @@ async def fill(r: aioredis.Redis, *, conversations: int = 3, generic: int = 50) 
     await r.sadd("user:bob:conversations", "c0", "c2")  # the old bot's owner set
     for i in range(generic):
         await r.set(f"g:{i:04d}", f"value {i}")
-
-
-def settings_for(tmp_path: Path) -> Settings:
-    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
 
 
 async def test_every_type_and_edge_arrives_as_the_new_code_reads_it(

@@ -24,23 +24,10 @@ from brainbot.migration import run as run_module
 from brainbot.migration.run import NOT_RECREATED
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore, Message
-from tests.support.migration import migrate, roll_back
+from tests.support.migration import migrate, roll_back, settings_for
 
 UNCHANGED = "unchanged (already written by this migration)"
 OVERWRITTEN = "overwritten (its KV value backed up)"
-
-
-@pytest.fixture
-async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-def settings_for(tmp_path: Path) -> Settings:
-    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
 
 
 class Killed(Exception):

@@ -7,10 +7,8 @@ import asyncio
 import json
 import secrets
 from collections import Counter
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 import redis.asyncio as aioredis
 
 from brainbot.config import Settings
@@ -21,21 +19,8 @@ from brainbot.migration.ledger import Expected, Ledger, expiry_floor, shape_of
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore
 from tests.support.kv import rest_client
-from tests.support.migration import migrate, verify_kv
+from tests.support.migration import migrate, settings_for, verify_kv
 from tests.support.processes import Service
-
-
-@pytest.fixture
-async def source(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
-
-
-def settings_for(tmp_path: Path) -> Settings:
-    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
 
 
 async def problems(redis_url: str, settings: Settings) -> dict[str, str]:

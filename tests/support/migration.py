@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from brainbot.composition import migration_runs, open_namespace
@@ -17,6 +18,11 @@ from brainbot.migration import (
     rollback,
     verify,
 )
+
+
+def settings_for(tmp_path: Path) -> Settings:
+    """Settings of a test's own data dir (embedded KV, runs) under ``tmp_path``."""
+    return Settings(BRAINBOT_DATA_DIR=tmp_path / "data")  # type: ignore[call-arg]
 
 
 async def migrate(
