@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import stamina
+import stamina.instrumentation
 
 from tests.support.processes import ROOT, Service, start_kv_server, start_redis, start_service
 
@@ -38,6 +39,14 @@ def _collector_as_found() -> Iterator[None]:
     thresholds = gc.get_threshold()
     yield
     gc.set_threshold(*thresholds)
+
+
+@pytest.fixture(autouse=True)
+def _retry_hooks_as_found() -> Iterator[None]:
+    """Every command installs its retry log (``kv.rest.log_retry``); run in-process by a
+    test, that must not carry over to the tests after it either."""
+    yield
+    stamina.instrumentation.set_on_retry_hooks(None)
 
 
 @pytest.fixture(scope="session")

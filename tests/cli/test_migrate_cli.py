@@ -28,6 +28,7 @@ from typer.testing import CliRunner
 from brainbot.cli import app
 from brainbot.cli.common import safe_name
 from brainbot.errors import MigrationError, RedisUnavailable
+from brainbot.kv.errors import KVTransportError
 from brainbot.migration import Difference, Report, RollbackReport, VerifyReport
 
 migrate_cli = importlib.import_module("brainbot.cli.migrate")  # (brainbot.cli.migrate: a function)
@@ -499,3 +500,18 @@ def test_verify_checks_a_short_ttl_skip_migration_as_it_ran(data_dir: Path, redi
     finally:
         client.flushdb()
         client.close()
+
+
+def test_every_command_says_a_retry_in_one_line(
+    data_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """stamina's own hook put the retry's details in ``extra``: the console showed a bare
+    ``stamina.retry_scheduled``. The command's hook names the error's type, not its text."""
+    import stamina.instrumentation
+    from stamina.instrumentation import RetryDetails
+
+    invoke("rollback", "20261127T120000Z-abcdef", "--delete-kv")  # any command
+    (hook,) = stamina.instrumentation.get_on_retry_hooks()
+    error = KVTransportError("connect to https://api.example/keys/secret-key failed")
+    hook(RetryDetails("put_many", (), {}, 2, 1.25, 0.5, error))
+    assert caplog.messages == ["KV request failed (KVTransportError): retry 2 in 1.2 s"]

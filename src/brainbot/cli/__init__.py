@@ -25,6 +25,16 @@ app.command("verify")(verify_command)
 app.command("rollback")(rollback_command)
 
 
+@app.callback()
+def _every_command() -> None:
+    """brainbot: a chat bot whose data lives in Cloudflare Workers KV."""
+    import stamina.instrumentation
+
+    from brainbot.kv.rest import log_retry
+
+    stamina.instrumentation.set_on_retry_hooks([log_retry])  # retries said in one line
+
+
 @app.command("serve")
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import builtins
 import json
+import logging
 import math
 import random
 import time
@@ -33,6 +34,7 @@ from urllib.parse import quote
 
 import httpx
 import stamina
+import stamina.instrumentation
 
 from brainbot.errors import BudgetExhausted
 from brainbot.kv.budget import RequestBudget
@@ -124,6 +126,19 @@ class _BearerToken(httpx.Auth):
 
 
 MAX_RETRY_AFTER = 900.0
+log = logging.getLogger("brainbot.kv.rest")
+
+
+def log_retry(details: stamina.instrumentation.RetryDetails) -> None:
+    """A scheduled retry, said in one line. stamina's own logging hook puts everything in
+    ``extra``, which a plain handler does not print: the console showed a bare
+    ``stamina.retry_scheduled``. Only the error's type is named (its text may quote keys)."""
+    log.warning(
+        "KV request failed (%s): retry %d in %.1f s",
+        type(details.caused_by).__name__,
+        details.retry_num,
+        details.wait_for,
+    )
 
 
 def _retry_hook(exc: Exception) -> bool | float:
