@@ -53,12 +53,12 @@ class DiesAfterWrites(EmbeddedKV):
 async def killed_run(redis_url: str, settings: Settings, writes: int, **options: object) -> str:
     """Start a run that dies after ``writes`` bulk writes; returns its run id."""
     runs = settings.data_dir / "migrations"
-    before = set(runs.glob("*")) if runs.exists() else set()
+    before = set(runs.glob("*/state.json"))
     async with DiesAfterWrites(settings.embedded_kv_path, writes) as kv:
         with pytest.raises(Killed):
             await migrate(redis_url, settings, namespace=kv, verify_after=False, **options)
-    (started,) = set(runs.glob("*")) - before
-    return started.name
+    (started,) = set(runs.glob("*/state.json")) - before
+    return started.parent.name
 
 
 async def values(settings: Settings, names: list[str]) -> dict[str, bytes | None]:
@@ -230,16 +230,19 @@ async def test_a_replaced_value_with_under_a_minute_left_is_restored_not_refused
     assert entry.expiration <= int(time.time()) + 62  # KV's floor, not later
 
 
-async def test_a_run_in_use_by_another_process_is_neither_resumed_nor_rolled_back(
+async def test_a_migration_in_use_by_another_process_is_not_run_resumed_or_rolled_back(
     source: aioredis.Redis, redis_url: str, tmp_path: Path
 ) -> None:
     """Before: a ``--resume`` (or a rollback) while the run was still under way in another
-    process wrote the run's state and manifest from a stale checkpoint beside it."""
+    process wrote the run's state and manifest from a stale checkpoint beside it; and two
+    fresh runs of one migration at once each counted the other's entries as its own (a
+    rollback of one then deleted what the other had migrated)."""
     settings = settings_for(tmp_path)
     for i in range(4):
         await source.set(f"g:{i}", f"v{i}")
     run_id = await killed_run(redis_url, settings, 1, batch_entries=2, in_flight=1, scan_count=2)
-    lock = settings.data_dir / "migrations" / run_id / "lock"
+    runs = settings.data_dir / "migrations"
+    lock = runs / (json.loads((runs / run_id / "state.json").read_text())["mark"] + ".lock")
     holder = await asyncio.create_subprocess_exec(  # another process, working on the run
         sys.executable,
         "-c",
@@ -255,6 +258,9 @@ async def test_a_run_in_use_by_another_process_is_neither_resumed_nor_rolled_bac
             await migrate(redis_url, settings, resume=True, verify_after=False)
         with pytest.raises(RollbackError, match="in use by another brainbot process"):
             await roll_back(run_id, settings, delete_kv=True)
+        with pytest.raises(MigrationError, match="in use by another brainbot process"):
+            await migrate(redis_url, settings, verify_after=False)  # a fresh run
+        assert len(list(runs.glob("*/state.json"))) == 1  # and it left no run behind
     finally:
         holder.kill()
         await holder.wait()
@@ -419,3 +425,22 @@ async def test_a_run_killed_after_its_last_checkpoint_resumes_without_reading_ag
     assert resumed.keys_seen == 4
     assert resumed.entries == {"written": 4}
     assert resumed.verify_differences == 0
+
+
+async def test_a_rollback_that_gives_an_earlier_runs_entry_back_keeps_its_record(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Run A wrote k, run B rewrote it, rolling B back gave A's entry back. Before: the
+    rollback recorded k as undone, the migration forgot A wrote it, and once the bot
+    deleted k the next run brought it back."""
+    settings = settings_for(tmp_path)
+    await source.set("k", "v1")
+    await migrate(redis_url, settings, verify_after=False)
+    await source.set("k", "v2")
+    second = await migrate(redis_url, settings, verify_after=False)
+    assert (await roll_back(second.run_id, settings, delete_kv=True)).kv_restored == 1
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.delete("k")  # the bot deletes it
+    third = await migrate(redis_url, settings, verify_after=False)
+    assert third.entries == {NOT_RECREATED: 1}
+    assert await values(settings, ["k"]) == {"k": None}

@@ -4,11 +4,13 @@
 * ``backup.jsonl.gz``  every migrated key as Redis held it (gzip members, appended);
 * ``kv-backup.jsonl.gz`` the KV values the run replaced (the bot's, with ``--overwrite``;
                        an earlier run's entries it rewrote);
-* ``undone.jsonl``     the keys a rollback of the run undid;
+* ``undone-<ms>.jsonl`` the keys a rollback of the run deleted (one file a rollback);
 * ``manifest.jsonl``   what the run wrote: per Redis key, its KV entries and digests;
 * ``owners.jsonl``     the legacy owner claims read so far;
 * ``report.json``, ``verify.json``;
-* ``lock``             held (flock) by the one process working on the run.
+
+and beside the runs, ``<mark>.lock``: held (flock) by the one process working on a run of
+that migration.
 
 Run ids look like ``20261127T120000Z-1a2b3c``; :func:`run_dir` accepts only such an id of a
 run under ``runs`` (no path of any other shape is ever opened from a run id).
@@ -58,19 +60,28 @@ def run_dir(runs: Path, run_id: str) -> Path:
     return path
 
 
+MARK = re.compile(r"\A[0-9a-f]{8}\Z")
+
+
 @contextlib.contextmanager
-def exclusive(run_path: Path, error: type[BrainbotError]) -> Iterator[None]:
-    """Hold the run's lock while working on it: a second process (a ``--resume`` or a
-    rollback while the run is under way) would write its files from a stale state. The
-    lock is the kernel's (flock): a killed process leaves none behind."""
-    fd = os.open(run_path / "lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+def exclusive(runs: Path, mark: str, error: type[BrainbotError]) -> Iterator[None]:
+    """Hold the migration's lock (``<runs>/<mark>.lock``) while working on any of its runs:
+    one migrate, resume or rollback of a migration at a time. Two at once would decide
+    from views of KV and of each other's records that the other is changing (a resume
+    writing a stale state, two fresh runs each counting the other's entries as its own,
+    a rollback deleting what a run under way took as written). The lock is the kernel's
+    (flock): a killed process leaves none behind."""
+    if not MARK.match(mark):
+        raise error(f"Not a migration mark: {mark!r}.")
+    runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(runs / f"{mark}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise error(
-                f"Run {run_path.name} is in use by another brainbot process (a migrate, "
-                "--resume or rollback of it): wait for that to end."
+                f"Migration {mark} is in use by another brainbot process (a migrate, "
+                "--resume or rollback of one of its runs): wait for that to end."
             ) from None
         yield
     finally:

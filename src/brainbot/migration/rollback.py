@@ -25,7 +25,7 @@ import hashlib
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -134,7 +134,8 @@ async def rollback(
     if delete_kv and namespace is None:
         raise RollbackError("Deleting a run's KV entries needs the namespace it wrote to.")
     run_path = files.run_dir(runs, run_id)
-    with files.exclusive(run_path, RollbackError):
+    mark = _mark(files.read_json(run_path / "state.json"))
+    with files.exclusive(runs, mark, RollbackError):  # no run of it under way meanwhile
         return await _rollback(
             run_path, run_id, namespace, delete_kv, restore_to, tls_ca_file, restore_password
         )
@@ -159,8 +160,9 @@ async def _rollback(
         tag = files.run_tag(run_id)
         prefix, mark = _prefix(state), _mark(state)
         undone = _rolled_back_tags(run_path.parent, state)
-        await _undo_kv(namespace, run_path, prefix, mark, tag, written, report, undone)
-        state["rolled_back_at"] = time.time()  # not resumed; its undone keys are forgotten
+        at = time.time()
+        await _undo_kv(namespace, run_path, prefix, mark, tag, written, report, undone, at)
+        state["rolled_back_at"] = at  # never resumed; the keys it deleted are forgotten
         files.write_json(run_path / "state.json", state)
     if restore_to is not None:
         list(_manifest(run_path, run_id))  # refuse a foreign manifest before touching Redis
@@ -178,7 +180,11 @@ async def _undo_kv(
     written: dict[str, str | None],
     report: RollbackReport,
     rolled_back: set[str],
+    at: float,
 ) -> None:
+    """Delete or restore, from one listing, what the run wrote and nobody changed; the
+    keys it deletes go to ``undone-<ms>.jsonl`` (``at``: when this rollback began)."""
+    undone = run_path / f"undone-{int(at * 1000)}.jsonl"
     ledger = Ledger(run_path / "rollback-kv-state.sqlite3")
     try:
         await ledger.load(kv, prefix)
@@ -224,33 +230,30 @@ async def _undo_kv(
                 else:
                     report.keep(CHANGED_ON_KV, name)
             if len(delete) >= BULK_DELETE_MAX_KEYS or start + CHUNK >= len(names):
-                await _delete(kv, delete, report, run_path)
+                await _delete(kv, delete, report, undone)
                 delete = []
-            if restore:
-                result = await kv.put_many(restore)
+            if restore:  # (not undone: KV holds what it held before the run, and that
+                result = await kv.put_many(restore)  # earlier value's record stands)
                 report.kv_restored += result.successful_key_count
                 report.kv_unsuccessful += list(result.unsuccessful_keys)
-                _note_undone(run_path, [i.key for i in restore], result.unsuccessful_keys)
     finally:
         ledger.discard()
 
 
-async def _delete(kv: KVNamespace, names: list[str], report: RollbackReport, run: Path) -> None:
-    """Delete ``names``, one bulk request per 10,000 (the most one takes)."""
+async def _delete(
+    kv: KVNamespace, names: list[str], report: RollbackReport, undone: Path
+) -> None:
+    """Delete ``names``, one bulk request per 10,000 (the most one takes), and record
+    those deleted in ``undone``: later runs of the migration no longer count them as
+    written before. Keys the rollback kept (the bot changed them) or restored stay
+    counted, so a later run still does not re-create one the bot deletes."""
     if not names:
         return
     result = await kv.delete_many(names)
     report.kv_deleted += result.successful_key_count
     report.kv_unsuccessful += list(result.unsuccessful_keys)
-    _note_undone(run, names, result.unsuccessful_keys)
-
-
-def _note_undone(run_path: Path, names: list[str], failed: Sequence[str]) -> None:
-    """Record the keys the rollback undid (``undone.jsonl``): later runs of the migration
-    no longer count them as written before. Keys it kept (the bot changed them) stay
-    counted, so a later run still does not re-create one the bot deletes."""
-    missed = set(failed)
-    files.append(run_path / "undone.jsonl", [orjson.dumps(n) for n in names if n not in missed])
+    failed = set(result.unsuccessful_keys)
+    files.append(undone, [orjson.dumps(n) for n in names if n not in failed])
 
 
 def _backup(run_path: Path) -> Iterator[dict[str, Any]]:

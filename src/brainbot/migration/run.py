@@ -191,20 +191,26 @@ def manifest_line(run_id: str, p: Plan, items: list[PutItem]) -> bytes:
     )
 
 
-def prune_backups(runs: Path, days: int = BACKUP_RETENTION_DAYS) -> list[str]:
+def prune_backups(
+    runs: Path, days: int = BACKUP_RETENTION_DAYS, *, held: str | None = None
+) -> list[str]:
     """Delete the backups of finished runs older than ``days``; returns their run ids.
-    A run another process holds (a rollback restoring from that backup) is left alone."""
+    A run of a migration another process holds (a rollback restoring from that backup)
+    is left alone; ``held``: the mark of the migration the caller holds itself."""
     pruned = []
     cutoff = time.time() - days * 86400
     for state_file in runs.glob("*/state.json"):
         state = files.read_json(state_file)
         backup = state_file.parent / "backup.jsonl.gz"
         if state.get("done") and state.get("finished_at", time.time()) < cutoff and backup.exists():
+            mark = str(state.get("mark", ""))
             try:
-                with files.exclusive(state_file.parent, MigrationError):
+                with contextlib.ExitStack() as lock:
+                    if mark != held:
+                        lock.enter_context(files.exclusive(runs, mark, MigrationError))
                     backup.unlink()
             except MigrationError:
-                continue  # in use: pruned by a later run
+                continue  # in use, or no mark of ours: pruned by a later run, or by hand
             pruned.append(state["run_id"])
     return pruned
 
@@ -643,7 +649,8 @@ async def migrate_redis_to_kv(
         run: _Run | None = None
         requests_at_start = _requests(kv)  # the listing of what KV holds counts too
         try:
-            earlier = _earlier_keys(runs, earlier_states, state["run_id"])
+            # the runs before this one, read under the lock (one may have ended meanwhile)
+            earlier = _earlier_keys(runs, _states(runs, print_text), state["run_id"])
             first = next(earlier, None)
             if first is not None or (await kv.list(prefix=options.prefix, limit=10)).keys:
                 where = run_path or Path(scratch.enter_context(tempfile.TemporaryDirectory()))
@@ -807,10 +814,9 @@ def _open_run(
     """The run's directory, locked for this process (``held``), with its state file
     written first: resumable from here on. A resumed run's state is read again under the
     lock: the run may have ended, or been rolled back, since it was chosen."""
-    runs.mkdir(parents=True, exist_ok=True, mode=0o700)
+    held.enter_context(files.exclusive(runs, str(state["mark"]), MigrationError))
     run_path = Path(runs, str(state["run_id"]))
     run_path.mkdir(exist_ok=True, mode=0o700)
-    held.enter_context(files.exclusive(run_path, MigrationError))
     if resumed:
         now = files.read_json(run_path / "state.json")
         if now.get("done") or now.get("rolled_back_at"):
@@ -822,7 +828,7 @@ def _open_run(
         state.clear()
         state.update(now)
     files.write_json(run_path / "state.json", state)
-    prune_backups(runs)
+    prune_backups(runs, held=str(state["mark"]))
     return run_path
 
 
@@ -831,18 +837,27 @@ def _earlier_keys(
 ) -> Iterator[tuple[str, int | None]]:
     """KV keys earlier runs of this migration wrote (from their manifests), with the KV
     expiry each gave (None: none, or a manifest of an older version that did not say),
-    oldest run first; then, for a run rolled back with ``--delete-kv``, the keys that
-    rollback undid, with ``FORGET``: they no longer count as written before."""
+    and the keys each rollback deleted, with ``FORGET``: they no longer count as written
+    before. In the order it all happened (runs and rollbacks of one migration take turns,
+    under its lock): a run's writes at its start, a rollback's deletes at its own."""
+    events: list[tuple[float, Path, bool]] = []  # (when, file, a rollback's)
     for state in states:
         if state.get("run_id") == run_id:
             continue
         run = runs / state["run_id"]
-        for line in files.lines(run / "manifest.jsonl"):
+        events.append((float(state.get("started_at", 0)), run / "manifest.jsonl", False))
+        for undone in run.glob("undone-*.jsonl"):
+            at = undone.stem.removeprefix("undone-")
+            if at.isdigit():
+                events.append((int(at) / 1000, undone, True))
+    for _, path, forget in sorted(events):
+        if forget:
+            yield from ((name, FORGET) for name in files.lines(path))
+            continue
+        for line in files.lines(path):
             for entry in line.get("kv", ()):
                 yield entry[0], (entry[2] if len(entry) > 2 else None)
             yield from ((k, None) for k in line.get("kv_keys", ()))  # older versions
-        if state.get("rolled_back_at"):
-            yield from ((name, FORGET) for name in files.lines(run / "undone.jsonl"))
 
 
 def _claims(lines: Iterable[Any]) -> dict[str, set[str]]:
