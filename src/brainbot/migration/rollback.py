@@ -240,9 +240,7 @@ async def _undo_kv(
         ledger.discard()
 
 
-async def _delete(
-    kv: KVNamespace, names: list[str], report: RollbackReport, undone: Path
-) -> None:
+async def _delete(kv: KVNamespace, names: list[str], report: RollbackReport, undone: Path) -> None:
     """Delete ``names``, one bulk request per 10,000 (the most one takes), and record
     those deleted in ``undone``: later runs of the migration no longer count them as
     written before. Keys the rollback kept (the bot changed them) or restored stay
