@@ -4,25 +4,14 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-import redis.asyncio as aioredis
 
 from brainbot.kv import EmbeddedKV
 from brainbot.storage import KVStore
 from tests.support.kv import rest_client
 from tests.support.processes import Service
-
-
-@pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    await client.flushdb()
-    yield client
-    await client.flushdb()
-    await client.aclose()
 
 
 @pytest.fixture(params=["embedded", "rest-local"])
