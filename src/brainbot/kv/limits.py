@@ -30,6 +30,8 @@ from brainbot.kv.errors import (
 MAX_KEY_BYTES = 512
 MAX_VALUE_BYTES = 25 * 1024 * 1024  # 26,214,400
 MAX_METADATA_BYTES = 1024
+MAX_SAFE_INTEGER = 2**53
+"""Metadata is kept as JavaScript values: integers past this come back as the nearest double."""
 MIN_EXPIRATION_TTL = 60
 MAX_EXPIRATION = 2**31 - 1  # workerd stores expirations as 32-bit seconds
 MIN_LIST_LIMIT = 10

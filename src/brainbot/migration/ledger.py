@@ -24,8 +24,9 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from brainbot.kv.limits import MAX_SAFE_INTEGER
 from brainbot.kv.namespace import KVNamespace, PutItem
-from brainbot.migration.transform import STAMP, digest, stamp_of
+from brainbot.migration.transform import STAMP, digest, digest_of, stamp_of
 from brainbot.storage import codec
 
 _SCHEMA = """
@@ -64,6 +65,8 @@ _EXPECT_JSON = (
 _NOT_SHAPE = frozenset({STAMP, "x", "since"})
 """Metadata that differs from run to run by design: the stamp, the exact expiry (compared
 with a tolerance) and when an owner entry was written."""
+FORGET = -1
+"""In place of an expiry for ``Ledger.remember``: a key a rollback deleted."""
 _LOOKUP_CHUNK = 500
 _FAR = 2**62
 """Exact expiries beyond this are kept as this: SQLite holds 64-bit integers, and no real
@@ -110,7 +113,7 @@ def _as_javascript(value: Any) -> Any:
     """JSON as a Worker keeps it: JavaScript has one number type, a double, so a float
     with no fraction (a message time of 1700000000.0) comes back from Cloudflare as an
     integer, and an integer past 2**53 as the double nearest to it."""
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**53:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_SAFE_INTEGER:
         try:
             value = float(value)
         except OverflowError:  # past any double: not a number a Worker could hold
@@ -131,7 +134,7 @@ def expected_of(item: PutItem, report: str) -> Expected:
     return Expected(
         item.key.encode("utf-8"),
         report,
-        digest(item.value),
+        digest_of(item) or digest(item.value),  # a stamped item carries its digest
         codec.type_of(meta),
         int("t" in meta),
         exact if isinstance(exact, int) else None,
@@ -260,8 +263,8 @@ class Ledger:
     def remember(self, written: Iterable[tuple[str, int | None]]) -> None:
         """Note the names earlier runs of this migration wrote (from their manifests, oldest
         run first), with the KV expiry the last run that wrote each gave it (None: none, or
-        not recorded): that run's entry is the one KV held. An expiry of -1 forgets the
-        name (a rollback undid it)."""
+        not recorded): that run's entry is the one KV held. An expiry of ``FORGET`` forgets
+        the name (a rollback deleted it)."""
         note = (
             "INSERT INTO earlier VALUES (?, ?) "
             "ON CONFLICT (name) DO UPDATE SET expiration = excluded.expiration"
@@ -270,7 +273,7 @@ class Ledger:
             self._db.execute("BEGIN")
             for name, expiration in written:
                 raw = name.encode("utf-8")
-                if expiration == -1:
+                if expiration == FORGET:
                     self._db.execute("DELETE FROM earlier WHERE name = ?", (raw,))
                 else:
                     self._db.execute(note, (raw, expiration))
@@ -375,7 +378,7 @@ class Ledger:
         random.shuffle(matching)  # SQLite gives them in rowid order: the first n, otherwise
         return matching[:n]
 
-    def not_expected(self, mark: str, now_ms: int, floor: int) -> Iterator[str]:
+    def not_expected(self, mark: str, floor: int) -> Iterator[str]:
         """Names listed with this migration's ``mark`` that no expected entry has: what it
         wrote that the source no longer holds (deleted from Redis since, a conversation no
         longer owned). Entries that expire within KV's floor (exact expiry, or KV's own:
@@ -386,8 +389,7 @@ class Ledger:
             "AND (expiration IS NULL OR expiration > ?) AND NOT EXISTS "
             "(SELECT 1 FROM expected e WHERE e.name = kv.name) ORDER BY name"
         )
-        soon = now_ms + (floor - now_ms // 1000) * 1000  # the floor, in ms
-        for (name,) in self._db.execute(query, (mark, soon, floor)):
+        for (name,) in self._db.execute(query, (mark, floor * 1000, floor)):
             yield bytes(name).decode("utf-8", "backslashreplace")
 
     def unexpected(self, low: str, high: bytes | None) -> int:

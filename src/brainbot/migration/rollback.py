@@ -137,13 +137,14 @@ async def rollback(
     mark = _mark(files.read_json(run_path / "state.json"))
     with files.exclusive(runs, mark, RollbackError):  # no run of it under way meanwhile
         return await _rollback(
-            run_path, run_id, namespace, delete_kv, restore_to, tls_ca_file, restore_password
+            run_path, run_id, mark, namespace, delete_kv, restore_to, tls_ca_file, restore_password
         )
 
 
 async def _rollback(
     run_path: Path,
     run_id: str,
+    mark: str,
     namespace: KVNamespace | None,
     delete_kv: bool,
     restore_to: str | None,
@@ -158,7 +159,7 @@ async def _rollback(
             e[0]: e[1] for line in _manifest(run_path, run_id) for e in line.get("kv", [])
         }
         tag = files.run_tag(run_id)
-        prefix, mark = _prefix(state), _mark(state)
+        prefix = _prefix(state)
         undone = _rolled_back_tags(run_path.parent, state)
         at = time.time()
         await _undo_kv(namespace, run_path, prefix, mark, tag, written, report, undone, at)

@@ -54,6 +54,7 @@ from brainbot.kv.overlay import ReadYourWrites
 from brainbot.kv.rest import CloudflareKV
 from brainbot.migration import files
 from brainbot.migration.ledger import (
+    FORGET,
     TTL_TOLERANCE_MS,
     Ledger,
     difference,
@@ -139,8 +140,6 @@ class Report:
             getattr(self, name).update(saved.get(name, {}))
 
 
-FORGET = -1
-"""In place of an expiry from ``_earlier_keys``: a key a rollback undid."""
 KEPT = "kept: changed on KV since the migration (--overwrite replaces it)"
 UNCHANGED = "unchanged (already written by this migration)"
 NOT_RECREATED = "not re-created: deleted on KV since an earlier run"
@@ -185,10 +184,15 @@ def manifest_line(run_id: str, p: Plan, items: list[PutItem]) -> bytes:
             "kind": p.kind,
             "size": p.size,
             "ttl_ms": p.record.pttl,
-            "kv": [[i.key, digest_of(i), i.expiration] for i in items],
+            "kv": _kv_of(items),
             "note": p.note,
         }
     )
+
+
+def _kv_of(items: list[PutItem]) -> list[list[Any]]:
+    """A manifest's record of KV entries a run wrote: name, digest, KV expiry."""
+    return [[i.key, digest_of(i), i.expiration] for i in items]
 
 
 def prune_backups(
@@ -204,10 +208,13 @@ def prune_backups(
         backup = state_file.parent / "backup.jsonl.gz"
         if state.get("done") and state.get("finished_at", time.time()) < cutoff and backup.exists():
             mark = str(state.get("mark", ""))
+            lock = (
+                contextlib.nullcontext()
+                if mark == held
+                else files.exclusive(runs, mark, MigrationError)
+            )
             try:
-                with contextlib.ExitStack() as lock:
-                    if mark != held:
-                        lock.enter_context(files.exclusive(runs, mark, MigrationError))
+                with lock:
                     backup.unlink()
             except MigrationError:
                 continue  # in use, or no mark of ours: pruned by a later run, or by hand
@@ -632,14 +639,9 @@ async def migrate_redis_to_kv(
             "report": None,
         }
     resumed = resume and not dry_run  # (a resume that found nothing has raised)
-    held = contextlib.ExitStack()  # the run's lock, until the command ends (verify too)
-    try:
+    with contextlib.ExitStack() as held:  # the migration's lock, until the command ends
         run_path = None if dry_run else _open_run(runs, state, held, resumed=resumed)
         redis = connect(source, tls_ca_file=tls_ca_file, password=source_password)
-    except BaseException:
-        held.close()
-        raise
-    try:
         report = Report(state["run_id"], redacted(source), dry_run, resumed=resumed)
         if state["report"]:
             report.restore(state["report"])
@@ -720,7 +722,7 @@ async def migrate_redis_to_kv(
                                 "run": state["run_id"],
                                 "key": "(owners)",
                                 "kind": "owners",
-                                "kv": [[i.key, digest_of(i), i.expiration] for i in recorded],
+                                "kv": _kv_of(recorded),
                             }
                         )
                     ],
@@ -759,9 +761,6 @@ async def migrate_redis_to_kv(
             files.write_json(run_path / "verify.json", differences.to_json())
             files.write_json(run_path / "report.json", report.to_json())
         return report
-
-    finally:
-        held.close()
 
 
 async def _pipeline(

@@ -415,8 +415,7 @@ class _Check:
                 )
             return
         gone: Counter[str] = Counter()
-        now_ms = int(time.time() * 1000)
-        for name in self.ledger.not_expected(mark, now_ms, expiry_floor(self.tolerance_ms)):
+        for name in self.ledger.not_expected(mark, expiry_floor(self.tolerance_ms)):
             head = name[len(prefix) :]
             if head.startswith("conv/"):
                 conversation = name.rsplit("/", 1)[0] + "/"
@@ -465,6 +464,7 @@ class _Check:
             if not wanted:
                 continue
             found = await self._values(wanted)
+            floor = expiry_floor(self.tolerance_ms)
             for want in wanted:
                 entry = found.get(want.key)
                 if entry is None:
@@ -474,6 +474,5 @@ class _Check:
                     self.report.differences.append(Difference(want.report, "value differs"))
                     continue
                 seen = seen_of(entry.metadata, entry.expiration)
-                floor = expiry_floor(self.tolerance_ms)
                 if problem := difference(want, seen, self.tolerance_ms, floor):
                     self.report.differences.append(Difference(want.report, problem))

@@ -54,7 +54,7 @@ from typing import Any, Protocol
 import orjson
 
 from brainbot.errors import ConversationError, Unavailable
-from brainbot.kv.limits import JSON, MAX_METADATA_BYTES, MIN_EXPIRATION_TTL
+from brainbot.kv.limits import JSON, MAX_METADATA_BYTES, MAX_SAFE_INTEGER, MIN_EXPIRATION_TTL
 from brainbot.kv.namespace import KVNamespace, PutItem, iter_keys
 from brainbot.kv.overlay import ReadYourWrites
 from brainbot.storage.dual import DualStore
@@ -190,7 +190,7 @@ def exact_in_javascript(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, int | dict | list):
         return True
     if isinstance(value, int):
-        return abs(value) <= 2**53
+        return abs(value) <= MAX_SAFE_INTEGER
     items = value.values() if isinstance(value, dict) else value
     return all(exact_in_javascript(v) for v in items)
 
