@@ -27,7 +27,7 @@ from brainbot.errors import ConfigError, ResponseError, WrongTypeError
 from brainbot.kv import GatewayKV
 from brainbot.kv.embedded import EmbeddedKV
 from brainbot.storage import KVStore
-from tests.support.processes import ROOT, Service, start_service
+from tests.support.processes import PYTHONPATH, ROOT, Service, start_service
 
 GATEWAY_DIR = ROOT / "workers" / "kv-gateway"
 WRITERS = 4
@@ -35,7 +35,7 @@ WRITERS = 4
 
 def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "BRAINBOT_"))}
-    return {**env, "PYTHONPATH": str(ROOT), **extra}
+    return {**env, "PYTHONPATH": PYTHONPATH, **extra}
 
 
 def start_writers(

@@ -6,6 +6,7 @@ Each runs in its own process group, so stopping it also stops what it spawned
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import selectors
@@ -14,12 +15,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+PYTHONPATH = f"{ROOT / 'src'}{os.pathsep}{ROOT}"
+"""For child processes: this tree's code (not whatever the editable install points at, a
+worktree's tests ran main's code), and ``tests.support`` (responders)."""
 
 
 def free_port() -> int:
@@ -33,6 +38,7 @@ class Service:
     process: subprocess.Popen[bytes]
     url: str
     log: list[str]
+    """Every line of its output (stdout and stderr), read as it comes."""
 
     def stop(self) -> None:
         stop_group(self.process)
@@ -89,18 +95,38 @@ def start_service(
             chunk = os.read(process.stdout.fileno(), 65536)
             if not chunk:
                 break
-            buffer += chunk
-            while b"\n" in buffer:
-                raw, buffer = buffer.split(b"\n", 1)
-                line = raw.decode("utf-8", "replace")
+            lines, buffer = _split(buffer + chunk)
+            for n, line in enumerate(lines):
                 log.append(line)
                 match = pattern.search(line)
                 if match:
+                    log.extend(lines[n + 1 :])
+                    threading.Thread(
+                        target=_keep_reading, args=(process, buffer, log), daemon=True
+                    ).start()
                     return Service(process, match.group(1) if match.groups() else "", log)
     finally:
         selector.close()
     stop_group(process)
     raise RuntimeError(f"{cmd[0]} did not become ready; output:\n" + "\n".join(log))
+
+
+def _keep_reading(process: subprocess.Popen[bytes], buffer: bytes, log: list[str]) -> None:
+    """The service's output, line by line into ``log`` until it exits: a pipe nobody
+    reads fills at 64 KiB and then blocks the service at its next log line."""
+    assert process.stdout is not None
+    with contextlib.suppress(OSError):
+        while chunk := os.read(process.stdout.fileno(), 65536):
+            lines, buffer = _split(buffer + chunk)
+            log.extend(lines)
+    if buffer:
+        log.append(buffer.decode("utf-8", "replace"))
+
+
+def _split(buffer: bytes) -> tuple[list[str], bytes]:
+    """The whole lines in ``buffer``, and what is left of it."""
+    *whole, rest = buffer.split(b"\n")
+    return [line.decode("utf-8", "replace") for line in whole], rest
 
 
 def start_redis(workdir: Path) -> tuple[Service, int]:

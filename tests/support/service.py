@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from brainbot.service.auth import mint
-from tests.support.processes import ROOT, Service, start_service
+from tests.support.processes import PYTHONPATH, Service, start_service
 
 SECRET = "test-identity-secret-" + "s" * 32
 """The HS256 secret the test front end signs identity tokens with."""
@@ -26,7 +26,7 @@ def bot_env(data_dir: Path, **extra: str) -> dict[str, str]:
         "BRAINBOT_RATE_READS": "100000/minute",
         "BRAINBOT_RATE_WRITES": "100000/minute",
         "BRAINBOT_RATE_WRITES_PER_ADDRESS": "100000/minute",
-        "PYTHONPATH": str(ROOT),  # tests.support.responders
+        "PYTHONPATH": PYTHONPATH,
     }
     env.update(extra)
     return env

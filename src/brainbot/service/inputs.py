@@ -16,7 +16,7 @@ import asyncio
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from brainbot.errors import BadRequest, RequestTimeout, TooLarge, UnsupportedMediaType
 
@@ -71,6 +71,8 @@ async def json_body(request: Request, *, max_bytes: int, within: float) -> dict[
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {within:g} s") from None
+    except ClientDisconnect:  # the client gave up: nothing to answer, nothing to log
+        raise BadRequest("the client closed the connection before its body arrived") from None
     try:
         body = json.loads(b"".join(chunks))
     except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError

@@ -5,8 +5,9 @@
   connections open indefinitely. :class:`GuardedH11Protocol` closes a connection whose
   request line and headers are not complete ``header_timeout`` seconds after it opened (or
   after its previous response).
-* **Answers before the body.** A request refused on its headers (401, 413) is answered
-  before its body is read. That answer carries ``Connection: close`` (so no client sends
+* **Answers before the body.** A request refused on its headers (401, 413, uvicorn's own
+  400 for headers over 16 KiB or broken chunked framing) is answered before its body is
+  read. That answer carries ``Connection: close`` (so no client sends
   its next request down a connection about to close), and the connection is closed
   gracefully: write side shut first (FIN after the answer), the rest of the body read and
   dropped for at most ``LINGER`` seconds, then closed. Closing at once with body bytes
@@ -19,8 +20,18 @@
   or requests at once, new requests get 503 at once instead of queueing.
 * **Out of file descriptors.** When ``accept()`` fails with EMFILE/ENFILE, asyncio stops
   accepting for a second and retries (its own back-off); the error it reports each time is
-  logged at most once per ``log_every`` seconds with a count, so the log cannot grow by
-  megabytes a second while the process is out of descriptors.
+  logged at most once per 10 s with a count, so the log cannot grow by megabytes a second
+  while the process is out of descriptors. uvicorn's warning for each malformed request
+  (400) and each refused connection (503) is thinned the same way (:class:`Sparse`): one
+  client wrote 98 KB of log a second, and a full log pipe blocked the event loop.
+* **Smuggling.** A request with both ``Content-Length`` and ``Transfer-Encoding`` is
+  answered and its connection closed (RFC 9112 section 6.1): nothing after it is read as
+  another request.
+* **Half-closed clients.** A client that shuts its write side after a whole request
+  (``nc -N``, some HTTP/1.0 tools) still gets its answer; uvicorn closed at the client's
+  EOF and lost it 12 to 15 times in 50.
+* **Shutdown.** On SIGTERM a connection still uploading a request nobody has answered is
+  closed (gracefully, as above) instead of being waited for up to the body deadline.
 * **Hosts.** Only the configured host names are answered (``HostCheck`` in the app).
 """
 
@@ -86,7 +97,8 @@ class LingeringTransport:
 
 
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers."""
+    """uvicorn's HTTP/1.1 protocol with the guards above: header deadline, answers before
+    the body, smuggling, half-closed clients, shutdown."""
 
     header_timeout = 10.0
 
@@ -97,7 +109,8 @@ class GuardedH11Protocol(H11Protocol):
         self._arm()
 
     def _client_still_sending(self) -> bool:
-        return self.conn.their_state is h11.SEND_BODY
+        # ERROR: uvicorn's own 400 (bad framing, headers over 16 KiB) while bytes still come
+        return self.conn.their_state in (h11.SEND_BODY, h11.ERROR)
 
     def _arm(self) -> None:
         self._disarm()
@@ -120,25 +133,43 @@ class GuardedH11Protocol(H11Protocol):
             return  # the rest of a body nobody reads: dropped
         super().data_received(data)
 
-    def eof_received(self) -> None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]
         if self._linger.lingering:
             self._linger.abort_lingering()  # the client is done too: nothing to reset
+            return None
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and self.conn.their_state is h11.DONE:
+            cycle.keep_alive = False  # a half-closed client: answer it, then close
+            return True  # keep the write side open
+        return None
 
     def handle_events(self) -> None:
-        cycle = self.cycle
+        before = self.cycle
         super().handle_events()
         if self.conn.their_state is not h11.IDLE:  # a request line and headers arrived
             self._disarm()
-        if self.cycle is not None and self.cycle is not cycle:
-            self.cycle.send = self._closing_if_unread(self.cycle.send)  # type: ignore[method-assign,assignment]
+        cycle = self.cycle
+        if cycle is not None and cycle is not before:  # a new request
+            names = {name for name, _ in self.headers}
+            if b"content-length" in names and b"transfer-encoding" in names:
+                cycle.keep_alive = False  # RFC 9112 section 6.1: close after answering
+            cycle.send = self._closing_if_unread(cycle, cycle.send)  # type: ignore[method-assign,assignment]
 
-    def _closing_if_unread(self, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def shutdown(self) -> None:
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started and self._client_still_sending():
+            self.transport.close()  # still uploading: no work started, none to wait for
+            return
+        super().shutdown()
+
+    def _closing_if_unread(self, cycle: Any, send: Callable[[Any], Any]) -> Callable[[Any], Any]:
         """``send`` adding ``Connection: close`` to an answer that starts before the
         request's body has arrived whole: the connection closes after it (uvicorn closes
         a connection h11 marks MUST_CLOSE; the close lingers, see above)."""
 
         async def send_closing(message: Any) -> None:
-            if message["type"] == "http.response.start" and self._client_still_sending():
+            closing = self._client_still_sending() or not cycle.keep_alive
+            if message["type"] == "http.response.start" and closing:
                 headers = list(message.get("headers", []))
                 if _CLOSE not in headers:
                     message = {**message, "headers": [*headers, _CLOSE]}
@@ -161,30 +192,66 @@ def guarded_protocol(header_timeout: float) -> type[GuardedH11Protocol]:
     return type("GuardedH11Protocol", (GuardedH11Protocol,), {"header_timeout": header_timeout})
 
 
-class QuietAcceptErrors:
-    """A loop exception handler that logs running out of descriptors once per
-    ``log_every`` seconds (with how many times it happened), everything else as usual."""
+class Sparse:
+    """At most one report per kind of event every ``every`` seconds: what anyone can
+    trigger at will must not grow the log by megabytes a second (or block the loop on a
+    full log pipe)."""
 
-    def __init__(self, log_every: float = 10.0, clock: Callable[[], float] = time.monotonic):
-        self.log_every = log_every
+    def __init__(self, every: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.every = every
         self._clock = clock
-        self._last = -float("inf")
-        self.suppressed = 0
+        self._last: dict[object, float] = {}
+        self._dropped: dict[object, int] = {}
+
+    def due(self, kind: object) -> int | None:
+        """How many of ``kind`` were dropped since its last report, if one is due now;
+        None (and one more dropped) if not."""
+        now = self._clock()
+        if now - self._last.get(kind, -float("inf")) < self.every:
+            self._dropped[kind] = self._dropped.get(kind, 0) + 1
+            return None
+        self._last[kind] = now
+        return self._dropped.pop(kind, 0)
+
+
+class QuietRefusals(logging.Filter):
+    """uvicorn's WARNING for each refused request (malformed: 400; over the connection
+    limit: 503), let through sparsely with how many were dropped."""
+
+    MESSAGES = ("Invalid HTTP request received.", "Exceeded concurrency limit.")
+
+    def __init__(self, sparse: Sparse | None = None):
+        super().__init__()
+        self.sparse = sparse or Sparse()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.msg not in self.MESSAGES:
+            return True
+        dropped = self.sparse.due(record.msg)
+        if dropped is None:
+            return False
+        record.msg = f"{record.msg} ({dropped} more since the last report)"
+        return True
+
+
+class QuietAcceptErrors:
+    """A loop exception handler that logs running out of descriptors sparsely (with how
+    many times it happened), everything else as usual."""
+
+    def __init__(self, sparse: Sparse | None = None):
+        self.sparse = sparse or Sparse()
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         exc = context.get("exception")
         if isinstance(exc, OSError) and exc.errno in _OUT_OF_DESCRIPTORS:
-            now = self._clock()
-            if now - self._last < self.log_every:
-                self.suppressed += 1
-                return
-            log.error(
-                "out of file descriptors (%s): not accepting for a second; %d more since "
-                "the last report",
-                errno.errorcode.get(exc.errno or 0, exc.errno),
-                self.suppressed,
-            )
-            self._last, self.suppressed = now, 0
+            dropped = self.sparse.due("accept")
+            if dropped is not None:
+                log.error(
+                    "out of file descriptors (%s): not accepting for a second; %d more since "
+                    "the last report",
+                    errno.errorcode.get(exc.errno or 0, exc.errno),
+                    dropped,
+                )
             return
         loop.default_exception_handler(context)
 
@@ -214,4 +281,5 @@ async def serve(
         forwarded_allow_ips=forwarded_allow_ips or None,
         server_header=False,
     )
+    logging.getLogger("uvicorn.error").addFilter(QuietRefusals())  # after uvicorn's dictConfig
     await serving.run(config, host=host, port=port, announce=announce)
