@@ -112,16 +112,28 @@ def gateway_secret() -> str:
     return "gateway-secret-" + secrets.token_hex(16)
 
 
-@pytest.fixture(scope="session")
-def gateway(gateway_secret: str) -> Iterator[Service]:
+def start_gateway(secret: str, *args: str) -> Service:
     """Our gateway Worker inside Miniflare (Cloudflare's workerd and KV simulator)."""
     _require_miniflare()
-    service = start_service(
-        ["node", "serve.mjs", "--port", "0", "--test-clock"],
+    return start_service(
+        ["node", "serve.mjs", "--port", "0", *args],
         r"^READY (\S+)$",
-        env={"KV_GATEWAY_SECRET": gateway_secret},
+        env={"KV_GATEWAY_SECRET": secret},
         cwd=GATEWAY_DIR,
     )
+
+
+@pytest.fixture(scope="session")
+def gateway(gateway_secret: str) -> Iterator[Service]:
+    service = start_gateway(gateway_secret, "--test-clock")
+    yield service
+    service.stop()
+
+
+@pytest.fixture
+def own_gateway(gateway_secret: str) -> Iterator[Service]:
+    """A gateway of its own, for a test that may break its coordinator."""
+    service = start_gateway(gateway_secret)
     yield service
     service.stop()
 

@@ -21,6 +21,7 @@ from brainbot.kv import (
     EmbeddedKV,
     Entry,
     GatewayKV,
+    KVError,
     KVRemoteError,
     PutItem,
     RetryPolicy,
@@ -224,3 +225,122 @@ async def test_an_oversized_batch_is_split_not_failed(
         assert await kv.get("small") == Entry(b"t")
         assert (await kv.get("half:79")).value == bytes([79]) * half  # type: ignore[union-attr]
         await kv.delete_many([i.key for i in items] + [f"big:{i}" for i in range(40)])
+
+
+# -- hostile batches (each acknowledged, stalled or answered past the isolate's memory before)
+
+
+def _signed_post(url: str, secret: str, body: bytes) -> httpx.Response:
+    headers = signed_headers(secret, "POST", url + "/v1/batch", body)
+    return httpx.post(url + "/v1/batch", content=body, headers=headers, timeout=60)
+
+
+def _ops(url: str, secret: str, ops: list[dict[str, object]]) -> list[dict[str, object]]:
+    answer = _signed_post(url, secret, json.dumps({"ops": ops}).encode())
+    assert answer.status_code == 200, answer.text
+    return answer.json()["results"]  # type: ignore[no-any-return]
+
+
+def test_an_unsigned_chunked_body_is_refused_without_reading_it(gateway: Service) -> None:
+    """Measured: with Transfer-Encoding: chunked (no Content-Length) the Worker drains the
+    whole unauthenticated body before answering 401/404/411: 200 MiB read in 0.9 s, and a
+    body that never ends holds the invocation open with no answer."""
+    url = httpx.URL(gateway.url)
+    with socket.create_connection((url.host, url.port), timeout=5) as sock:
+        sock.sendall(
+            f"POST /v1/batch HTTP/1.1\r\nHost: {url.host}\r\n"
+            "Transfer-Encoding: chunked\r\n\r\n".encode()
+            + b"400\r\n"
+            + b"{" * 1024
+            + b"\r\n"  # 1 KiB of a body that never ends
+        )
+        try:
+            answer = sock.recv(64)
+        except TimeoutError:
+            pytest.fail("no answer in 5 s: the Worker is reading an unauthenticated body")
+    assert answer.split(b" ")[1] in (b"401", b"411")
+
+
+def test_a_lone_surrogate_key_cannot_stall_the_write_behind(
+    own_gateway: Service, gateway_secret: str
+) -> None:
+    """Measured: xcommit of the key "\\ud800x" (JSON escape, ~60 bytes) is acknowledged; its
+    stored name does not read back equal (SQLite keeps U+FFFD), its d: entry is never
+    cleared, the alarm loops (7 runs in ~10 ms) then stops: no key of the shard reaches KV
+    any more (kv_writes stays 0). A plain put of that key gets 400 from the binding."""
+    service, secret = own_gateway, gateway_secret
+    body = b'{"ops":[{"op":"xcommit","write":[["\\ud800x",{"value":"eA=="}]]}]}'
+    poisoned = _signed_post(service.url, secret, body).json()["results"][0]
+    assert _ops(service.url, secret, [{"op": "xcommit", "write": [["after", {"value": "eA=="}]]}])
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline:
+        stats = _ops(service.url, secret, [{"op": "xstats", "key": "after"}])[0]
+        if stats["kv_writes"]:
+            break
+        time.sleep(0.5)
+    assert poisoned["ok"] is False, poisoned
+    assert poisoned["status"] == 400
+    assert stats["kv_writes"] == 1, f"a later key never reached KV: {stats}"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"value": "", "expiration": 2**53 - 1},
+        {"value": "", "expiration_ttl": 10**20},
+        {"value": "", "expiration_ttl": "60abc"},
+    ],
+)
+def test_an_xcommit_kv_would_refuse_is_not_acknowledged(
+    own_gateway: Service, gateway_secret: str, entry: dict[str, object]
+) -> None:
+    """Measured: acknowledged ({"ok": true}); the write-behind then fails ("Value out of
+    range ... 2147483647") every 60 s forever, the key stays dirty and is never evicted.
+    A plain put of the same entry is refused (400 per op, or 400 for the batch)."""
+    service, secret = own_gateway, gateway_secret
+    body = json.dumps({"ops": [{"op": "xcommit", "write": [["exp", entry]]}]}).encode()
+    answer = _signed_post(service.url, secret, body)
+    refused = answer.status_code == 400 or answer.json()["results"][0]["ok"] is False
+    assert refused, answer.text
+
+
+async def test_a_batch_of_gets_is_not_answered_past_the_workers_memory(
+    gateway: Service, gateway_secret: str
+) -> None:
+    """Measured: four 25 MiB values, fetched together by get_many, come back in ONE
+    response of 139,810,385 bytes (workerd RSS 415 -> 716 MB); read_exact the same through
+    the Durable Object. A deployed isolate has 128 MB: the batch would fail every time."""
+    sizes: list[int] = []
+
+    async def measure(response: httpx.Response) -> None:
+        await response.aread()
+        sizes.append(len(response.content))
+
+    async with GatewayKV(gateway.url, gateway_secret) as kv:
+        keys = [f"review:huge:{i}" for i in range(4)]
+        for i, key in enumerate(keys):
+            await kv.put(key, bytes([65 + i]) * (25 * 1024 * 1024))
+        kv._http.event_hooks["response"].append(measure)
+        got = await kv.get_many(keys)
+        alone = await kv.read_exact(keys[:1])
+        with pytest.raises(KVError, match="together"):  # one atomic read: cannot be split
+            await kv.read_exact(keys[:2])
+        kv._http.event_hooks["response"].clear()
+        await kv.delete_many(keys)
+    assert [e.value[:1] if e else None for e in got.values()] == [b"A", b"B", b"C", b"D"]
+    assert all(e is not None and len(e.value) == 25 * 1024 * 1024 for e in got.values())
+    assert alone[keys[0]] == got[keys[0]]
+    assert max(sizes) <= 36 * 1000 * 1000, f"responses of {sizes} bytes"
+
+
+@pytest.mark.parametrize("answer", [b"[]", b'"oops"', b"<html>"])
+async def test_a_malformed_gateway_answer_raises_a_typed_error(answer: bytes) -> None:
+    """Measured: a JSON list or string answer raises AttributeError, a 200 HTML page
+    JSONDecodeError: not brainbot's KVError, so callers catching KVError crash."""
+    for status in (200, 502):
+        transport = httpx.MockTransport(lambda req, s=status: httpx.Response(s, content=answer))
+        async with GatewayKV(
+            "http://127.0.0.1:1", "s" * 32, transport=transport, retry=RetryPolicy(attempts=1)
+        ) as kv:
+            with pytest.raises(KVError):
+                await kv.get("k")

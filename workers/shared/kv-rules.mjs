@@ -140,6 +140,10 @@ export function validateKey(key) {
 }
 
 function checkKeyLength(text) {
+  if (!text.isWellFormed()) {
+    // a lone surrogate has no UTF-8 form: the binding refuses it, SQLite rewrites it
+    throw new KVError(400, CODE.badKey, "Could not URL-decode key name");
+  }
   const n = byteLength(text);
   if (n > LIMITS.keyBytes) {
     throw new KVError(
@@ -273,8 +277,25 @@ export function parseExpiry(rawExpiration, rawTtl) {
   return {};
 }
 
+export const MAX_EXPIRATION = 2 ** 31 - 1; // the binding keeps 32-bit seconds
+
 /** The checks the KV service makes against its clock, with its messages. */
 export function checkExpiry(opts, nowSeconds) {
+  const at = opts.expirationTtl !== undefined ? nowSeconds + opts.expirationTtl : opts.expiration;
+  if (at !== undefined && at > MAX_EXPIRATION) {
+    // the messages of brainbot.kv.limits.absolute_expiration
+    throw opts.expirationTtl !== undefined
+      ? new KVError(
+          400,
+          CODE.badExpirationTtl,
+          `Invalid expiration_ttl of ${opts.expirationTtl}. It ends after ${MAX_EXPIRATION} seconds since the epoch, the latest expiry KV stores.`,
+        )
+      : new KVError(
+          400,
+          CODE.badExpiration,
+          `Invalid expiration of ${opts.expiration}. Please specify an integer no greater than ${MAX_EXPIRATION}.`,
+        );
+  }
   if (opts.expirationTtl !== undefined) {
     if (opts.expirationTtl < LIMITS.minTtl) {
       throw new KVError(

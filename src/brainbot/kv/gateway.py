@@ -75,6 +75,7 @@ MAX_KV_OPS = 1000  # per Worker invocation
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # far below the isolate's 128 MB
 ALONE_BYTES = 1024 * 1024  # an op this big travels in a request of its own
 MAX_CONFLICTS = 1000  # commits lost to other writers in a row before WriteConflict
+MAX_FULL_ANSWERS = 1000  # times in a row an op found its batch's answer full
 _COST = {"get": 2, "put": 1, "delete": 1, "list": 1, "xstats": 0}  # the Worker's own count
 SIGNATURE_VERSION = "brainbot-v2"
 
@@ -315,7 +316,13 @@ class GatewayKV:
                         f"gateway: {_error_text(response)}", status=response.status_code
                     )
         assert response is not None
-        results = response.json().get("results")
+        try:
+            answer = response.json()
+        except ValueError:
+            raise ServerError(
+                "gateway: the answer is not JSON", status=response.status_code
+            ) from None
+        results = answer.get("results") if isinstance(answer, dict) else None
         if not isinstance(results, list):
             raise ServerError("gateway: the answer has no results list")
         return results
@@ -327,7 +334,7 @@ class GatewayKV:
         result: dict[str, Any] = {}
         async for attempt in self.retry.context(_retry_hook):
             with attempt:
-                result = await self._submit(op)
+                result = await self._answered(op)
                 if not result.get("ok") and not result.get("conflict"):
                     raise error_from_response(
                         int(result.get("status", 500)),
@@ -335,6 +342,19 @@ class GatewayKV:
                         str(result.get("message")),
                     )
         return result
+
+    async def _answered(self, op: dict[str, Any]) -> dict[str, Any]:
+        """The op's result. The Worker bounds the values one answer carries (one 25 MiB
+        value's worth, an isolate has 128 MB) and marks the ops past it ``retry``: they go
+        again at once, in a later batch, which answers at least its first op."""
+        for _ in range(MAX_FULL_ANSWERS):
+            result = await self._submit(op)
+            if not result.get("retry"):
+                return result
+        raise ServerError(
+            f"gateway: no room for this op's values in {MAX_FULL_ANSWERS} answers in a row",
+            status=503,
+        )
 
     # -- atomic read-modify-write: the Coordinated capability ---------------------------
 
@@ -481,6 +501,7 @@ class GatewayKV:
 
 def _error_text(response: httpx.Response) -> str:
     try:
-        return str(response.json().get("error"))
+        answer = response.json()
     except ValueError:
         return f"HTTP {response.status_code}"
+    return str(answer.get("error")) if isinstance(answer, dict) else f"HTTP {response.status_code}"

@@ -33,6 +33,7 @@
 import {
   CODE,
   KVError,
+  LIMITS,
   bindingExpiry,
   decodeBase64,
   encodeBase64,
@@ -46,6 +47,29 @@ import {
   validateMetadata,
   validateValueLength,
 } from "../../shared/kv-rules.mjs";
+
+// Values one answer of the gateway carries, in base64 characters: one 25 MiB
+// value (four in one answer were 140 MB, past an isolate's 128 MB).
+export const ANSWER_CHARS = Math.ceil(LIMITS.valueBytes / 3) * 4;
+
+// The answer to an op that did not fit in its batch's answer (the gateway
+// bounds what one answer carries): the client sends the op again at once.
+export const FULL = Object.freeze({
+  ok: false,
+  status: 503,
+  code: CODE.generic,
+  message: "the batch's answer is full: send the op again",
+  retry: true,
+});
+
+// Base64 characters of values in an op's result (a get's value, the entries
+// of an xread or of a conflict).
+export function answeredChars(result) {
+  if (typeof result?.value === "string") return result.value.length;
+  let n = 0;
+  for (const entry of result?.entries ?? []) n += entry?.value?.length ?? 0;
+  return n;
+}
 
 const CHUNK = 1024 * 1024;
 const KV_INTERVAL_MS = 1000; // KV's one write per second per key
@@ -65,20 +89,36 @@ export class Coordinator {
   }
 
   async fetch(request) {
-    let ops;
+    let ops, budget;
     try {
-      ({ ops } = await request.json());
+      ({ ops, budget } = await request.json());
     } catch {
       return Response.json({ error: "body must be JSON" }, { status: 400 });
     }
     const clock = await syncClock(this.env);
     const results = [];
+    // Values answered past the budget (the gateway's answer is bounded) wait
+    // for the next batch; the first op is answered whatever its size.
+    let left = Number.isSafeInteger(budget) ? budget : Infinity;
     for (const op of ops) {
       try {
-        if (op.op === "xread") results.push(await this.read(op.keys, clock));
-        else if (op.op === "xcommit") results.push(await this.commit(op, clock));
-        else if (op.op === "xstats" && this.env.SIM_STATS) results.push(await this.stats(op.key));
+        let result;
+        if (op.op === "xread") result = await this.read(op.keys, clock);
+        else if (op.op === "xcommit") result = await this.commit(op, clock);
+        else if (op.op === "xstats" && this.env.SIM_STATS) result = await this.stats(op.key);
         else throw new KVError(400, CODE.generic, `unknown coordinator op ${op.op}`);
+        const chars = answeredChars(result);
+        if (chars > ANSWER_CHARS && (result.entries?.length ?? 0) > 1) {
+          // read together, so answered together: never, within an isolate's memory
+          throw new KVError(
+            413,
+            CODE.generic,
+            `the values of these ${result.entries.length} keys are ${chars} base64 characters together; one answer carries at most ${ANSWER_CHARS}`,
+          );
+        }
+        if (chars > left && results.length > 0) result = FULL;
+        else left -= chars;
+        results.push(result);
       } catch (e) {
         const err = fromBindingError(e);
         results.push({ ok: false, status: err.status, code: err.code, message: err.message });

@@ -39,6 +39,8 @@
 export { Coordinator } from "./coordinator.mjs";
 export { ReplayGuard } from "./replay.mjs";
 
+import { ANSWER_CHARS, FULL, answeredChars } from "./coordinator.mjs";
+
 import {
   CODE,
   KVError,
@@ -70,6 +72,9 @@ const LIMITS = {
   // One 25 MiB value in base64 plus its op, and no more: an isolate has 128 MB
   // (GatewayKV keeps its batches far below, and sends a large value alone).
   bodyBytes: 36 * 1000 * 1000,
+  // Values one answer carries: a get or coordinated op past it, unless it is
+  // the first, is answered FULL without its values and the client asks again.
+  answerChars: ANSWER_CHARS,
   replayWindowSeconds: 30,
 };
 
@@ -311,6 +316,17 @@ function coordinatedKeys(op, where) {
     keys = op.keys;
   } else if (op.op === "xcommit") {
     keys = [...pairs("read"), ...pairs("write")];
+    for (const [, entry] of op.write ?? []) {
+      if (entry === null || entry === undefined) continue;
+      if (!isPlainObject(entry) || typeof entry.value !== "string") {
+        throw new RequestError(400, `${where}.write entries must be {"value": base64, ...} or null`);
+      }
+      for (const name of ["expiration", "expiration_ttl"]) {
+        if (!optional(entry[name]) && !Number.isSafeInteger(entry[name])) {
+          throw new RequestError(400, `${where}.write: ${name} must be an integer`);
+        }
+      }
+    }
   } else {
     if (typeof op.key !== "string") throw new RequestError(400, `${where}.key must be a string`);
     keys = [op.key];
@@ -345,7 +361,7 @@ function shardOf(key, shards) {
   return hash % shards;
 }
 
-async function runCoordinated(env, ops, results) {
+async function runCoordinated(env, ops, results, left) {
   const shards = shardCount(env);
   const groups = new Map(); // shard -> [[index, op], ...]
   for (const [i, op] of ops) {
@@ -364,12 +380,15 @@ async function runCoordinated(env, ops, results) {
     const { keysForShard, ...clean } = op;
     groups.get(shard).push([i, clean]);
   }
+  // Shards answer in parallel: each gets its part of what is left (and answers
+  // its first op whatever its size, so every op is answered in some batch).
+  const budget = Math.max(0, Math.floor(left / Math.max(1, groups.size)));
   await Promise.all(
     [...groups].map(async ([shard, group]) => {
       const stub = env.COORDINATOR.get(env.COORDINATOR.idFromName(`shard-${shard}`));
       const answer = await stub.fetch("https://coordinator/ops", {
         method: "POST",
-        body: JSON.stringify({ ops: group.map(([, op]) => op) }),
+        body: JSON.stringify({ ops: group.map(([, op]) => op), budget }),
       });
       if (!answer.ok) throw new Error(`coordinator answered ${answer.status}`);
       const { results: answered } = await answer.json();
@@ -462,6 +481,7 @@ async function runBatch(env, ops) {
   const clock = await syncClock(env);
   const results = new Array(ops.length);
   const coordinated = [];
+  let left = LIMITS.answerChars;
   // In order, one at a time: a put then a get of the same key sees the put.
   for (const [i, op] of ops.entries()) {
     if (COORDINATED.has(op.op)) {
@@ -470,12 +490,15 @@ async function runBatch(env, ops) {
     }
     try {
       results[i] = await HANDLERS[op.op](env, op, clock);
+      const chars = answeredChars(results[i]);
+      if (chars > left && left < LIMITS.answerChars) results[i] = FULL;
+      else left -= chars;
     } catch (e) {
       const err = fromBindingError(e);
       results[i] = { ok: false, status: err.status, code: err.code, message: err.message };
     }
   }
-  if (coordinated.length > 0) await runCoordinated(env, coordinated, results);
+  if (coordinated.length > 0) await runCoordinated(env, coordinated, results, left);
   return results;
 }
 
@@ -525,8 +548,9 @@ export default {
       // A small unread body, or an authenticated one, is drained (read and
       // dropped) so the client reads the answer; a large unauthenticated one (a
       // forged upload) is left unread.
-      const declared = Number(request.headers.get("content-length") ?? "0");
-      if (e?.drain || declared <= DRAIN_BYTES) await drain(request);
+      // No Content-Length (chunked): unbounded, so never drained unauthenticated.
+      const declared = request.headers.get("content-length");
+      if (e?.drain || (declared !== null && Number(declared) <= DRAIN_BYTES)) await drain(request);
       if (e instanceof RequestError) return json(e.status, { error: e.message });
       console.error(`kv-gateway: ${e?.stack ?? e}`);
       return json(500, { error: "internal error" });

@@ -7,6 +7,7 @@
 //   POST /check  {"nonce": "<32 hex>"}  ->  200 {"fresh": true | false}
 
 export const KEEP_MS = 120_000; // > 2 x the 30 s timestamp window
+const SWEEP_MS = 60_000;
 
 export class ReplayGuard {
   constructor(ctx) {
@@ -37,6 +38,8 @@ export class ReplayGuard {
       else next = next === null ? forget : Math.min(next, forget);
     }
     for (let i = 0; i < old.length; i += 128) await this.storage.delete(old.slice(i, i + 128));
-    if (next !== null) await this.storage.setAlarm(next);
+    // one sweep per SWEEP_MS at most: a forgotten nonce is harmless (its timestamp
+    // is refused), while an alarm per nonce re-lists every kept nonce each time
+    if (next !== null) await this.storage.setAlarm(Math.max(next, now + SWEEP_MS));
   }
 }
