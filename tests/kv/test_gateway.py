@@ -288,6 +288,7 @@ def test_a_lone_surrogate_key_cannot_stall_the_write_behind(
     [
         {"value": "", "expiration": 2**53 - 1},
         {"value": "", "expiration_ttl": 10**20},
+        {"value": "", "expiration_ttl": 2**31},
         {"value": "", "expiration_ttl": "60abc"},
     ],
 )
@@ -331,6 +332,30 @@ async def test_a_batch_of_gets_is_not_answered_past_the_workers_memory(
     assert all(e is not None and len(e.value) == 25 * 1024 * 1024 for e in got.values())
     assert alone[keys[0]] == got[keys[0]]
     assert max(sizes) <= 36 * 1000 * 1000, f"responses of {sizes} bytes"
+
+
+async def test_an_answer_past_its_bound_never_hides_an_applied_commit(
+    gateway: Service, gateway_secret: str
+) -> None:
+    """Reviewed: a get, an xread and a commit in one batch made a 70 MB answer (each
+    coordinator shard answered its first op whatever its size), and a commit already
+    applied could be answered ``retry`` (the budget went negative)."""
+    big = 25 * 1024 * 1024
+    async with GatewayKV(gateway.url, gateway_secret) as kv:
+        await kv.put("bound:a", b"a" * big)
+        await kv.put("bound:b", b"b" * big)
+        commit = {"op": "xcommit", "write": [["bound:c", {"value": "Yw=="}]]}  # no txid
+        ops = [{"op": "get", "key": "bound:a"}, {"op": "xread", "keys": ["bound:b"]}, commit]
+        answer = _signed_post(gateway.url, gateway_secret, json.dumps({"ops": ops}).encode())
+        got, read, committed = answer.json()["results"]
+        assert len(answer.content) <= 36 * 1000 * 1000  # one value's worth, not two
+        assert len(base64.b64decode(got["value"])) == big
+        assert read["retry"] is True  # asked again by GatewayKV; here: not answered
+        assert committed["ok"] is True  # applied, and said so
+        assert (await kv.read_exact(["bound:c"]))["bound:c"] == Entry(b"c")
+        assert (await kv.read_exact(["bound:b"]))["bound:b"] == Entry(b"b" * big)
+        await kv.delete_many(["bound:a", "bound:b"])
+        await kv.write_exact({"bound:c": None})
 
 
 @pytest.mark.parametrize("answer", [b"[]", b'"oops"', b"<html>"])

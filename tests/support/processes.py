@@ -38,10 +38,14 @@ class Service:
     process: subprocess.Popen[bytes]
     url: str
     log: list[str]
-    """Every line of its output (stdout and stderr), read as it comes."""
+    """Every line of its output (stdout and stderr), read as it comes; all of it once
+    :meth:`stop` returns."""
+    reader: threading.Thread | None = None
 
     def stop(self) -> None:
         stop_group(self.process)
+        if self.reader is not None:
+            self.reader.join(timeout=10)
 
 
 def stop_group(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -101,10 +105,12 @@ def start_service(
                 match = pattern.search(line)
                 if match:
                     log.extend(lines[n + 1 :])
-                    threading.Thread(
+                    reader = threading.Thread(
                         target=_keep_reading, args=(process, buffer, log), daemon=True
-                    ).start()
-                    return Service(process, match.group(1) if match.groups() else "", log)
+                    )
+                    reader.start()
+                    url = match.group(1) if match.groups() else ""
+                    return Service(process, url, log, reader)
     finally:
         selector.close()
     stop_group(process)

@@ -28,8 +28,10 @@
   answered and its connection closed (RFC 9112 section 6.1): nothing after it is read as
   another request.
 * **Half-closed clients.** A client that shuts its write side after a whole request
-  (``nc -N``, some HTTP/1.0 tools) still gets its answer; uvicorn closed at the client's
-  EOF and lost it 12 to 15 times in 50.
+  (``nc -N``; HTTP/1.1, HTTP/1.0 or ``Connection: close``) still gets its answer; uvicorn
+  closed at the client's EOF and lost it 12 to 15 times in 50.
+* **Late answers.** Once a connection lingers, what the app still writes (a 408 whose
+  deadline fired meanwhile) is dropped: it came after the write side was shut.
 * **Shutdown.** On SIGTERM a connection still uploading a request nobody has answered is
   closed (gracefully, as above) instead of being waited for up to the body deadline.
 * **Hosts.** Only the configured host names are answered (``HostCheck`` in the app).
@@ -73,6 +75,14 @@ class LingeringTransport:
 
     def is_closing(self) -> bool:
         return self.lingering or self._transport.is_closing()
+
+    def write(self, data: bytes) -> None:
+        if not self.lingering:  # after write_eof: an answer too late for this connection
+            self._transport.write(data)
+
+    def writelines(self, lines: Any) -> None:
+        if not self.lingering:
+            self._transport.writelines(lines)
 
     def close(self) -> None:
         if self.is_closing():
@@ -138,7 +148,9 @@ class GuardedH11Protocol(H11Protocol):
             self._linger.abort_lingering()  # the client is done too: nothing to reset
             return None
         cycle = self.cycle
-        if cycle is not None and not cycle.response_complete and self.conn.their_state is h11.DONE:
+        # the request arrived whole (MUST_CLOSE: HTTP/1.0, or it said Connection: close)
+        whole = self.conn.their_state in (h11.DONE, h11.MUST_CLOSE)
+        if cycle is not None and not cycle.response_complete and whole:
             cycle.keep_alive = False  # a half-closed client: answer it, then close
             return True  # keep the write side open
         return None

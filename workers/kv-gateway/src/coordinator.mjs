@@ -64,11 +64,44 @@ export const FULL = Object.freeze({
 
 // Base64 characters of values in an op's result (a get's value, the entries
 // of an xread or of a conflict).
-export function answeredChars(result) {
+function answeredChars(result) {
   if (typeof result?.value === "string") return result.value.length;
   let n = 0;
   for (const entry of result?.entries ?? []) n += entry?.value?.length ?? 0;
   return n;
+}
+
+// What is left of one answer's room for values. A result with values past it
+// becomes FULL, unless `first` (nothing with values answered yet in the whole
+// batch): that one is answered whatever its size, so every batch answers at
+// least one op. A result without values (a commit applied, a missing key) is
+// never replaced: an applied commit is always answered as applied.
+export class AnswerBudget {
+  constructor(left, first) {
+    this.left = Math.max(0, left);
+    this.first = first;
+  }
+
+  spent() {
+    return this.left === 0 && !this.first;
+  }
+
+  take(result) {
+    const chars = answeredChars(result);
+    if (chars === 0) return result;
+    if (chars > ANSWER_CHARS && (result.entries?.length ?? 0) > 1) {
+      // read together, so answered together: never, within an isolate's memory
+      throw new KVError(
+        413,
+        CODE.generic,
+        `the values of these ${result.entries.length} keys are ${chars} base64 characters together; one answer carries at most ${ANSWER_CHARS}`,
+      );
+    }
+    if (chars > this.left && !this.first) return FULL;
+    this.first = false;
+    this.left = Math.max(0, this.left - chars);
+    return result;
+  }
 }
 
 const CHUNK = 1024 * 1024;
@@ -89,36 +122,30 @@ export class Coordinator {
   }
 
   async fetch(request) {
-    let ops, budget;
+    let ops, room;
     try {
-      ({ ops, budget } = await request.json());
+      ({ ops, budget: room } = await request.json());
     } catch {
       return Response.json({ error: "body must be JSON" }, { status: 400 });
     }
     const clock = await syncClock(this.env);
     const results = [];
-    // Values answered past the budget (the gateway's answer is bounded) wait
-    // for the next batch; the first op is answered whatever its size.
-    let left = Number.isSafeInteger(budget) ? budget : Infinity;
+    // The gateway's answer is bounded: its part of the room for values.
+    const budget = Number.isSafeInteger(room?.left)
+      ? new AnswerBudget(room.left, room.first === true)
+      : new AnswerBudget(ANSWER_CHARS, true);
     for (const op of ops) {
       try {
+        if (op.op === "xread" && budget.spent()) {
+          results.push(FULL); // not even read: the answer has no room left
+          continue;
+        }
         let result;
         if (op.op === "xread") result = await this.read(op.keys, clock);
         else if (op.op === "xcommit") result = await this.commit(op, clock);
         else if (op.op === "xstats" && this.env.SIM_STATS) result = await this.stats(op.key);
         else throw new KVError(400, CODE.generic, `unknown coordinator op ${op.op}`);
-        const chars = answeredChars(result);
-        if (chars > ANSWER_CHARS && (result.entries?.length ?? 0) > 1) {
-          // read together, so answered together: never, within an isolate's memory
-          throw new KVError(
-            413,
-            CODE.generic,
-            `the values of these ${result.entries.length} keys are ${chars} base64 characters together; one answer carries at most ${ANSWER_CHARS}`,
-          );
-        }
-        if (chars > left && results.length > 0) result = FULL;
-        else left -= chars;
-        results.push(result);
+        results.push(budget.take(result));
       } catch (e) {
         const err = fromBindingError(e);
         results.push({ ok: false, status: err.status, code: err.code, message: err.message });

@@ -39,7 +39,7 @@
 export { Coordinator } from "./coordinator.mjs";
 export { ReplayGuard } from "./replay.mjs";
 
-import { ANSWER_CHARS, FULL, answeredChars } from "./coordinator.mjs";
+import { ANSWER_CHARS, AnswerBudget, FULL } from "./coordinator.mjs";
 
 import {
   CODE,
@@ -268,16 +268,7 @@ function parseOps(body) {
     if (kind !== "list" && typeof op.key !== "string") {
       throw new RequestError(400, `${where}.key must be a string`);
     }
-    if (kind === "put") {
-      if (typeof op.value !== "string") {
-        throw new RequestError(400, `${where}.value must be a base64 string`);
-      }
-      for (const name of ["expiration", "expiration_ttl"]) {
-        if (!optional(op[name]) && !Number.isSafeInteger(op[name])) {
-          throw new RequestError(400, `${where}.${name} must be an integer`);
-        }
-      }
-    }
+    if (kind === "put") checkEntryShape(op, where);
     if (kind === "list") {
       for (const name of ["prefix", "cursor"]) {
         if (!optional(op[name]) && typeof op[name] !== "string") {
@@ -299,6 +290,18 @@ function parseOps(body) {
   return ops;
 }
 
+// A written entry's shape: a base64 string value, integer expiries.
+function checkEntryShape(entry, where) {
+  if (!isPlainObject(entry) || typeof entry.value !== "string") {
+    throw new RequestError(400, `${where}.value must be a base64 string`);
+  }
+  for (const name of ["expiration", "expiration_ttl"]) {
+    if (!optional(entry[name]) && !Number.isSafeInteger(entry[name])) {
+      throw new RequestError(400, `${where}.${name} must be an integer`);
+    }
+  }
+}
+
 // The keys an x-op names (its shape only; the Durable Object checks the rest).
 function coordinatedKeys(op, where) {
   const pairs = (name) => {
@@ -316,16 +319,9 @@ function coordinatedKeys(op, where) {
     keys = op.keys;
   } else if (op.op === "xcommit") {
     keys = [...pairs("read"), ...pairs("write")];
+    // checked like puts: an entry KV would refuse must not be acknowledged
     for (const [, entry] of op.write ?? []) {
-      if (entry === null || entry === undefined) continue;
-      if (!isPlainObject(entry) || typeof entry.value !== "string") {
-        throw new RequestError(400, `${where}.write entries must be {"value": base64, ...} or null`);
-      }
-      for (const name of ["expiration", "expiration_ttl"]) {
-        if (!optional(entry[name]) && !Number.isSafeInteger(entry[name])) {
-          throw new RequestError(400, `${where}.write: ${name} must be an integer`);
-        }
-      }
+      if (entry !== null && entry !== undefined) checkEntryShape(entry, `${where}.write`);
     }
   } else {
     if (typeof op.key !== "string") throw new RequestError(400, `${where}.key must be a string`);
@@ -361,7 +357,7 @@ function shardOf(key, shards) {
   return hash % shards;
 }
 
-async function runCoordinated(env, ops, results, left) {
+async function runCoordinated(env, ops, results, budget) {
   const shards = shardCount(env);
   const groups = new Map(); // shard -> [[index, op], ...]
   for (const [i, op] of ops) {
@@ -380,15 +376,18 @@ async function runCoordinated(env, ops, results, left) {
     const { keysForShard, ...clean } = op;
     groups.get(shard).push([i, clean]);
   }
-  // Shards answer in parallel: each gets its part of what is left (and answers
-  // its first op whatever its size, so every op is answered in some batch).
-  const budget = Math.max(0, Math.floor(left / Math.max(1, groups.size)));
+  // Shards answer in parallel: each gets its part of what is left; only the
+  // shard of the first coordinated op may go past it, and only if nothing with
+  // values was answered before (every batch answers at least one op).
+  const share = Math.floor(budget.left / Math.max(1, groups.size));
+  const firstShard = groups.keys().next().value;
   await Promise.all(
     [...groups].map(async ([shard, group]) => {
+      const part = { left: share, first: budget.first && shard === firstShard };
       const stub = env.COORDINATOR.get(env.COORDINATOR.idFromName(`shard-${shard}`));
       const answer = await stub.fetch("https://coordinator/ops", {
         method: "POST",
-        body: JSON.stringify({ ops: group.map(([, op]) => op), budget }),
+        body: JSON.stringify({ ops: group.map(([, op]) => op), budget: part }),
       });
       if (!answer.ok) throw new Error(`coordinator answered ${answer.status}`);
       const { results: answered } = await answer.json();
@@ -481,24 +480,25 @@ async function runBatch(env, ops) {
   const clock = await syncClock(env);
   const results = new Array(ops.length);
   const coordinated = [];
-  let left = LIMITS.answerChars;
+  const budget = new AnswerBudget(LIMITS.answerChars, true);
   // In order, one at a time: a put then a get of the same key sees the put.
   for (const [i, op] of ops.entries()) {
     if (COORDINATED.has(op.op)) {
       coordinated.push([i, op]);
       continue;
     }
+    if (op.op === "get" && budget.spent()) {
+      results[i] = FULL; // not even read: the answer has no room left
+      continue;
+    }
     try {
-      results[i] = await HANDLERS[op.op](env, op, clock);
-      const chars = answeredChars(results[i]);
-      if (chars > left && left < LIMITS.answerChars) results[i] = FULL;
-      else left -= chars;
+      results[i] = budget.take(await HANDLERS[op.op](env, op, clock));
     } catch (e) {
       const err = fromBindingError(e);
       results[i] = { ok: false, status: err.status, code: err.code, message: err.message };
     }
   }
-  if (coordinated.length > 0) await runCoordinated(env, coordinated, results, left);
+  if (coordinated.length > 0) await runCoordinated(env, coordinated, results, budget);
   return results;
 }
 
