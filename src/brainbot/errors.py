@@ -48,7 +48,8 @@ Redis source. ::
     │   └── KVRemoteError                    the KV service answered with an error
     │       ├── AuthenticationError            token missing, wrong or lacking permission
     │       │   └── ClockSkew                    the gateway refused this machine's clock
-    │       └── NamespaceNotFound              account or namespace id unknown
+    │       ├── NamespaceNotFound              account or namespace id unknown
+    │       └── AnswerTooLarge                 an answer longer than any legitimate one
     ├── StoreError                           errors of the Redis-compatible stores (also above)
     │   ├── ResponseError                    what Redis itself answers with an error reply
     │   │   └── WrongTypeError                 "WRONGTYPE Operation against a key holding..."
@@ -233,6 +234,13 @@ class ClockSkew(AuthenticationError):
 class NamespaceNotFound(KVRemoteError):
     http_status = 404
     cf_code = 10013
+
+
+class AnswerTooLarge(KVRemoteError):
+    """The service's answer outgrew any legitimate one (a 25 MiB value and its envelope):
+    reading stopped. Not retried: the same request would be answered the same way."""
+
+    http_status = 502
 
 
 class RateLimited(KVRemoteError, Unavailable):

@@ -9,6 +9,7 @@ turns Cloudflare's answer back into the same class. One table, both directions.
 from __future__ import annotations
 
 from brainbot.errors import (
+    AnswerTooLarge,
     AuthenticationError,
     BulkTooLarge,
     InvalidCursor,
@@ -32,6 +33,7 @@ from brainbot.errors import (
 )
 
 __all__ = [
+    "AnswerTooLarge",
     "AuthenticationError",
     "BulkTooLarge",
     "InvalidCursor",

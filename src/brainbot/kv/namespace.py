@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, Self, TypeVar, runtime_checkable
 
+from brainbot.errors import ServerError
 from brainbot.kv.limits import JSON
 
 
@@ -195,10 +196,14 @@ async def iter_keys(
 ) -> AsyncIterator[KeyInfo]:
     """Every live name under ``prefix``, following cursors across (possibly empty) pages."""
     cursor: str | None = None
+    seen: set[str] = set()
     while True:
         page = await namespace.list(prefix=prefix, cursor=cursor, limit=page_size)
         for info in page.keys:
             yield info
         if page.cursor is None:
             return
+        if page.cursor in seen:  # a cursor cycle would list for ever
+            raise ServerError(f"The listing's cursor {page.cursor!r} came back: no progress.")
+        seen.add(page.cursor)
         cursor = page.cursor

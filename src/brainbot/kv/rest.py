@@ -13,11 +13,18 @@ values. What we need is eight endpoints, done carefully:
   the ``unsuccessful_keys`` of a bulk answer are sent again;
 * ``get`` costs one request (``bulk/get`` returns value, expiry and metadata together, read
   consistently); only a value that is not UTF-8 text costs two more, to stay byte-exact;
-* the API token lives only inside the auth hook and never reaches a repr, log or error.
+* the API token lives only inside the auth hook and never reaches a repr, log or error
+  (masked even where a proxy or a hostile server echoes it back);
+* an answer is distrusted: its body is read only up to what a legitimate one can be (a
+  25 MiB value, or its JSON: ``AnswerTooLarge`` past it; an endless body reached 3.8 GB
+  in 15 s), within 5 x ``timeout`` in all; its shape, keys, expirations and cursors are
+  checked (a malformed answer is a ``ServerError``, retried; a cursor that comes back is
+  no progress); ``Retry-After`` is capped at 15 minutes (1e9 paused the budget for ever).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import builtins
 import json
@@ -39,6 +46,7 @@ import stamina.instrumentation
 from brainbot.errors import BudgetExhausted
 from brainbot.kv.budget import RequestBudget
 from brainbot.kv.errors import (
+    AnswerTooLarge,
     AuthenticationError,
     BulkTooLarge,
     KVError,
@@ -56,6 +64,8 @@ from brainbot.kv.limits import (
     BULK_WRITE_MAX_BYTES,
     BULK_WRITE_MAX_ITEMS,
     JSON,
+    MAX_SAFE_INTEGER,
+    MAX_VALUE_BYTES,
     absolute_expiration,
     check_cursor,
     check_prefix,
@@ -120,12 +130,41 @@ class _BearerToken(httpx.Auth):
     def __repr__(self) -> str:
         return "_BearerToken('***')"
 
+    def redact(self, text: str) -> str:
+        """The text with the token masked (a proxy or a hostile server may echo it)."""
+        return text.replace(self.__token, "***")
+
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         request.headers["Authorization"] = f"Bearer {self.__token}"
         yield request
 
 
 MAX_RETRY_AFTER = 900.0
+MAX_JSON_ANSWER = 6 * MAX_VALUE_BYTES + (1 << 20)
+"""A bulk/get of 25 MiB of control bytes is ~150 MB of JSON; nothing legitimate is larger."""
+MAX_VALUE_ANSWER = MAX_VALUE_BYTES + (64 << 10)
+
+
+def _malformed(what: str, detail: str) -> ServerError:
+    return ServerError(f"{what}: malformed answer ({detail})", status=200)
+
+
+def _parse_json(content: bytes) -> Any:
+    """json.loads, with every way a hostile body can make it fail turned into ValueError."""
+    try:
+        return json.loads(content)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ValueError(type(exc).__name__) from None
+
+
+def _expiration(value: object, what: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SAFE_INTEGER:
+        raise _malformed(what, "an expiration that is not a positive integer")
+    return value
+
+
 log = logging.getLogger("brainbot.kv.rest")
 
 
@@ -160,6 +199,8 @@ class _PartialBulkFailure(Exception):
 
 
 def _parse_retry_after(value: str | None) -> float | None:
+    """Seconds to wait, from 0 to MAX_RETRY_AFTER (also what a global 429 pauses the budget
+    for: an uncapped 1e9 froze the client for 31 years)."""
     if not value:
         return None
     try:
@@ -167,19 +208,24 @@ def _parse_retry_after(value: str | None) -> float | None:
     except ValueError:
         try:
             at = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
+            if at.tzinfo is None:  # "-0000" or no zone: RFC 9110 dates are GMT
+                at = at.replace(tzinfo=UTC)
+            seconds = (at - datetime.now(UTC)).total_seconds()
+        except (TypeError, ValueError, OverflowError, IndexError):
             return None
-        seconds = (at - datetime.now(UTC)).total_seconds()
     if not math.isfinite(seconds):
         return None
-    return max(0.0, seconds)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
 def _envelope_error(response: httpx.Response) -> tuple[int | None, str]:
     try:
-        body = response.json()
+        body = _parse_json(response.content)
         first = body["errors"][0]
-        return int(first["code"]), str(first["message"])
+        code = first["code"]
+        if isinstance(code, bool) or not isinstance(code, int):
+            raise TypeError
+        return code, str(first["message"])[:1000]
     except (ValueError, KeyError, IndexError, TypeError):
         return None, f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
@@ -282,12 +328,14 @@ class CloudflareKV:
         fast (``BudgetExhausted``) instead of waiting longer for a slot."""
         self.budget_wait = budget_wait
         self._clock = clock
+        self._auth = _BearerToken(api_token)
+        self._deadline = 5 * timeout  # a whole answer, however slowly it drips in
         self._http = httpx.AsyncClient(
             base_url=(
                 f"{self.base_url}/accounts/{quote(account_id, safe='')}"
                 f"/storage/kv/namespaces/{quote(namespace_id, safe='')}/"
             ),
-            auth=_BearerToken(api_token),
+            auth=self._auth,
             timeout=timeout,
             transport=transport,
             headers={"User-Agent": "brainbot-kv"},
@@ -344,23 +392,46 @@ class CloudflareKV:
         what = f"{method} {path.split('/', 1)[0]}"
         async with self.budget.slot(live=self.live, within=self.budget_wait):
             try:
-                response = await self._http.request(method, path, **kwargs)
-            except httpx.TimeoutException as exc:
+                async with asyncio.timeout(self._deadline):
+                    response = await self._read_capped(method, path, kwargs)
+            except (httpx.TimeoutException, TimeoutError) as exc:
                 raise KVTransportError(f"{what}: timed out ({type(exc).__name__})") from None
             except httpx.TransportError as exc:
-                raise KVTransportError(f"{what}: {type(exc).__name__}: {exc}") from None
+                text = self._auth.redact(f"{exc}")
+                raise KVTransportError(f"{what}: {type(exc).__name__}: {text}") from None
+            except AnswerTooLarge as exc:
+                raise AnswerTooLarge(f"{what}: {exc.message}", status=exc.status) from None
         status = response.status_code
         if status < 300:
             return response
         code, message = _envelope_error(response)
         if status == 404 and not_found_ok and code == _NOT_FOUND:
             return response
-        error = error_from_response(status, code, f"{what}: {message}")
+        error = error_from_response(status, code, f"{what}: {self._auth.redact(message)}")
         if isinstance(error, RateLimited):
             error.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
             if code == _GLOBAL_RATE_LIMIT:
                 self.budget.pause(error.retry_after if error.retry_after is not None else 60.0)
         raise error
+
+    async def _read_capped(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        """Send, then read the (decoded) body only up to what a legitimate answer can be."""
+        cap = MAX_VALUE_ANSWER if path.startswith("values/") else MAX_JSON_ANSWER
+        request = self._http.build_request(method, path, **kwargs)
+        response = await self._http.send(request, stream=True)
+        try:
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    raise AnswerTooLarge(
+                        f"answer over {cap} bytes, reading stopped", status=response.status_code
+                    )
+                chunks.append(chunk)
+        finally:
+            await response.aclose()
+        response._content = b"".join(chunks)  # what Response.read() would have set
+        return response
 
     @staticmethod
     def _key_path(kind: str, key: str) -> str:
@@ -370,15 +441,16 @@ class CloudflareKV:
     @staticmethod
     def _result(response: httpx.Response) -> Any:
         try:
-            body = response.json()
+            body = _parse_json(response.content)
         except ValueError:
             raise ServerError(
                 f"Expected a JSON envelope, got {response.headers.get('content-type')!r}.",
                 status=response.status_code,
             ) from None
-        if not isinstance(body, dict) or not body.get("success", False):
+        if not isinstance(body, dict) or body.get("success") is not True:
+            # a 2xx that says it failed contradicts itself: a server fault, worth a retry
             code, message = _envelope_error(response)
-            raise KVRemoteError(message, status=response.status_code, code=code)
+            raise ServerError(message, status=response.status_code, code=code)
         return body.get("result")
 
     # -- reads -------------------------------------------------------------------------
@@ -405,23 +477,37 @@ class CloudflareKV:
             )
         except KVError as exc:
             if not isinstance(exc, KVValidationError | KVRemoteError) or isinstance(
-                exc, RateLimited | ServerError | AuthenticationError | NamespaceNotFound
+                exc,
+                RateLimited
+                | ServerError
+                | AuthenticationError
+                | NamespaceNotFound
+                | AnswerTooLarge,
             ):
                 raise
             if len(chunk) == 1:
                 return {chunk[0]: await self._get_exact(chunk[0], None)}
             half = len(chunk) // 2
             return {**await self._bulk_get(chunk[:half]), **await self._bulk_get(chunk[half:])}
-        values = (self._result(response) or {}).get("values", {})
+        result = self._result(response)
+        values = result.get("values") if isinstance(result, dict) else None
+        if not isinstance(values, dict) or values.keys() != set(chunk):
+            raise _malformed("POST bulk/get", "values are not one per key asked for")
         found: dict[str, Entry | None] = {}
         for key in chunk:
-            item = values.get(key)
+            item = values[key]
             if item is None:
                 found[key] = None
                 continue
+            if not isinstance(item, dict) or not isinstance(item.get("value"), str):
+                raise _malformed("POST bulk/get", "an item without a text value")
+            try:
+                data = item["value"].encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\\ud800"): no byte string
+                raise _malformed("POST bulk/get", "a value that is not Unicode text") from None
             entry = Entry(
-                value=item["value"].encode("utf-8"),
-                expiration=item.get("expiration"),
+                value=data,
+                expiration=_expiration(item.get("expiration"), "POST bulk/get"),
                 metadata=item.get("metadata"),
             )
             # U+FFFD is what a value that is not UTF-8 turns into: fetch its exact bytes
@@ -440,7 +526,9 @@ class CloudflareKV:
             if response.status_code == 404:
                 return None
             header = response.headers.get("expiration")
-            expiration = int(header) if header else None
+            if header and not (header.isascii() and header.isdigit()):
+                raise _malformed("GET values", "an expiration header that is not an integer")
+            expiration = _expiration(int(header), "GET values") if header else None
             meta = await self._request("GET", self._key_path("metadata", key), not_found_ok=True)
             if meta.status_code == 404:
                 return None
@@ -461,15 +549,27 @@ class CloudflareKV:
         if cursor is not None:
             params["cursor"] = cursor
         response = await self._request("GET", "keys", params=params)
-        result = self._result(response) or []
-        info = response.json().get("result_info") or {}
-        return ListPage(
-            keys=[
-                KeyInfo(name=k["name"], expiration=k.get("expiration"), metadata=k.get("metadata"))
-                for k in result
-            ],
-            cursor=info.get("cursor") or None,
-        )
+        result = self._result(response)
+        result = [] if result is None else result
+        info = _parse_json(response.content).get("result_info")
+        info = {} if info is None else info
+        if not isinstance(result, builtins.list) or not isinstance(info, dict):
+            raise _malformed("GET keys", "result is not a list of keys")
+        keys = []
+        for k in result:
+            if not isinstance(k, dict) or not isinstance(k.get("name"), str):
+                raise _malformed("GET keys", "a key without a name")
+            expiration = _expiration(k.get("expiration"), "GET keys")
+            keys.append(KeyInfo(name=k["name"], expiration=expiration, metadata=k.get("metadata")))
+        next_cursor = info.get("cursor")
+        if next_cursor is not None and not isinstance(next_cursor, str):
+            raise _malformed("GET keys", "a cursor that is not text")
+        complete = info.get("list_complete")
+        if complete is not None and (not isinstance(complete, bool) or (complete and next_cursor)):
+            raise _malformed("GET keys", "list_complete contradicts the cursor")
+        if next_cursor and next_cursor == cursor:
+            raise _malformed("GET keys", "the cursor asked for came back: no progress")
+        return ListPage(keys=keys, cursor=next_cursor or None)
 
     # -- writes ------------------------------------------------------------------------
 
@@ -559,8 +659,17 @@ class CloudflareKV:
                     response = await self._request(
                         method, path, content=body, headers={"Content-Type": "application/json"}
                     )
-                    result = self._result(response) or {}
-                    unsuccessful = set(result.get("unsuccessful_keys") or ())
+                    result = self._result(response)
+                    listed = result.get("unsuccessful_keys") if isinstance(result, dict) else None
+                    if not (result is None or isinstance(result, dict)) or not (
+                        listed is None
+                        or (
+                            isinstance(listed, builtins.list)
+                            and all(isinstance(k, str) for k in listed)
+                        )
+                    ):
+                        raise _malformed(f"{method} {path}", "unsuccessful_keys is not a key list")
+                    unsuccessful = set(listed or ())
                     pending = [p for p in pending if p[0] in unsuccessful]
                     if pending:
                         raise _PartialBulkFailure
