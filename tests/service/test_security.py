@@ -606,6 +606,14 @@ def test_refused_requests_do_not_flood_the_log(tmp_path: Path) -> None:
     assert len(bot_output(bot)) - before < 2_000  # was about 23,000 bytes
 
 
+def chat_begun(auth: dict[str, str]) -> bytes:
+    """A ``POST /chat`` as ``auth`` whose body has begun: 1 byte of the 100 announced."""
+    authorization = f"Authorization: {auth['Authorization']}\r\n".encode()
+    return (
+        b"POST /chat HTTP/1.1\r\n" + HOST + JSON + authorization + b"Content-Length: 100\r\n\r\n{"
+    )
+
+
 def test_an_upload_given_up_is_not_logged_as_a_failure(tmp_path: Path) -> None:
     """A client that stops uploading (closes or half-closes mid-body) was logged as
     "request failed: ClientDisconnect" with a traceback, the log line of a bug (500)."""
@@ -662,13 +670,7 @@ def test_sigterm_does_not_wait_for_a_body_still_coming(tmp_path: Path, body_dead
         with client(bot) as http:
             alice = login(http, "alice")
         with connect(bot) as s:
-            s.sendall(
-                b"POST /chat HTTP/1.1\r\n"
-                + HOST
-                + JSON
-                + f"Authorization: {alice['Authorization']}\r\n".encode()
-                + b"Content-Length: 100\r\n\r\n{"
-            )
+            s.sendall(chat_begun(alice))
             time.sleep(0.5)
             started = time.monotonic()
             os.killpg(bot.process.pid, signal.SIGTERM)
