@@ -238,7 +238,8 @@ class NamespaceNotFound(KVRemoteError):
 
 class AnswerTooLarge(KVRemoteError):
     """The service's answer outgrew any legitimate one (a 25 MiB value and its envelope):
-    reading stopped. Not retried: the same request would be answered the same way."""
+    reading stopped. Not retried: the same request would be answered the same way. Raised
+    by our client only (no service answers it, so it is not in the wire table)."""
 
     http_status = 502
 

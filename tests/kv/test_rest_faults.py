@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -9,7 +10,16 @@ from typing import Any
 import httpx
 import pytest
 
-from brainbot.kv import KVError, PutItem, RequestBudget, RetryPolicy, iter_keys
+from brainbot.kv import (
+    Entry,
+    KVError,
+    KVTransportError,
+    PutItem,
+    RequestBudget,
+    RetryPolicy,
+    ServerError,
+    iter_keys,
+)
 from brainbot.kv.rest import CloudflareKV
 
 TOKEN = "secret-token-abc123"
@@ -193,10 +203,40 @@ async def test_a_cursor_that_repeats_for_ever_ends() -> None:
         return ok([], result_info={"cursor": cursor})
 
     async with kv_for(handler) as kv:
-        with pytest.raises(KVError):
+        with pytest.raises(ServerError):
             async for _ in iter_keys(kv):
                 pass
-    assert requests <= 3
+    assert requests == 1 + 3  # the first page, then the repeat as often as the policy allows
+
+
+async def test_a_cursor_cycle_ends() -> None:
+    """A -> B -> A: each page moves on from the cursor it was asked for, the listing does not."""
+    asked: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.params.get("cursor"))
+        following = {None: "A", "A": "B", "B": "A"}[asked[-1]] if len(asked) < 100 else ""
+        return ok([{"name": f"n{len(asked)}"}], result_info={"cursor": following})
+
+    async with kv_for(handler) as kv:
+        with pytest.raises(ServerError, match="came back"):
+            async for _ in iter_keys(kv):
+                pass
+    assert asked == [None, "A", "B"]
+
+
+async def test_a_malformed_answer_is_retried_like_a_server_error() -> None:
+    answers = [ok([]), ok({"values": {"k": {"value": "v", "metadata": None}}})]
+    async with kv_for(lambda r: answers.pop(0)) as kv:
+        assert (await kv.get("k")) == Entry(b"v")  # the second answer was asked for
+    assert answers == []
+
+
+async def test_an_expiration_written_as_a_whole_float_is_an_expiration() -> None:
+    """Cloudflare's schema types it ``number`` (its example: 1577836800.0)."""
+    item = {"value": "v", "expiration": 1577836800.0, "metadata": None}
+    async with kv_for(bulk_get_answer({"k": item})) as kv:
+        assert (await kv.get("k")) == Entry(b"v", 1577836800)
 
 
 # -- bulk writes ---------------------------------------------------------------------
@@ -272,6 +312,28 @@ async def test_an_endless_body_is_not_read_into_memory(route: str) -> None:
             await kv.get("k")
     # a 25 MiB value (JSON-escaped at most 6x in bulk/get) plus envelope, not 400 MB
     assert stream.sent <= (27 << 20 if route == "values/" else 152 << 20)
+
+
+async def test_an_answer_that_drips_in_is_cut_off() -> None:
+    class Drip(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            while True:  # a byte at a time, each within httpx's per-read timeout
+                await asyncio.sleep(0.05)
+                yield b" "
+
+    async with kv_for(lambda r: httpx.Response(200, stream=Drip()), timeout=0.1) as kv:
+        with pytest.raises(KVTransportError, match="timed out"):
+            await kv.get("k")
+
+
+@pytest.mark.parametrize("status", [200, 400])
+async def test_an_echoed_token_is_masked_even_where_the_message_is_cut(status: int) -> None:
+    message = "x" * 990 + f"Bearer {TOKEN}"  # straddles the 1,000-character cut
+    answer = {"success": False, "errors": [{"code": 1, "message": message}], "result": None}
+    async with kv_for(lambda r: httpx.Response(status, json=answer)) as kv:
+        with pytest.raises(KVError) as caught:
+            await kv.delete_many(["k"]) if status == 400 else await kv.get("k")
+    assert TOKEN[:6] not in str(caught.value)
 
 
 async def test_no_secret_in_errors() -> None:

@@ -17,14 +17,14 @@ values. What we need is eight endpoints, done carefully:
   (masked even where a proxy or a hostile server echoes it back);
 * an answer is distrusted: its body is read only up to what a legitimate one can be (a
   25 MiB value, or its JSON: ``AnswerTooLarge`` past it; an endless body reached 3.8 GB
-  in 15 s), within 5 x ``timeout`` in all; its shape, keys, expirations and cursors are
-  checked (a malformed answer is a ``ServerError``, retried; a cursor that comes back is
-  no progress); ``Retry-After`` is capped at 15 minutes (1e9 paused the budget for ever).
+  in 15 s), and no slower than 16 KiB/s after a grace of 5 x ``timeout``; its shape, keys,
+  expirations and cursors are checked within the same retry attempt (a malformed answer
+  is a ``ServerError``, retried like a 5xx; a cursor that comes back is no progress);
+  ``Retry-After`` is capped at 15 minutes (1e9 paused the budget for ever).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import builtins
 import json
@@ -32,11 +32,11 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any, Self
+from typing import Any, Self, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -143,6 +143,7 @@ MAX_RETRY_AFTER = 900.0
 MAX_JSON_ANSWER = 6 * MAX_VALUE_BYTES + (1 << 20)
 """A bulk/get of 25 MiB of control bytes is ~150 MB of JSON; nothing legitimate is larger."""
 MAX_VALUE_ANSWER = MAX_VALUE_BYTES + (64 << 10)
+MIN_ANSWER_RATE = 16 << 10  # bytes a second an answer must keep up, after its grace
 
 
 def _malformed(what: str, detail: str) -> ServerError:
@@ -158,11 +159,30 @@ def _parse_json(content: bytes) -> Any:
 
 
 def _expiration(value: object, what: str) -> int | None:
+    """An answer's expiration: a positive whole number of seconds (Cloudflare's schema says
+    ``number``, so ``1577836800.0`` is one too)."""
     if value is None:
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= MAX_SAFE_INTEGER:
         raise _malformed(what, "an expiration that is not a positive integer")
     return value
+
+
+T = TypeVar("T")
+_GONE = object()  # a 404 answered where not_found_ok
+
+
+def _value_of(response: httpx.Response) -> tuple[bytes, int | None] | None:
+    """A ``GET values/`` answer: the bytes and the expiration header (digits only); None
+    for 404."""
+    if response.status_code == 404:
+        return None
+    header = response.headers.get("expiration")
+    if header and not (header.isascii() and header.isdigit()):
+        raise _malformed("GET values", "an expiration header that is not an integer")
+    return response.content, _expiration(int(header), "GET values") if header else None
 
 
 log = logging.getLogger("brainbot.kv.rest")
@@ -218,14 +238,18 @@ def _parse_retry_after(value: str | None) -> float | None:
     return min(max(0.0, seconds), MAX_RETRY_AFTER)
 
 
-def _envelope_error(response: httpx.Response) -> tuple[int | None, str]:
+def _envelope_error(
+    response: httpx.Response, redact: Callable[[str], str]
+) -> tuple[int | None, str]:
+    """The answer's first error: its code, and its message with the token masked (a proxy
+    or a hostile server may echo it) before it is cut to 1,000 characters."""
     try:
         body = _parse_json(response.content)
         first = body["errors"][0]
         code = first["code"]
         if isinstance(code, bool) or not isinstance(code, int):
             raise TypeError
-        return code, str(first["message"])[:1000]
+        return code, redact(str(first["message"]))[:1000]
     except (ValueError, KeyError, IndexError, TypeError):
         return None, f"HTTP {response.status_code} {response.reason_phrase}".strip()
 
@@ -329,7 +353,7 @@ class CloudflareKV:
         self.budget_wait = budget_wait
         self._clock = clock
         self._auth = _BearerToken(api_token)
-        self._deadline = 5 * timeout  # a whole answer, however slowly it drips in
+        self._timeout = timeout
         self._http = httpx.AsyncClient(
             base_url=(
                 f"{self.base_url}/accounts/{quote(account_id, safe='')}"
@@ -361,15 +385,39 @@ class CloudflareKV:
     async def _request(
         self, method: str, path: str, *, not_found_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
-        """Send one API request under the budget, retrying what is worth retrying. Live
-        traffic does not wait out a long ``Retry-After``: it fails fast with
-        ``BudgetExhausted`` (the service answers 503 with that ``Retry-After``)."""
-        response: httpx.Response | None = None
+        """Send one API request under the budget, retrying what is worth retrying."""
+
+        async def once() -> httpx.Response:
+            return await self._request_once(method, path, not_found_ok, kwargs)
+
+        return await self._retrying(method, path, once)
+
+    async def _parsed(
+        self,
+        method: str,
+        path: str,
+        parse: Callable[[httpx.Response], T],
+        *,
+        not_found_ok: bool = False,
+        **kwargs: Any,
+    ) -> T:
+        """:meth:`_request`, the answer read by ``parse`` within the same attempt: an
+        answer ``parse`` finds malformed (``ServerError``) is retried like a 5xx."""
+
+        async def once() -> T:
+            return parse(await self._request_once(method, path, not_found_ok, kwargs))
+
+        return await self._retrying(method, path, once)
+
+    async def _retrying(self, method: str, path: str, once: Callable[[], Awaitable[T]]) -> T:
+        """``once()`` under the retry policy. Live traffic does not wait out a long
+        ``Retry-After``: it fails fast with ``BudgetExhausted`` (the service answers 503
+        with that ``Retry-After``)."""
         hook = self._live_retry_hook if self.live else _retry_hook
         try:
             async for attempt in self.retry.context(hook):
                 with attempt:
-                    response = await self._request_once(method, path, not_found_ok, kwargs)
+                    return await once()
         except RateLimited as exc:
             if not self.live:
                 raise
@@ -377,8 +425,7 @@ class CloudflareKV:
                 f"{method} {path.split('/', 1)[0]}: rate limited by the service",
                 retry_after=exc.retry_after if exc.retry_after is not None else 1.0,
             ) from None
-        assert response is not None
-        return response
+        raise AssertionError("unreachable: the retry policy raises when it gives up")
 
     def _live_retry_hook(self, exc: Exception) -> bool | float:
         if isinstance(exc, RateLimited):
@@ -392,9 +439,8 @@ class CloudflareKV:
         what = f"{method} {path.split('/', 1)[0]}"
         async with self.budget.slot(live=self.live, within=self.budget_wait):
             try:
-                async with asyncio.timeout(self._deadline):
-                    response = await self._read_capped(method, path, kwargs)
-            except (httpx.TimeoutException, TimeoutError) as exc:
+                response = await self._read_capped(method, path, kwargs)
+            except httpx.TimeoutException as exc:
                 raise KVTransportError(f"{what}: timed out ({type(exc).__name__})") from None
             except httpx.TransportError as exc:
                 text = self._auth.redact(f"{exc}")
@@ -404,10 +450,10 @@ class CloudflareKV:
         status = response.status_code
         if status < 300:
             return response
-        code, message = _envelope_error(response)
+        code, message = _envelope_error(response, self._auth.redact)
         if status == 404 and not_found_ok and code == _NOT_FOUND:
             return response
-        error = error_from_response(status, code, f"{what}: {self._auth.redact(message)}")
+        error = error_from_response(status, code, f"{what}: {message}")
         if isinstance(error, RateLimited):
             error.retry_after = _parse_retry_after(response.headers.get("Retry-After"))
             if code == _GLOBAL_RATE_LIMIT:
@@ -415,18 +461,23 @@ class CloudflareKV:
         raise error
 
     async def _read_capped(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
-        """Send, then read the (decoded) body only up to what a legitimate answer can be."""
+        """Send, then read the (decoded) body only up to what a legitimate answer can be,
+        and no slower than ``MIN_ANSWER_RATE`` after a grace of 5 x the timeout (httpx's
+        timeout is per read: a body dripping a byte at a time never trips it). The upload
+        keeps httpx's own timeouts: a 100 MB bulk write may take its time."""
         cap = MAX_VALUE_ANSWER if path.startswith("values/") else MAX_JSON_ANSWER
         request = self._http.build_request(method, path, **kwargs)
         response = await self._http.send(request, stream=True)
         try:
-            chunks, size = [], 0
+            chunks, size, started = [], 0, time.monotonic()
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > cap:
                     raise AnswerTooLarge(
                         f"answer over {cap} bytes, reading stopped", status=response.status_code
                     )
+                if time.monotonic() - started > 5 * self._timeout + size / MIN_ANSWER_RATE:
+                    raise httpx.ReadTimeout("the answer comes too slowly", request=request)
                 chunks.append(chunk)
         finally:
             await response.aclose()
@@ -438,20 +489,23 @@ class CloudflareKV:
         key_bytes(key)
         return f"{kind}/{quote(key, safe='')}"
 
-    @staticmethod
-    def _result(response: httpx.Response) -> Any:
+    def _envelope(self, response: httpx.Response) -> dict[str, Any]:
+        """A 2xx answer's JSON envelope; one that is not JSON, or says it failed (a 2xx
+        contradicting itself), is a server fault: ``ServerError``, retried."""
         try:
             body = _parse_json(response.content)
         except ValueError:
+            kind = self._auth.redact(str(response.headers.get("content-type")))
             raise ServerError(
-                f"Expected a JSON envelope, got {response.headers.get('content-type')!r}.",
-                status=response.status_code,
+                f"Expected a JSON envelope, got {kind!r}.", status=response.status_code
             ) from None
         if not isinstance(body, dict) or body.get("success") is not True:
-            # a 2xx that says it failed contradicts itself: a server fault, worth a retry
-            code, message = _envelope_error(response)
+            code, message = _envelope_error(response, self._auth.redact)
             raise ServerError(message, status=response.status_code, code=code)
-        return body.get("result")
+        return body
+
+    def _result(self, response: httpx.Response) -> Any:
+        return self._envelope(response).get("result")
 
     # -- reads -------------------------------------------------------------------------
 
@@ -472,8 +526,11 @@ class CloudflareKV:
         values add up to more than 25 MB, or it will not return a value as text) is
         split in halves, down to single keys read with ``GET values/``."""
         try:
-            response = await self._request(
-                "POST", "bulk/get", json={"keys": chunk, "type": "text", "withMetadata": True}
+            values = await self._parsed(
+                "POST",
+                "bulk/get",
+                lambda response: self._bulk_values(response, chunk),
+                json={"keys": chunk, "type": "text", "withMetadata": True},
             )
         except KVError as exc:
             if not isinstance(exc, KVValidationError | KVRemoteError) or isinstance(
@@ -489,32 +546,39 @@ class CloudflareKV:
                 return {chunk[0]: await self._get_exact(chunk[0], None)}
             half = len(chunk) // 2
             return {**await self._bulk_get(chunk[:half]), **await self._bulk_get(chunk[half:])}
+        found: dict[str, Entry | None] = {}
+        for key, (entry, exact) in values.items():
+            # U+FFFD is what a value that is not UTF-8 turns into: fetch its exact bytes
+            found[key] = await self._get_exact(key, entry) if entry and not exact else entry
+        return found
+
+    def _bulk_values(
+        self, response: httpx.Response, chunk: builtins.list[str]
+    ) -> dict[str, tuple[Entry | None, bool]]:
+        """A ``bulk/get`` answer: each key's entry, and whether its bytes are exact (a
+        value holding U+FFFD may be bytes that are not UTF-8). Exactly one item per key
+        asked for, or ``ServerError``."""
         result = self._result(response)
         values = result.get("values") if isinstance(result, dict) else None
         if not isinstance(values, dict) or values.keys() != set(chunk):
             raise _malformed("POST bulk/get", "values are not one per key asked for")
-        found: dict[str, Entry | None] = {}
+        read: dict[str, tuple[Entry | None, bool]] = {}
         for key in chunk:
             item = values[key]
             if item is None:
-                found[key] = None
+                read[key] = (None, True)
                 continue
             if not isinstance(item, dict) or not isinstance(item.get("value"), str):
                 raise _malformed("POST bulk/get", "an item without a text value")
+            text = item["value"]
             try:
-                data = item["value"].encode("utf-8")
+                data = text.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate ("\\ud800"): no byte string
                 raise _malformed("POST bulk/get", "a value that is not Unicode text") from None
-            entry = Entry(
-                value=data,
-                expiration=_expiration(item.get("expiration"), "POST bulk/get"),
-                metadata=item.get("metadata"),
-            )
-            # U+FFFD is what a value that is not UTF-8 turns into: fetch its exact bytes
-            found[key] = (
-                await self._get_exact(key, entry) if _REPLACEMENT_CHAR in item["value"] else entry
-            )
-        return found
+            expiration = _expiration(item.get("expiration"), "POST bulk/get")
+            entry = Entry(value=data, expiration=expiration, metadata=item.get("metadata"))
+            read[key] = (entry, _REPLACEMENT_CHAR not in text)
+        return read
 
     async def _get_exact(self, key: str, seen: Entry | None) -> Entry | None:
         """Read the value's bytes with ``GET values/`` and its metadata with
@@ -522,21 +586,24 @@ class CloudflareKV:
         expiry and metadata agree with what ``bulk/get`` saw (``seen``), else read again."""
         entry: Entry | None = None
         for _ in range(3):
-            response = await self._request("GET", self._key_path("values", key), not_found_ok=True)
-            if response.status_code == 404:
+            value = await self._parsed(
+                "GET", self._key_path("values", key), _value_of, not_found_ok=True
+            )
+            if value is None:
                 return None
-            header = response.headers.get("expiration")
-            if header and not (header.isascii() and header.isdigit()):
-                raise _malformed("GET values", "an expiration header that is not an integer")
-            expiration = _expiration(int(header), "GET values") if header else None
-            meta = await self._request("GET", self._key_path("metadata", key), not_found_ok=True)
-            if meta.status_code == 404:
+            meta = await self._parsed(
+                "GET", self._key_path("metadata", key), self._metadata_of, not_found_ok=True
+            )
+            if meta is _GONE:
                 return None
-            entry = Entry(response.content, expiration, self._result(meta))
-            if seen is None or (seen.expiration, seen.metadata) == (expiration, entry.metadata):
+            entry = Entry(value[0], value[1], meta)
+            if seen is None or (seen.expiration, seen.metadata) == (entry.expiration, meta):
                 return entry
             seen = entry  # something changed in between: the next pair must match this one
         return entry
+
+    def _metadata_of(self, response: httpx.Response) -> Any:
+        return _GONE if response.status_code == 404 else self._result(response)
 
     async def list(
         self, *, prefix: str = "", cursor: str | None = None, limit: int = 1000
@@ -548,10 +615,18 @@ class CloudflareKV:
         cursor = check_cursor(cursor)
         if cursor is not None:
             params["cursor"] = cursor
-        response = await self._request("GET", "keys", params=params)
-        result = self._result(response)
+        asked = cursor
+        return await self._parsed(
+            "GET", "keys", lambda response: self._page(response, asked), params=params
+        )
+
+    def _page(self, response: httpx.Response, asked: str | None) -> ListPage:
+        """A ``keys`` answer as a page: text names, sane expirations, and a cursor that is
+        text, agrees with ``list_complete`` and moves on from ``asked``; else ``ServerError``."""
+        envelope = self._envelope(response)
+        result = envelope.get("result")
         result = [] if result is None else result
-        info = _parse_json(response.content).get("result_info")
+        info = envelope.get("result_info")
         info = {} if info is None else info
         if not isinstance(result, builtins.list) or not isinstance(info, dict):
             raise _malformed("GET keys", "result is not a list of keys")
@@ -567,7 +642,7 @@ class CloudflareKV:
         complete = info.get("list_complete")
         if complete is not None and (not isinstance(complete, bool) or (complete and next_cursor)):
             raise _malformed("GET keys", "list_complete contradicts the cursor")
-        if next_cursor and next_cursor == cursor:
+        if next_cursor and next_cursor == asked:
             raise _malformed("GET keys", "the cursor asked for came back: no progress")
         return ListPage(keys=keys, cursor=next_cursor or None)
 
@@ -641,7 +716,7 @@ class CloudflareKV:
         for n, batch in enumerate(batches):
             try:
                 failed += await self._bulk_until_done(method, path, batch)
-            except (RateLimited, ServerError, KVTransportError):
+            except (RateLimited, ServerError, KVTransportError, AnswerTooLarge):
                 failed += [key for later in batches[n:] for key, _ in later]
                 break
         return BulkResult(total - len(failed), tuple(failed))
@@ -656,23 +731,27 @@ class CloudflareKV:
             async for attempt in self.retry.context(_PartialBulkFailure):
                 with attempt:
                     body = b"[" + b",".join(part for _, part in pending) + b"]"
-                    response = await self._request(
-                        method, path, content=body, headers={"Content-Type": "application/json"}
+                    unsuccessful = await self._parsed(
+                        method,
+                        path,
+                        lambda response: self._unsuccessful(response, f"{method} {path}"),
+                        content=body,
+                        headers={"Content-Type": "application/json"},
                     )
-                    result = self._result(response)
-                    listed = result.get("unsuccessful_keys") if isinstance(result, dict) else None
-                    if not (result is None or isinstance(result, dict)) or not (
-                        listed is None
-                        or (
-                            isinstance(listed, builtins.list)
-                            and all(isinstance(k, str) for k in listed)
-                        )
-                    ):
-                        raise _malformed(f"{method} {path}", "unsuccessful_keys is not a key list")
-                    unsuccessful = set(listed or ())
                     pending = [p for p in pending if p[0] in unsuccessful]
                     if pending:
                         raise _PartialBulkFailure
         except _PartialBulkFailure:
             pass
         return [key for key, _ in pending]
+
+    def _unsuccessful(self, response: httpx.Response, what: str) -> set[str]:
+        """A bulk write answer's ``unsuccessful_keys``: a list of key names, or ``ServerError``."""
+        result = self._result(response)
+        listed = result.get("unsuccessful_keys") if isinstance(result, dict) else None
+        if not (result is None or isinstance(result, dict)) or not (
+            listed is None
+            or (isinstance(listed, builtins.list) and all(isinstance(k, str) for k in listed))
+        ):
+            raise _malformed(what, "unsuccessful_keys is not a key list")
+        return set(listed or ())
