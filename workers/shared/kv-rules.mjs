@@ -277,7 +277,7 @@ export function parseExpiry(rawExpiration, rawTtl) {
   return {};
 }
 
-export const MAX_EXPIRATION = 2 ** 31 - 1; // the binding keeps 32-bit seconds
+const MAX_EXPIRATION = 2 ** 31 - 1; // the binding keeps 32-bit seconds
 
 /** The checks the KV service makes against its clock, with its messages. */
 export function checkExpiry(opts, nowSeconds) {

@@ -748,10 +748,11 @@ class CloudflareKV:
     def _unsuccessful(self, response: httpx.Response, what: str) -> set[str]:
         """A bulk write answer's ``unsuccessful_keys``: a list of key names, or ``ServerError``."""
         result = self._result(response)
-        listed = result.get("unsuccessful_keys") if isinstance(result, dict) else None
-        if not (result is None or isinstance(result, dict)) or not (
-            listed is None
-            or (isinstance(listed, builtins.list) and all(isinstance(k, str) for k in listed))
-        ):
+        if result is not None and not isinstance(result, dict):
             raise _malformed(what, "unsuccessful_keys is not a key list")
-        return set(listed or ())
+        listed = None if result is None else result.get("unsuccessful_keys")
+        if listed is None:
+            return set()
+        if not isinstance(listed, builtins.list) or not all(isinstance(k, str) for k in listed):
+            raise _malformed(what, "unsuccessful_keys is not a key list")
+        return set(listed)

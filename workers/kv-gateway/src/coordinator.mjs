@@ -50,7 +50,7 @@ import {
 
 // Values one answer of the gateway carries, in base64 characters: one 25 MiB
 // value (four in one answer were 140 MB, past an isolate's 128 MB).
-export const ANSWER_CHARS = Math.ceil(LIMITS.valueBytes / 3) * 4;
+const ANSWER_CHARS = Math.ceil(LIMITS.valueBytes / 3) * 4;
 
 // The answer to an op that did not fit in its batch's answer (the gateway
 // bounds what one answer carries): the client sends the op again at once.
@@ -80,6 +80,11 @@ export class AnswerBudget {
   constructor(left, first) {
     this.left = Math.max(0, left);
     this.first = first;
+  }
+
+  // The room of a whole answer.
+  static whole() {
+    return new AnswerBudget(ANSWER_CHARS, true);
   }
 
   spent() {
@@ -133,7 +138,7 @@ export class Coordinator {
     // The gateway's answer is bounded: its part of the room for values.
     const budget = Number.isSafeInteger(room?.left)
       ? new AnswerBudget(room.left, room.first === true)
-      : new AnswerBudget(ANSWER_CHARS, true);
+      : AnswerBudget.whole();
     for (const op of ops) {
       try {
         if (op.op === "xread" && budget.spent()) {

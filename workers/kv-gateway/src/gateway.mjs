@@ -39,7 +39,7 @@
 export { Coordinator } from "./coordinator.mjs";
 export { ReplayGuard } from "./replay.mjs";
 
-import { ANSWER_CHARS, AnswerBudget, FULL } from "./coordinator.mjs";
+import { AnswerBudget, FULL } from "./coordinator.mjs";
 
 import {
   CODE,
@@ -72,9 +72,6 @@ const LIMITS = {
   // One 25 MiB value in base64 plus its op, and no more: an isolate has 128 MB
   // (GatewayKV keeps its batches far below, and sends a large value alone).
   bodyBytes: 36 * 1000 * 1000,
-  // Values one answer carries: a get or coordinated op past it, unless it is
-  // the first, is answered FULL without its values and the client asks again.
-  answerChars: ANSWER_CHARS,
   replayWindowSeconds: 30,
 };
 
@@ -480,7 +477,8 @@ async function runBatch(env, ops) {
   const clock = await syncClock(env);
   const results = new Array(ops.length);
   const coordinated = [];
-  const budget = new AnswerBudget(LIMITS.answerChars, true);
+  // a get or coordinated op past the answer's room is answered FULL (AnswerBudget)
+  const budget = AnswerBudget.whole();
   // In order, one at a time: a put then a get of the same key sees the put.
   for (const [i, op] of ops.entries()) {
     if (COORDINATED.has(op.op)) {
