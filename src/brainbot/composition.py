@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import ValidationError
 
@@ -32,10 +32,11 @@ from brainbot.kv.embedded import EmbeddedKV
 from brainbot.kv.gateway import GatewayKV
 from brainbot.kv.namespace import KVNamespace, coordinator_of
 from brainbot.kv.rest import DEFAULT_BASE_URL, CloudflareKV
-from brainbot.responder import load_responder
-from brainbot.service import ChatService, IdentityVerifier, ServiceLimits, Throttle
-from brainbot.service.auth import jwks_text, local_secret
 from brainbot.storage import DualStore, KVStore, RedisBackend, Store
+
+if TYPE_CHECKING:  # the service and its JWT stack load when a command needs them:
+    # ``brainbot migrate`` and ``kv`` start 0.3 s sooner without them
+    from brainbot.service import ChatService, IdentityVerifier, ServiceLimits
 
 Purpose = Literal["live", "bulk"]
 
@@ -244,6 +245,8 @@ def auth_secret(settings: Settings) -> str | None:
         return settings.auth_jwt_secret.get_secret_value()
     if settings.auth_public_key_file is not None or settings.auth_jwks_file is not None:
         return None
+    from brainbot.service.auth import local_secret
+
     return local_secret(private_dir(settings.data_dir) / "auth-secret")
 
 
@@ -252,11 +255,15 @@ def session_key(settings: Settings) -> bytes:
     instance; else a local one in ``<data dir>/session-secret``)."""
     if settings.session_secret is not None:
         return settings.session_secret.get_secret_value().encode()
+    from brainbot.service.auth import local_secret
+
     return local_secret(private_dir(settings.data_dir) / "session-secret").encode()
 
 
 def identity_verifier(settings: Settings) -> IdentityVerifier:
     """How ``brainbot serve`` checks who a user is (``BRAINBOT_AUTH_*``)."""
+    from brainbot.service.auth import IdentityVerifier, jwks_text
+
     try:
         public_key = (
             settings.auth_public_key_file.read_text()
@@ -277,6 +284,8 @@ def identity_verifier(settings: Settings) -> IdentityVerifier:
 
 
 def service_limits(settings: Settings) -> ServiceLimits:
+    from brainbot.service import ServiceLimits
+
     return ServiceLimits(
         max_message_bytes=settings.max_message_bytes,
         max_conversation_messages=settings.max_conversation_messages,
@@ -296,6 +305,9 @@ def allowed_hosts(settings: Settings) -> list[str]:
 def chat_service(settings: Settings, responder: str | None = None) -> ChatService:
     """``brainbot serve``'s service on the configured store, replies from ``responder``
     (``"module:attribute"``; the deterministic echo responder when None)."""
+    from brainbot.responder import load_responder
+    from brainbot.service import ChatService, Throttle
+
     verifier = identity_verifier(settings)
     throttle = Throttle(
         sessions=settings.rate_sessions,

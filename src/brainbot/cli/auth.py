@@ -13,7 +13,6 @@ import typer
 
 from brainbot.cli.common import fail, handled, settings
 from brainbot.composition import auth_secret
-from brainbot.service.auth import mint
 
 auth_app = typer.Typer(help="Identity tokens for brainbot serve (local use, demo, tests).")
 
@@ -24,6 +23,8 @@ def token_command(
     ttl: Annotated[int, typer.Option(help="Seconds the token is valid.", min=60)] = 3600,
 ) -> None:
     """Print an identity token for USER, signed with this deployment's HS256 secret."""
+    from brainbot.service.auth import mint
+
     config = settings()
     with handled():
         secret = auth_secret(config)

@@ -21,7 +21,6 @@ from brainbot.cli.common import err, fail, handled, read_secret_file, run, setti
 from brainbot.composition import kv_serve_dir, open_namespace
 from brainbot.kv.faults import Faults
 from brainbot.kv.namespace import KVNamespace, iter_keys
-from brainbot.service.auth import local_secret
 
 T = TypeVar("T")
 kv_app = typer.Typer(help="Read and write the configured KV namespace (embedded by default).")
@@ -153,6 +152,8 @@ def _serve_token(data_dir: Path, given: str | None, token_file: Path | None) -> 
         return read_secret_file(str(token_file), "--token-file")
     path = data_dir / "serve-token"
     created = not os.path.lexists(path)
+    from brainbot.service.auth import local_secret  # (with its JWT stack: only here)
+
     with handled():
         token = local_secret(path)
     if created:
