@@ -358,6 +358,37 @@ async def test_an_answer_past_its_bound_never_hides_an_applied_commit(
         await kv.write_exact({"bound:c": None})
 
 
+@pytest.mark.parametrize("txid", [12345, "NOT-HEX", None, ["a" * 32]])
+def test_a_malformed_txid_is_refused_not_ignored(
+    own_gateway: Service, gateway_secret: str, txid: object
+) -> None:
+    """Reviewed: a txid that is not 32 hex digits was ignored: the commit applied, and its
+    retry (the same txid) applied again, so an idempotent write was not. Refused now,
+    with nothing stored."""
+    service, secret = own_gateway, gateway_secret
+    commit = {"op": "xcommit", "txid": txid, "write": [["txid:k", {"value": "eA=="}]]}
+    first, again = _ops(service.url, secret, [commit]), _ops(service.url, secret, [commit])
+    [read] = _ops(service.url, secret, [{"op": "xread", "keys": ["txid:k"]}])
+    assert (first[0]["ok"], first[0]["status"]) == (False, 400), first
+    assert (again[0]["ok"], again[0]["status"]) == (False, 400), again
+    assert (read["versions"], read["entries"]) == ([0], [None]), read
+
+
+def test_a_key_written_twice_in_one_commit_is_refused(
+    own_gateway: Service, gateway_secret: str
+) -> None:
+    """Reviewed: acknowledged; both values' chunks were stored under the last one's meta,
+    the longer one's tail never deleted (storage leaked for good). GatewayKV sends a key
+    once per commit; a client that sends it twice gets 400 and nothing is stored."""
+    service, secret = own_gateway, gateway_secret
+    long = base64.b64encode(b"x" * (3 * 1024 * 1024)).decode()
+    write = [["twice", {"value": long}], ["twice", {"value": "eA=="}]]
+    [answer] = _ops(service.url, secret, [{"op": "xcommit", "write": write}])
+    [read] = _ops(service.url, secret, [{"op": "xread", "keys": ["twice"]}])
+    assert (answer["ok"], answer["status"]) == (False, 400), answer
+    assert (read["versions"], read["entries"]) == ([0], [None]), read
+
+
 @pytest.mark.parametrize("answer", [b"[]", b'"oops"', b"<html>"])
 async def test_a_malformed_gateway_answer_raises_a_typed_error(answer: bytes) -> None:
     """Measured: a JSON list or string answer raises AttributeError, a 200 HTML page

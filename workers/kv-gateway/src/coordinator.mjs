@@ -228,6 +228,11 @@ export class Coordinator {
     // Everything is checked before anything is stored: a write that KV would
     // refuse later, in the alarm, would be lost after its acknowledgement.
     const puts = write.map((pair) => this.parseWrite(pair, clock));
+    // One entry per key: two writes of a key in one commit would store both
+    // values' chunks under one meta, orphaning the longer one's tail.
+    if (new Set(puts.map(({ key }) => key)).size !== puts.length) {
+      throw new KVError(400, CODE.generic, "a key may be written once per commit");
+    }
     for (const pair of read) {
       if (!Array.isArray(pair) || typeof pair[0] !== "string" || !Number.isSafeInteger(pair[1])) {
         throw new KVError(400, CODE.generic, "read must hold [key, version] pairs");
@@ -236,7 +241,12 @@ export class Coordinator {
     }
     // From here to the last put only storage is awaited, so no other request
     // of this object runs in between (its input gate): check-and-set is atomic.
-    const txid = typeof op.txid === "string" && /^[0-9a-f]{32}$/.test(op.txid) ? op.txid : null;
+    // A txid makes a retried commit apply once; a malformed one is refused, not
+    // ignored (ignored, its retry would apply twice).
+    if (op.txid !== undefined && (typeof op.txid !== "string" || !/^[0-9a-f]{32}$/.test(op.txid))) {
+      throw new KVError(400, CODE.generic, "txid must be 32 lowercase hex digits");
+    }
+    const txid = op.txid ?? null;
     if (txid !== null) {
       const done = await this.storage.get(`t:${txid}`);
       if (done !== undefined) return { ok: true, version: done.version, duplicate: true };
