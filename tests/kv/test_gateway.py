@@ -9,6 +9,7 @@ import json
 import logging
 import socket
 import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -23,10 +24,13 @@ from brainbot.kv import (
     GatewayKV,
     KVError,
     KVRemoteError,
+    KVTransportError,
     PutItem,
     RetryPolicy,
 )
-from brainbot.kv.gateway import signed_headers
+from brainbot.kv.errors import AnswerTooLarge
+from brainbot.kv.gateway import MAX_ANSWER_BYTES, signed_headers
+from tests.support.kv import Endless
 from tests.support.processes import Service
 
 
@@ -387,6 +391,38 @@ def test_a_key_written_twice_in_one_commit_is_refused(
     [read] = _ops(service.url, secret, [{"op": "xread", "keys": ["twice"]}])
     assert (answer["ok"], answer["status"]) == (False, 400), answer
     assert (read["versions"], read["entries"]) == ([0], [None]), read
+
+
+async def test_an_endless_or_dripping_gateway_answer_is_cut_off() -> None:
+    """Reviewed: GatewayKV read every answer whole (``response.json()``), however long
+    and however slowly it came: a broken proxy's endless 200 grew the bot's memory
+    without bound. Now cut like the REST client's answers."""
+    stream = Endless(400 << 20)
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=stream))
+    async with GatewayKV(
+        "http://127.0.0.1:1", "s" * 32, transport=transport, retry=RetryPolicy(attempts=1)
+    ) as kv:
+        with pytest.raises(AnswerTooLarge):
+            await kv.get("k")
+    assert stream.sent <= MAX_ANSWER_BYTES + (1 << 20)
+    assert MAX_ANSWER_BYTES < 100 << 20
+
+    class Drip(httpx.AsyncByteStream):
+        async def __aiter__(self) -> AsyncIterator[bytes]:
+            while True:  # a byte at a time, each within httpx's per-read timeout
+                await asyncio.sleep(0.05)
+                yield b" "
+
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, stream=Drip()))
+    async with GatewayKV(
+        "http://127.0.0.1:1",
+        "s" * 32,
+        transport=transport,
+        retry=RetryPolicy(attempts=1),
+        timeout=0.1,
+    ) as kv:
+        with pytest.raises(KVTransportError, match="timed out"):
+            await kv.get("k")
 
 
 @pytest.mark.parametrize("answer", [b"[]", b'"oops"', b"<html>"])

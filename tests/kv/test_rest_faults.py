@@ -21,6 +21,7 @@ from brainbot.kv import (
     iter_keys,
 )
 from brainbot.kv.rest import CloudflareKV
+from tests.support.kv import Endless
 
 TOKEN = "secret-token-abc123"
 
@@ -285,17 +286,6 @@ async def test_a_200_with_success_false_mid_bulk_keeps_the_per_key_outcome() -> 
 
 
 # -- memory --------------------------------------------------------------------------
-
-
-class Endless(httpx.AsyncByteStream):
-    def __init__(self, limit: int) -> None:
-        self.limit, self.sent = limit, 0
-
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        chunk = b"a" * (1 << 20)
-        while self.sent < self.limit:
-            self.sent += len(chunk)
-            yield chunk
 
 
 @pytest.mark.parametrize("route", ["bulk/get", "values/"])

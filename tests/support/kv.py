@@ -1,7 +1,9 @@
-"""Clients of the local KV servers for tests: the REST client without a budget, and the
-command-line form of a set of faults for ``brainbot kv serve``."""
+"""Clients of the local KV servers for tests: the REST client without a budget, the
+command-line form of a set of faults for ``brainbot kv serve``, and an endless answer."""
 
 from __future__ import annotations
+
+from collections.abc import AsyncIterator
 
 import httpx
 
@@ -54,3 +56,17 @@ async def server_stats(url: str, token: str) -> dict[str, object]:
         response.raise_for_status()
         result: dict[str, object] = response.json()["result"]
         return result
+
+
+class Endless(httpx.AsyncByteStream):
+    """An answer body of ``limit`` bytes (a broken server's endless one); ``sent`` counts
+    what the client read of it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.sent = limit, 0
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        chunk = b"a" * (1 << 20)
+        while self.sent < self.limit:
+            self.sent += len(chunk)
+            yield chunk

@@ -42,6 +42,7 @@ import httpx
 
 from brainbot.errors import ClockSkew, WriteConflict
 from brainbot.kv.errors import (
+    AnswerTooLarge,
     AuthenticationError,
     KVRemoteError,
     KVTransportError,
@@ -51,6 +52,7 @@ from brainbot.kv.errors import (
 )
 from brainbot.kv.limits import (
     JSON,
+    MAX_VALUE_BYTES,
     check_cursor,
     check_prefix,
     key_bytes,
@@ -69,13 +71,17 @@ from brainbot.kv.namespace import (
     R,
     Writes,
 )
-from brainbot.kv.rest import RetryPolicy, _parse_retry_after, _retry_hook
+from brainbot.kv.rest import RetryPolicy, _parse_retry_after, _retry_hook, read_capped
 
 MAX_KV_OPS = 1000  # per Worker invocation
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # far below the isolate's 128 MB
 ALONE_BYTES = 1024 * 1024  # an op this big travels in a request of its own
 MAX_CONFLICTS = 1000  # commits lost to other writers in a row before WriteConflict
 MAX_FULL_ANSWERS = 1000  # times in a row an op found its batch's answer full
+MAX_ANSWER_BYTES = 2 * (-(-MAX_VALUE_BYTES // 3) * 4) + (8 << 20)
+"""The Worker answers about one value's worth (base64) beside small entries (its
+``AnswerBudget``); twice that and room for 1,000 entries' names and metadata is more than
+any legitimate answer: reading stops there."""
 _COST = {"get": 2, "put": 1, "delete": 1, "list": 1, "xstats": 0}  # the Worker's own count
 SIGNATURE_VERSION = "brainbot-v2"
 
@@ -200,6 +206,7 @@ class GatewayKV:
         """Read-modify-writes go to the Worker's Durable Object (atomic across processes)."""
         self.max_batch_bytes = max_batch_bytes
         self._clock = clock
+        self._timeout = timeout
         self._http = httpx.AsyncClient(
             auth=_Secret(secret, namespace), timeout=timeout, transport=transport
         )
@@ -284,12 +291,18 @@ class GatewayKV:
         async for attempt in self.retry.context(_retry_hook):
             with attempt:
                 self.requests += 1
+                request = self._http.build_request(
+                    "POST",
+                    self.url + "/v1/batch",
+                    content=body,
+                    headers={"Content-Type": "application/json"},
+                )
                 try:
-                    response = await self._http.post(
-                        self.url + "/v1/batch",
-                        content=body,
-                        headers={"Content-Type": "application/json"},
+                    response = await read_capped(
+                        self._http, request, MAX_ANSWER_BYTES, grace=5 * self._timeout
                     )
+                except AnswerTooLarge as exc:
+                    raise AnswerTooLarge(f"gateway: {exc.message}", status=exc.status) from None
                 except httpx.TimeoutException as exc:
                     raise KVTransportError(f"gateway: timed out ({type(exc).__name__})") from None
                 except httpx.TransportError as exc:

@@ -146,6 +146,31 @@ MAX_VALUE_ANSWER = MAX_VALUE_BYTES + (64 << 10)
 MIN_ANSWER_RATE = 16 << 10  # bytes a second an answer must keep up, after its grace
 
 
+async def read_capped(
+    http: httpx.AsyncClient, request: httpx.Request, cap: int, *, grace: float
+) -> httpx.Response:
+    """Send ``request``, then read its (decoded) body only up to ``cap`` bytes
+    (``AnswerTooLarge`` past it) and no slower than ``MIN_ANSWER_RATE`` after ``grace``
+    seconds (``httpx.ReadTimeout``): httpx's timeout is per read, and a body dripping a
+    byte at a time never trips it, while ``Response.read()`` takes an endless one whole."""
+    response = await http.send(request, stream=True)
+    try:
+        chunks, size, started = [], 0, time.monotonic()
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise AnswerTooLarge(
+                    f"answer over {cap} bytes, reading stopped", status=response.status_code
+                )
+            if time.monotonic() - started > grace + size / MIN_ANSWER_RATE:
+                raise httpx.ReadTimeout("the answer comes too slowly", request=request)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    response._content = b"".join(chunks)  # what Response.read() would have set
+    return response
+
+
 def _malformed(what: str, detail: str) -> ServerError:
     return ServerError(f"{what}: malformed answer ({detail})", status=200)
 
@@ -467,22 +492,7 @@ class CloudflareKV:
         keeps httpx's own timeouts: a 100 MB bulk write may take its time."""
         cap = MAX_VALUE_ANSWER if path.startswith("values/") else MAX_JSON_ANSWER
         request = self._http.build_request(method, path, **kwargs)
-        response = await self._http.send(request, stream=True)
-        try:
-            chunks, size, started = [], 0, time.monotonic()
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > cap:
-                    raise AnswerTooLarge(
-                        f"answer over {cap} bytes, reading stopped", status=response.status_code
-                    )
-                if time.monotonic() - started > 5 * self._timeout + size / MIN_ANSWER_RATE:
-                    raise httpx.ReadTimeout("the answer comes too slowly", request=request)
-                chunks.append(chunk)
-        finally:
-            await response.aclose()
-        response._content = b"".join(chunks)  # what Response.read() would have set
-        return response
+        return await read_capped(self._http, request, cap, grace=5 * self._timeout)
 
     @staticmethod
     def _key_path(kind: str, key: str) -> str:
