@@ -248,7 +248,8 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     kv_expiration = codec.kv_expiration(expire_ms, now_ms)
 
     streamed = isinstance(record.value, Encoded)  # too big to be read as Python values
-    conversation = options.pattern("conversation").match(name)
+    # each legacy layout is of one type: other types need no pattern match
+    conversation = options.pattern("conversation").match(name) if record.type == "list" else None
     if conversation and record.type == "list" and streamed:
         result.note = "too big to read as legacy messages: migrated as a plain list"
     elif conversation and record.type == "list":
@@ -262,7 +263,7 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
             ]
             return result
         result.note = "not legacy conversation messages: migrated as a plain list"
-    session = options.pattern("session").match(name)
+    session = options.pattern("session").match(name) if record.type == "string" else None
     if session and record.type == "string":
         try:
             legacy = orjson.loads(record.value)
@@ -280,7 +281,7 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
                 result.note = "legacy session invalidated (log in again)"
             return result
         result.note = "not a legacy JSON session: migrated as a plain string"
-    owners = options.pattern("owner").match(name)
+    owners = options.pattern("owner").match(name) if record.type == "set" else None
     if owners and record.type == "set" and streamed:
         result.note = "too big to read as a legacy owner set: migrated as a plain set"
     elif owners and record.type == "set":
