@@ -34,6 +34,7 @@ import hashlib
 import hmac
 import json
 import logging
+import math
 import os
 import re
 import time
@@ -89,6 +90,7 @@ _NAMESPACES = _ACCOUNT + "/storage/kv/namespaces"
 _NS = _NAMESPACES + "/{namespace}"
 _NAMESPACE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _KEY_IN_PATH = re.compile(rb"/storage/kv/namespaces/[^/]+/(?:values|metadata)/(.*)$", re.DOTALL)
+_NAMESPACE_IN_PATH = re.compile(rb"/storage/kv/namespaces/([^/]*)")
 MAX_NAMESPACES = 1000  # Cloudflare's limit per account
 MAX_TITLE = 512
 
@@ -119,7 +121,7 @@ class Registry:
             self.titles = {str(k): str(v) for k, v in json.loads(self.path.read_text()).items()}
         else:  # a data dir of an older version: its files become namespaces, titled by id
             for file in sorted(data_dir.glob("*.sqlite3")):
-                if _NAMESPACE_ID.match(file.stem):
+                if _NAMESPACE_ID.fullmatch(file.stem):
                     self.titles[file.stem] = file.stem
             if self.titles:
                 self.save()
@@ -136,6 +138,8 @@ class Registry:
             raise _Refused(400, 10014, "a namespace with this account ID and title already exists")
 
     def rename(self, namespace_id: str, title: str) -> None:
+        if namespace_id not in self.titles:  # deleted while the new title was on its way
+            raise _NotFound(10013, "namespace not found")
         if title != self.titles[namespace_id]:
             self._unique(title)
             self.titles[namespace_id] = title
@@ -216,7 +220,7 @@ class LocalKVServer:
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._registry = Registry(self.data_dir)
         for namespace_id in self.namespaces:
-            if not _NAMESPACE_ID.match(namespace_id):
+            if not _NAMESPACE_ID.fullmatch(namespace_id):
                 raise ValueError(
                     f"Invalid namespace id {namespace_id!r}: use [A-Za-z0-9_-]{{1,64}}."
                 )
@@ -316,9 +320,7 @@ class LocalKVServer:
     async def _namespace(self, request: Request) -> KVNamespace:
         """The namespace of the path, opened (at most ``max_open`` at once: the least
         recently used is closed first, so many ids cost no threads or descriptors)."""
-        namespace_id = request.path_params["namespace"]
-        if not _NAMESPACE_ID.match(namespace_id):
-            raise _NotFound(10013, "namespace not found")
+        namespace_id = _namespace_id(request)
         if namespace_id not in self._registry.titles:
             if not self.auto_create:
                 raise _NotFound(10013, "namespace not found")
@@ -358,6 +360,8 @@ class LocalKVServer:
         try:
             return await handler(request)
         except KVError as exc:
+            if namespace_id and namespace_id not in self._registry.titles:  # deleted meanwhile
+                return envelope(errors=[(10013, "namespace not found")], status=404)
             return error_response(exc)
         except _NotFound as exc:
             return envelope(errors=[(exc.code, exc.message)], status=404)
@@ -542,7 +546,7 @@ class LocalKVServer:
 
     async def _namespace_one(self, request: Request) -> Response:
         async def handle(request: Request) -> Response:
-            namespace_id = request.path_params["namespace"]
+            namespace_id = _namespace_id(request)
             if namespace_id not in self._registry.titles:
                 raise _NotFound(10013, "namespace not found")
             if request.method == "GET":
@@ -626,9 +630,17 @@ class LocalKVServer:
     async def _advance_clock(self, request: Request) -> Response:
         if not self._authorised(request):
             return envelope(errors=[(10000, "Authentication error")], status=401)
-        body = await request.json()
+        try:
+            body = await _read_json(request, 64 * 1024)
+        except KVError as exc:
+            return error_response(exc)
+        advance = body.get("advance", 0) if isinstance(body, dict) else None
+        if isinstance(advance, bool) or not isinstance(advance, int | float):
+            advance = math.nan
+        if not math.isfinite(advance) or abs(advance) > 2**31:  # NaN would stop every read
+            return envelope(errors=[(10001, "advance: a finite number of seconds")], status=400)
         assert isinstance(self._clock, TestClock)
-        self._clock.offset += float(body.get("advance", 0))
+        self._clock.offset += advance
         return envelope({"now": self._clock()})
 
 
@@ -648,13 +660,29 @@ class _Refused(Exception):
         self.status, self.code, self.message = status, code, message
 
 
+def _namespace_id(request: Request) -> str:
+    """The namespace id, which must be the raw path's segment as sent: routes match the
+    decoded path, so ``<id>%2Fvalues%2Fk/values/z`` (or ``<id>%2Fbulk``) would otherwise
+    reach <id> on a route, and a key, the client never named."""
+    namespace_id: str = request.path_params["namespace"]
+    match = _NAMESPACE_IN_PATH.search(request.scope.get("raw_path") or b"")
+    if (
+        not _NAMESPACE_ID.fullmatch(namespace_id)
+        or match is None
+        or match.group(1) != namespace_id.encode()
+    ):
+        raise _NotFound(10013, "namespace not found")
+    return namespace_id
+
+
 def _remove_files(data_dir: Path, namespace_id: str) -> None:
     for suffix in ("", "-wal", "-shm"):
         (data_dir / f"{namespace_id}.sqlite3{suffix}").unlink(missing_ok=True)
 
 
 def _positive(raw: str, name: str) -> int:
-    if not raw.isdigit() or int(raw) < 1:
+    """``isdigit`` alone lets through what ``int`` refuses ('²', over 4,300 digits)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 18 or int(raw) < 1:
         raise _Refused(400, 10001, f"{name} must be a positive integer")
     return int(raw)
 
@@ -662,7 +690,11 @@ def _positive(raw: str, name: str) -> int:
 async def _title(request: Request) -> str:
     body = await _read_json(request, 64 * 1024)
     title = body.get("title") if isinstance(body, dict) else None
-    if not isinstance(title, str) or not title.strip() or len(title.encode()) > MAX_TITLE:
+    try:  # a lone surrogate (JSON's "\ud800") has no UTF-8 form to store or answer
+        size = len(title.encode()) if isinstance(title, str) else 0
+    except UnicodeEncodeError:
+        size = MAX_TITLE + 1
+    if not isinstance(title, str) or not title.strip() or size > MAX_TITLE:
         raise _Refused(400, 10019, "a namespace needs a title of 1 to 512 bytes")
     return title
 
@@ -671,8 +703,8 @@ def _route_name(request: Request) -> str:
     """``METHOD kind`` of an API request (``PUT values``, ``POST bulk/get``, ``GET keys``)."""
     path = request.url.path
     marker = "/storage/kv/namespaces/"
-    if marker not in path:
-        return f"{request.method} {path}"
+    if marker not in path:  # the route's template: a path may hold any account id
+        return f"{request.method} {getattr(request.scope.get('route'), 'path', path)}"
     rest = path.split(marker, 1)[1].split("/", 1)
     tail = rest[1] if len(rest) > 1 else ""
     kind = tail.split("/", 1)[0] if tail.startswith(("values/", "metadata/")) else tail
@@ -695,7 +727,7 @@ def _bulk_get_value(entry: Entry | None, kind: str, with_metadata: bool) -> Any:
     if kind == "json":
         try:
             value: Any = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise InvalidValue("bulk/get with type 'json' met a value that is not JSON.") from None
     else:
         value = text
@@ -738,9 +770,12 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def _read_json(request: Request, limit: int) -> Any:
+    """The body as JSON; too large stays 413 (``BulkTooLarge`` is a ValueError too), and
+    nesting past the recursion limit is invalid JSON, not a 500."""
+    body = await _read_body(request, limit)
     try:
-        return json.loads(await _read_body(request, limit))
-    except ValueError:
+        return json.loads(body)
+    except (ValueError, RecursionError):
         raise InvalidValue("The request body is not valid JSON.") from None
 
 
@@ -755,8 +790,11 @@ async def _read_put_body(request: Request) -> tuple[bytes, Any]:
         if len(body) > MAX_VALUE_BYTES:
             raise ValueTooLarge(f"Value length of {len(body)} exceeds limit of {MAX_VALUE_BYTES}.")
         return body, None
-    message = BytesParser(policy=email.policy.HTTP).parsebytes(
-        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body
+    # off the event loop: the parser goes line by line, and 20 MB of newlines took 8 s,
+    # during which every other request waited
+    message = await asyncio.to_thread(
+        BytesParser(policy=email.policy.HTTP).parsebytes,
+        b"Content-Type: " + content_type.encode("latin-1") + b"\r\n\r\n" + body,
     )
     parts = {
         part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
@@ -770,7 +808,7 @@ async def _read_put_body(request: Request) -> tuple[bytes, Any]:
         return value, None
     try:
         return value, json.loads(raw_meta)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise InvalidMetadata("Metadata must be valid JSON.") from None
 
 
