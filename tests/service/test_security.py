@@ -23,6 +23,7 @@ import httpx
 import pytest
 
 from brainbot.kv import EmbeddedKV, iter_keys
+from tests.support.attacks import closed_by_server, slow_header_connections
 from tests.support.kv import server_stats
 from tests.support.processes import Service, start_kv_server
 from tests.support.service import (
@@ -255,26 +256,6 @@ def test_anonymous_floods_cost_no_api_requests_and_live_traffic_fails_fast(
 
 
 # -- connections ----------------------------------------------------------------------------
-
-
-def slow_header_connections(url: str, n: int) -> list[socket.socket]:
-    host, port = url.removeprefix("http://").split(":")
-    sockets = []
-    for _ in range(n):
-        s = socket.create_connection((host, int(port)), timeout=5)
-        s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
-        sockets.append(s)
-    return sockets
-
-
-def closed_by_server(s: socket.socket, within: float) -> bool:
-    s.settimeout(within)
-    try:
-        return s.recv(1024) == b""
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
 
 
 def test_slow_headers_are_cut_off_and_real_users_still_served(tmp_path: Path) -> None:

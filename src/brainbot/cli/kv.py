@@ -200,6 +200,13 @@ def serve_command(
     max_open: Annotated[
         int, typer.Option(help="Namespaces open at once (least recently used closed).", min=1)
     ] = 64,
+    header_timeout: Annotated[
+        float,
+        typer.Option(help="Seconds a client has to send a request's headers.", min=0.1),
+    ] = 10.0,
+    max_connections: Annotated[
+        int, typer.Option(help="Connections at once; beyond, 503 at once.", min=1)
+    ] = 1000,
     error_rate: Annotated[float, typer.Option(help="Share of requests answered 429/5xx.")] = 0.0,
     error_429_share: Annotated[
         float, typer.Option(help="Of those errors, the share that are 429 (rest: 5xx).")
@@ -268,7 +275,15 @@ def serve_command(
         fail(str(exc), 2)
     try:
         with handled():
-            asyncio.run(serve(server, host=host, port=port))
+            asyncio.run(
+                serve(
+                    server,
+                    host=host,
+                    port=port,
+                    header_timeout=header_timeout,
+                    max_connections=max_connections,
+                )
+            )
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc.strerror}", 2)
     except KeyboardInterrupt:

@@ -48,14 +48,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from brainbot import serving
 from brainbot.kv.embedded import EmbeddedKV
 from brainbot.kv.errors import (
     BulkTooLarge,
@@ -81,6 +79,7 @@ from brainbot.kv.limits import (
 )
 from brainbot.kv.namespace import Entry, KeyInfo, KVNamespace, PutItem
 from brainbot.kv.overlay import ListLag
+from brainbot.serving import transport
 
 log = logging.getLogger("brainbot.kv.local_server")
 LOCAL_ACCOUNT = "0123456789abcdef0123456789abcdef"
@@ -840,12 +839,12 @@ async def serve(
     host: str = "127.0.0.1",
     port: int = 0,
     announce: Callable[[str], None] | None = None,
+    header_timeout: float = 10.0,
+    max_connections: int = 1000,
 ) -> None:
     """Run until cancelled or signalled; announce ``READY <base-url> account=<id>`` once
-    accepting."""
-    config = uvicorn.Config(
-        server.app(), log_level="warning", access_log=False, lifespan="on", timeout_keep_alive=30
-    )
+    accepting. The transport is ``brainbot serve``'s, with its limits (``serving.transport``):
+    a client sending headers slowly is cut off after ``header_timeout``."""
 
     def ready(line: str) -> None:
         line = f"{line} account={server.account_id}"
@@ -854,4 +853,15 @@ async def serve(
         else:
             print(line, flush=True)
 
-    await serving.run(config, host=host, port=port, path="/client/v4", backlog=2048, announce=ready)
+    await transport.serve(
+        server.app(),
+        host=host,
+        port=port,
+        header_timeout=header_timeout,
+        max_connections=max_connections,
+        keep_alive=30,
+        announce=ready,
+        path="/client/v4",
+        backlog=2048,
+        lifespan="on",
+    )

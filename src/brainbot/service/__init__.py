@@ -10,6 +10,6 @@
 from brainbot.service.app import ChatService, ServiceLimits
 from brainbot.service.auth import Identity, IdentityVerifier
 from brainbot.service.throttle import Throttle
-from brainbot.service.transport import serve
+from brainbot.serving.transport import serve
 
 __all__ = ["ChatService", "Identity", "IdentityVerifier", "ServiceLimits", "Throttle", "serve"]

@@ -24,7 +24,7 @@
   408 too slow), unauthenticated 401, not found 404, throttled 429, unavailable 503 (with
   ``Retry-After`` when known), never a 500 for anything a client sends.
 
-Transport (timeouts, connection limits, trusted hosts) is ``service/transport.py``'s.
+Transport (timeouts, connection limits) is ``serving/transport.py``'s.
 """
 
 from __future__ import annotations

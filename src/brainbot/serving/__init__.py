@@ -2,7 +2,8 @@
 
 Shared by ``brainbot serve`` and ``brainbot kv serve``: binding the socket ourselves lets
 port 0 pick a free port, and the one ``READY`` line on stdout is how scripts and tests
-learn the address once the server accepts connections.
+learn the address once the server accepts connections. ``transport`` adds the limits
+uvicorn lacks (header deadline, answers before the body, concurrency, quiet logs).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""How ``brainbot serve`` meets the network: uvicorn, with the limits it lacks added.
+"""How brainbot's servers (``brainbot serve``, ``brainbot kv serve``) meet the network:
+uvicorn, with the limits it lacks added.
 
 * **Header deadline.** uvicorn waits for a request's headers for ever (its keep-alive timer
   starts only after a response), so 200 clients sending headers a byte at a time held 200
@@ -15,7 +16,9 @@
   still uploading (17 times in 20 with an 8 MB body) and, on a busy machine, reset the
   next request of a client reusing the connection. uvicorn alone would read such a body to
   its end, however slowly it came.
-* **Body deadline.** The app reads bodies within ``BRAINBOT_BODY_TIMEOUT`` (408).
+* **Body deadline.** ``brainbot serve``'s app reads bodies within ``BRAINBOT_BODY_TIMEOUT``
+  (408); ``kv serve`` takes uploads of up to 100 MB at the client's pace, within
+  ``max_connections``.
 * **Concurrency.** uvicorn's ``limit_concurrency``: beyond ``max_connections`` connections
   or requests at once, new requests get 503 at once instead of queueing.
 * **Out of file descriptors.** When ``accept()`` fails with EMFILE/ENFILE, asyncio stops
@@ -34,7 +37,8 @@
   deadline fired meanwhile) is dropped: it came after the write side was shut.
 * **Shutdown.** On SIGTERM a connection still uploading a request nobody has answered is
   closed (gracefully, as above) instead of being waited for up to the body deadline.
-* **Hosts.** Only the configured host names are answered (``HostCheck`` in the app).
+* **Hosts.** ``brainbot serve`` answers only its configured host names (``HostCheck`` in
+  its app).
 """
 
 from __future__ import annotations
@@ -44,7 +48,7 @@ import errno
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import h11
 import uvicorn
@@ -52,7 +56,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from brainbot import serving
 
-log = logging.getLogger("brainbot.service")
+log = logging.getLogger("brainbot.serving")
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _CLOSE = (b"connection", b"close")
 LINGER = 2.0  # seconds a closing connection reads and drops what its client still sends
@@ -278,13 +282,17 @@ async def serve(
     keep_alive: int = 5,
     forwarded_allow_ips: list[str] | None = None,
     announce: Callable[[str], None] | None = None,
+    path: str = "",
+    backlog: int = 1024,
+    lifespan: Literal["auto", "on", "off"] = "auto",
 ) -> None:
-    """Run ``app`` until cancelled or signalled; announce ``READY http://host:port``."""
+    """Run ``app`` until cancelled or signalled; announce ``READY http://host:port<path>``."""
     asyncio.get_running_loop().set_exception_handler(QuietAcceptErrors())
     config = uvicorn.Config(
         app,
         log_level="warning",
         access_log=False,
+        lifespan=lifespan,
         http=guarded_protocol(header_timeout),
         limit_concurrency=max_connections,
         timeout_keep_alive=keep_alive,
@@ -294,4 +302,4 @@ async def serve(
         server_header=False,
     )
     logging.getLogger("uvicorn.error").addFilter(QuietRefusals())  # after uvicorn's dictConfig
-    await serving.run(config, host=host, port=port, announce=announce)
+    await serving.run(config, host=host, port=port, path=path, backlog=backlog, announce=announce)
