@@ -69,6 +69,27 @@ def test_list_prefix_and_limit(brainbot) -> None:  # type: ignore[no-untyped-def
     assert brainbot("kv", "list", "--limit", "1").stdout.decode().split() == ["chat:1"]
 
 
+def test_list_shows_control_characters_escaped(brainbot) -> None:  # type: ignore[no-untyped-def]
+    """Measured: a key named ``a<ESC>[31mred`` printed its escape raw (the terminal turned
+    red; an ESC]... sequence can retitle it or worse), and a name with a tab or a line
+    break broke the one-name-a-line output. ``--json`` keeps names exact."""
+    names = ["a\x1b[31mred", "tab\there", "two\nlines", "rtl\u202eevil", "back\\slash"]
+    for name in names:
+        assert brainbot("kv", "put", name, "v", "--metadata", '{"m": "\u202e"}').returncode == 0
+    listed = brainbot("kv", "list").stdout.decode().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [
+        "a\\x1b[31mred",
+        "back\\\\slash",
+        "rtl\\u202eevil",
+        "tab\\there",
+        "two\\nlines",
+    ]
+    assert all(line.endswith('metadata={"m": "\\u202e"}') for line in listed)
+    exact = [json.loads(line) for line in brainbot("kv", "list", "--json").stdout.splitlines()]
+    assert [e["name"] for e in exact] == sorted(names, key=str.encode)
+    assert exact[0]["metadata"] == {"m": "\u202e"}
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [

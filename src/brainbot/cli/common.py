@@ -76,10 +76,16 @@ _SHORT_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 def safe_name(text: str) -> str:
     """``text`` (a key name, a URL, a run id, a message quoting them) fit for one console
-    line in Rich markup: each control or non-printable character (``str.isprintable()``:
-    terminal escapes, bidi overrides, line breaks, odd spaces, lone surrogates) shown as a
-    Python escape (``\\x1b``, ``\\n``, ``\\u202e``), a backslash doubled so the escapes stay
-    unambiguous, then Rich markup escaped, so ``[/x]`` prints as itself."""
+    line in Rich markup: ``printable(text)``, then Rich markup escaped, so ``[/x]`` prints
+    as itself."""
+    return escape(printable(text))
+
+
+def printable(text: str) -> str:
+    """``text`` fit for one line of plain output: each control or non-printable character
+    (``str.isprintable()``: terminal escapes, bidi overrides, line breaks, tabs, odd spaces,
+    lone surrogates) shown as a Python escape (``\\x1b``, ``\\n``, ``\\u202e``), a backslash
+    doubled so the escapes stay unambiguous."""
     out = []
     for char in text:
         if char in _SHORT_ESCAPES:
@@ -92,7 +98,7 @@ def safe_name(text: str) -> str:
             out.append(f"\\u{ord(char):04x}")
         else:
             out.append(f"\\U{ord(char):08x}")
-    return escape("".join(out))
+    return "".join(out)
 
 
 def read_secret_file(path: str, option: str) -> str:

@@ -17,7 +17,7 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
-from brainbot.cli.common import err, fail, handled, read_secret_file, run, settings
+from brainbot.cli.common import err, fail, handled, printable, read_secret_file, run, settings
 from brainbot.composition import kv_serve_dir, open_namespace
 from brainbot.kv.faults import Faults
 from brainbot.kv.namespace import KVNamespace, iter_keys
@@ -110,20 +110,30 @@ def delete(key: str) -> None:
 def list_keys(
     prefix: Annotated[str, typer.Option(help="Only names starting with this.")] = "",
     limit: Annotated[int | None, typer.Option(help="Stop after this many names.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per line: names exactly as stored.")
+    ] = False,
 ) -> None:
-    """List names (with expiration and metadata when set), in UTF-8 byte order."""
+    """List names (with expiration and metadata when set), in UTF-8 byte order. A name's
+    control and non-printable characters (terminal escapes, tabs, line breaks) are shown
+    escaped (``\\x1b``, a backslash as ``\\\\``); ``--json`` gives them exactly."""
     if limit is not None and limit < 1:
         fail("--limit must be at least 1", 2)
 
     async def work(kv: KVNamespace) -> int:
         shown = 0
         async for info in iter_keys(kv, prefix=prefix):
-            extra = []
-            if info.expiration is not None:
-                extra.append(f"expiration={info.expiration}")
-            if info.metadata is not None:
-                extra.append("metadata=" + json.dumps(info.metadata, ensure_ascii=False))
-            print("\t".join([info.name, *extra]))
+            if as_json:
+                fields = {"name": info.name, "expiration": info.expiration}
+                print(json.dumps(fields | {"metadata": info.metadata}))
+            else:
+                extra = []
+                if info.expiration is not None:
+                    extra.append(f"expiration={info.expiration}")
+                if info.metadata is not None:
+                    text = json.dumps(info.metadata, ensure_ascii=False)
+                    extra.append("metadata=" + printable(text))
+                print("\t".join([printable(info.name), *extra]))
             shown += 1
             if limit is not None and shown >= limit:
                 break
