@@ -43,7 +43,7 @@ from brainbot.kv.namespace import PutItem
 from brainbot.migration.source import SUPPORTED, Encoded, Record
 from brainbot.storage import codec
 from brainbot.storage.codec import Item
-from brainbot.storage.conversations import legacy_messages, message_item, owner_item
+from brainbot.storage.conversations import legacy_items, owner_item
 
 RESERVED = ("conv/", "user/", "session:", "__brainbot_health__")
 """Where the bot's own layouts live: a generic key here would read as something else."""
@@ -253,14 +253,10 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     if conversation and record.type == "list" and streamed:
         result.note = "too big to read as legacy messages: migrated as a plain list"
     elif conversation and record.type == "list":
-        decoded = legacy_messages(record.value, strict=True)
-        if decoded is not None:
+        items = legacy_items(options.prefix, conversation["id"], record.value, kv_expiration)
+        if items is not None:  # message_item of each of legacy_messages(..., strict=True)
             result.kind = "conversation"
-            cid = conversation["id"]
-            result.items = [
-                message_item(options.prefix, cid, message, None, kv_expiration)
-                for _, message in decoded
-            ]
+            result.items = items
             return result
         result.note = "not legacy conversation messages: migrated as a plain list"
     session = options.pattern("session").match(name) if record.type == "string" else None

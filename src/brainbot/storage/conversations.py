@@ -179,7 +179,8 @@ class _Ids:
 
 def message_id(ms: int, writer: str) -> str:
     """The id of a message appended at ``ms`` (epoch milliseconds) by ``writer``."""
-    return f"{_INVERT - ms:013d}.{writer}"
+    inverted = str(_INVERT - ms)  # 13 digits from 2001 to 2286: no padding (2.5x faster)
+    return f"{inverted}.{writer}" if len(inverted) == 13 else f"{_INVERT - ms:013d}.{writer}"
 
 
 def exact_in_javascript(value: Any) -> bool:
@@ -200,26 +201,54 @@ def message_item(
 ) -> PutItem:
     """The KV write that stores ``message`` (which has its id): the migration writes
     legacy messages with exactly this encoding (and an absolute ``expiration``)."""
-    text = message.text()
-    small: dict[str, Any] = {"r": message.role, "t": message.timestamp, "c": message.content}
-    if message.metadata is not None:
-        small["m"] = message.metadata
+    return _message_entry(
+        prefix,
+        cid,
+        message.role,
+        message.content,
+        message.timestamp,
+        message.metadata,
+        message.id,
+        ttl,
+        expiration,
+    )
+
+
+def _message_entry(
+    prefix: str,
+    cid: str,
+    role: str,
+    content: str,
+    timestamp: float,
+    metadata: dict[str, JSON] | None,
+    mid: str,
+    ttl: int | None,
+    expiration: int | None,
+) -> PutItem:
+    """``message_item`` from a message's fields: the migration builds its entries from
+    legacy fields without making a ``Message`` of each (a frozen dataclass: 0.7 us)."""
+    body: dict[str, Any] = {"role": role, "content": content, "timestamp": timestamp}
+    if metadata is not None:  # ``Message.to_json``, key for key
+        body["metadata"] = metadata
+    body["id"] = mid
+    text = orjson.dumps(body).decode()
+    small: dict[str, Any] = {"r": role, "t": timestamp, "c": content}
+    if metadata is not None:
+        small["m"] = metadata
     # room for the migration's mark and digest (about 60 bytes), so a migrated message
     # is stored exactly as the bot would store it. ``small`` holds the same values as the
     # text under shorter names and without the id, so the lengths of the text (at most 4
     # bytes a character) and of the content settle most cases without encoding ``small``.
     room = MAX_METADATA_BYTES - 64
     fits = (
-        len(message.content) <= room
+        len(content) <= room
         and (len(text) * 4 <= room or len(orjson.dumps(small)) <= room)
-        and (message.metadata is None or exact_in_javascript(message.metadata))
+        and (metadata is None or exact_in_javascript(metadata))
     )
-    metadata: dict[str, Any] = (
-        small
-        if fits
-        else {"r": message.role, "t": message.timestamp, "big": 1, "s": len(text.encode())}
+    summary: dict[str, Any] = (
+        small if fits else {"r": role, "t": timestamp, "big": 1, "s": len(text.encode())}
     )
-    return PutItem(f"{prefix}conv/{cid}/{message.id}", text, expiration, ttl, metadata)
+    return PutItem(f"{prefix}conv/{cid}/{mid}", text, expiration, ttl, summary)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +523,32 @@ def legacy_messages(
     form. An element without an id (the old bot's) gets one from its time and position,
     the same every time, so paging, trimming and the migration agree. Unknown fields go
     into metadata. Elements that are not messages: ``strict`` gives None, else skipped."""
-    decoded: list[tuple[bytes | str, Message]] = []
+    fields = _legacy_fields(raws, strict)
+    if fields is None:
+        return None
+    return [(f[0], Message(f[1], f[2], f[3], f[4], f[5])) for f in fields]
+
+
+def legacy_items(
+    prefix: str, cid: str, raws: Sequence[bytes | str], expiration: int | None
+) -> list[PutItem] | None:
+    """The KV writes of a legacy conversation's elements (``message_item`` of each of
+    ``legacy_messages(raws, strict=True)``, without the ``Message`` objects), or None if
+    one element is not a message."""
+    fields = _legacy_fields(raws, True)
+    if fields is None:
+        return None
+    return [_message_entry(prefix, cid, *f[1:], None, expiration) for f in fields]
+
+
+_KNOWN_FIELDS = frozenset({"role", "content", "timestamp", "id", "metadata"})
+_LegacyFields = tuple[bytes | str, str, str, float, dict[str, JSON] | None, str]
+"""An element's raw form, role, content, timestamp (seconds), metadata and id."""
+
+
+def _legacy_fields(raws: Sequence[bytes | str], strict: bool) -> list[_LegacyFields] | None:
+    """``legacy_messages``' decoding, as plain tuples (the migration's hot loop)."""
+    decoded: list[_LegacyFields] = []
     last_ms = 0
     for raw in raws:
         try:
@@ -525,17 +579,13 @@ def legacy_messages(
             ms = int(timestamp * 1000) if scale == 1 else int(stamp) * 1000 // scale
             last_ms = max(ms, last_ms + 1)  # keeps the list's order
             mid = message_id(last_ms, LEGACY_WRITER)
-        extra = {
-            k: v
-            for k, v in body.items()
-            if k not in ("role", "content", "timestamp", "id", "metadata")
-        }
         metadata = body.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             metadata = {"metadata": metadata}
-        if extra:
+        if not body.keys() <= _KNOWN_FIELDS:  # (one set test: most have no other field)
+            extra = {k: v for k, v in body.items() if k not in _KNOWN_FIELDS}
             metadata = {**(metadata or {}), **extra}
-        decoded.append((raw, Message(body["role"], body["content"], timestamp, metadata, mid)))
+        decoded.append((raw, body["role"], body["content"], timestamp, metadata, mid))
     return decoded
 
 
