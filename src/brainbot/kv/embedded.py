@@ -297,7 +297,8 @@ class EmbeddedKV:
         await self._run(lambda: self._write_rows([row]))
 
     async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
-        rows = [self._row(item) for item in items]  # all validated before any write
+        now = self._clock()  # one "now" for the request, as Cloudflare has
+        rows = [validate_put(item, now) for item in items]  # all validated before any write
         for start in range(0, len(rows), _WRITE_CHUNK):
             chunk = rows[start : start + _WRITE_CHUNK]
             await self._run(lambda chunk=chunk: self._write_rows(chunk))  # type: ignore[misc]

@@ -173,12 +173,14 @@ class PutLike(Protocol):
 def validate_put(item: PutLike, now: float) -> tuple[bytes, bytes, int | None, str | None]:
     """Every rule a write must pass: returns key and value bytes, the absolute expiry and
     the metadata JSON text, or raises the typed error of the first rule broken."""
+    expiration, expiration_ttl = item.expiration, item.expiration_ttl
     return (
         key_bytes(item.key),
         value_bytes(item.value),
-        absolute_expiration(
-            expiration=item.expiration, expiration_ttl=item.expiration_ttl, now=now
-        ),
+        # most writes have no expiry: that needs no call (a keyword call costs 0.2 us)
+        None
+        if expiration is None and expiration_ttl is None
+        else absolute_expiration(expiration=expiration, expiration_ttl=expiration_ttl, now=now),
         metadata_json(item.metadata),
     )
 
