@@ -42,6 +42,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,7 @@ ENTRY_WEIGHT = 1536
 orjson's bytes kept a 4 KiB buffer each: ``json_bytes``), its part of the request body or
 of the SQLite rows about 0.3 KB more."""
 READ_AHEAD = 2  # pieces of SCAN steps read before the planner takes them
+_VALUE = attrgetter("value")  # (a batch's volume: the values' lengths summed in C)
 
 
 @dataclass
@@ -377,13 +379,24 @@ class _Run:
         step = _Step(cursor, tally, final)
         self.steps.append(step)
         self.to_back_up = []
-        kept = [None if p.skipped else self.keep(p.items, tally) for p in plans]
+        kept: list[tuple[list[PutItem], list[PutItem]] | None]
+        if self.ledger is None:  # (``keep`` without a ledger, in one go: a key's items)
+            kept = [None if p.skipped else (p.items, p.items) for p in plans]
+            if any(chosen is not None for chosen in kept):
+                tally.entries["written"] += sum(len(p.items) for p in plans if not p.skipped)
+        else:
+            kept = [None if p.skipped else self.keep(p.items, tally) for p in plans]
         if self.to_back_up and self.path is not None:  # before any can go out in a batch
             await self.back_up_kv(self.to_back_up)  # (a dry run writes nothing)
+        run_id = self.state["run_id"]
+        writing = self.path is not None  # a dry run writes nothing
+        writes: list[list[PutItem]] = []  # each key's items to write, in order
         for p, chosen in zip(plans, kept, strict=True):
-            if self.path is not None and p.record.type in SUPPORTED and p.record.value is not None:
-                self.backup.append(backup_line(p.record, read_ms))  # skipped ones too
-                self.backup_bytes += len(self.backup[-1])
+            record = p.record
+            if writing and record.value is not None and record.type in SUPPORTED:
+                line = backup_line(record, read_ms)  # skipped ones too
+                self.backup.append(line)
+                self.backup_bytes += len(line)
                 if self.backup_bytes > BACKUP_BYTES:
                     if self.flushed is not None:
                         await self.flushed  # at most one backup chunk waiting for the disk
@@ -391,12 +404,36 @@ class _Run:
             if chosen is None:  # skipped
                 continue
             items, recorded = chosen
-            self.claims += [json_bytes.dumps([owner, cid]) for owner, cid in p.claims]
-            step.manifest.append(manifest_line(self.state["run_id"], p, recorded))
-            if self.path is None or not items:
-                continue  # a dry run writes nothing
+            if p.claims:
+                self.claims += [json_bytes.dumps([owner, cid]) for owner, cid in p.claims]
+            step.manifest.append(manifest_line(run_id, p, recorded))
+            if writing and items:
+                writes.append(items)
+        await self.add_items(index, step, writes)
+        self.report.add(tally)
+        step.closed = True
+        if len(self.batch.items) >= self.batch_entries:
+            await self.dispatch()
+        self.spawn(self.advance())
+
+    async def add_items(self, index: int, step: _Step, writes: list[list[PutItem]]) -> None:
+        """Put step ``index``'s items (``writes``: a list per key) in batches, each sent as
+        soon as the next item would overflow it. The whole step in at once when it fits
+        (most do: the batch is then the same as key by key, without a loop in Python)."""
+        count = sum(map(len, writes))
+        if not count:
+            return
+        volume = sum(map(len, map(_VALUE, itertools.chain.from_iterable(writes)))) + 256 * count
+        batch = self.batch
+        if len(batch.items) + count <= self.batch_entries and batch.volume + volume <= WRITE_BYTES:
+            batch.items += itertools.chain.from_iterable(writes)
+            batch.steps[index] += count
+            batch.volume += volume
+            step.pending += count
+            return
+        for items in writes:
             batch = self.batch
-            volume = sum(len(item.value) for item in items) + 256 * len(items)
+            volume = sum(map(len, map(_VALUE, items))) + 256 * len(items)
             if (
                 len(batch.items) + len(items) <= self.batch_entries
                 and batch.volume + volume <= WRITE_BYTES
@@ -417,11 +454,6 @@ class _Run:
                 self.batch.steps[index] += 1
                 self.batch.volume += size
                 step.pending += 1
-        self.report.add(tally)
-        step.closed = True
-        if len(self.batch.items) >= self.batch_entries:
-            await self.dispatch()
-        self.spawn(self.advance())
 
     # -- writing ----------------------------------------------------------------------
 
@@ -875,15 +907,15 @@ def _requests(kv: KVNamespace) -> int:
 
 
 def _tally(report: Report, plans: list[Plan]) -> None:
-    for p in plans:
-        report.keys_seen += 1
-        if p.skipped:
-            report.skipped[p.skipped] += 1
-            continue
-        report.migrated[f"{p.record.type}/{p.kind}"] += 1
-        report.kv_entries += len(p.items)
-        if p.note:
-            report.notes[p.note] += 1
+    """Count a step's plans in: each counter updated once a step (``Counter.update``
+    counts in C), in the order the plans first name each reason, kind or note."""
+    report.keys_seen += len(plans)
+    report.skipped.update([p.skipped for p in plans if p.skipped])
+    migrated = [p for p in plans if not p.skipped]
+    for (type_, kind), n in Counter([(p.record.type, p.kind) for p in migrated]).items():
+        report.migrated[f"{type_}/{kind}"] += n
+    report.kv_entries += sum([len(p.items) for p in migrated])
+    report.notes.update([p.note for p in migrated if p.note])
 
 
 def remove_run(runs: Path, run_id: str) -> None:
