@@ -19,6 +19,7 @@ run under ``runs`` (no path of any other shape is ever opened from a run id).
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import fcntl
 import gzip
@@ -131,7 +132,8 @@ def lines(path: Path, *, compressed: bool = False) -> Iterator[Any]:
 
 
 def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
+    # what base64.b64encode calls, without its Python frame (backup lines: per element)
+    return binascii.b2a_base64(data, newline=False).decode()
 
 
 def unb64(text: str) -> bytes:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Literal
 
 import orjson
@@ -54,6 +55,10 @@ def _texts(elements: list[bytes]) -> tuple[list[str], bool]:
         return [base64.b64encode(e).decode("ascii") for e in elements], True
 
 
+_BY_SCORE = itemgetter(1, 0)
+"""A sorted set's (member, score) pairs in Redis's order: by score, then member."""
+
+
 def _score_json(score: float) -> float | str:
     if math.isinf(score):
         return "inf" if score > 0 else "-inf"
@@ -70,10 +75,14 @@ def encode(item: Item) -> tuple[bytes, dict[str, Any]]:
     elif item.type == "set":
         body, binary = _texts(sorted(item.data))
     elif item.type == "hash":
-        flat, binary = _texts([b for pair in item.data.items() for b in pair])
-        body = dict(zip(flat[::2], flat[1::2], strict=True))
+        try:  # in one pass when every field and value is text, as most are
+            body = {f.decode("utf-8"): v.decode("utf-8") for f, v in item.data.items()}
+            binary = False
+        except UnicodeDecodeError:
+            flat, binary = _texts([b for pair in item.data.items() for b in pair])
+            body = dict(zip(flat[::2], flat[1::2], strict=True))
     else:
-        ordered = sorted(item.data.items(), key=lambda p: (p[1], p[0]))
+        ordered = sorted(item.data.items(), key=_BY_SCORE)
         members, binary = _texts([m for m, _ in ordered])
         body = [[m, _score_json(s)] for m, (_, s) in zip(members, ordered, strict=True)]
     return json_bytes.dumps(body), item.metadata(binary=binary)  # compact UTF-8 JSON
