@@ -538,7 +538,10 @@ def legacy_items(
     fields = _legacy_fields(raws, True)
     if fields is None:
         return None
-    return [_message_entry(prefix, cid, *f[1:], None, expiration) for f in fields]
+    return [
+        _message_entry(prefix, cid, role, content, timestamp, metadata, mid, None, expiration)
+        for _, role, content, timestamp, metadata, mid in fields
+    ]
 
 
 _KNOWN_FIELDS = frozenset({"role", "content", "timestamp", "id", "metadata"})
@@ -555,17 +558,15 @@ def _legacy_fields(raws: Sequence[bytes | str], strict: bool) -> list[_LegacyFie
             body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             body = None
-        ok = (
-            isinstance(body, dict)
-            and body.get("role") in ROLES
-            and isinstance(body.get("content"), str)
-        )
-        if not ok:
+        role = content = None
+        if isinstance(body, dict):
+            role, content = body.get("role"), body.get("content")
+        if role not in ROLES or not isinstance(content, str):
             if strict:
                 return None
             continue
         stamp = body.get("timestamp")
-        usable = isinstance(stamp, int | float) and 0 < stamp < math.inf
+        usable = isinstance(stamp, (int, float)) and 0 < stamp < math.inf  # (a tuple: faster)
         timestamp = float(stamp) if usable else 0.0
         scale = 1
         while timestamp >= _LATEST_SECONDS:  # milliseconds (or finer): ids need seconds
@@ -585,7 +586,7 @@ def _legacy_fields(raws: Sequence[bytes | str], strict: bool) -> list[_LegacyFie
         if not body.keys() <= _KNOWN_FIELDS:  # (one set test: most have no other field)
             extra = {k: v for k, v in body.items() if k not in _KNOWN_FIELDS}
             metadata = {**(metadata or {}), **extra}
-        decoded.append((raw, body["role"], body["content"], timestamp, metadata, mid))
+        decoded.append((raw, role, content, timestamp, metadata, mid))
     return decoded
 
 
