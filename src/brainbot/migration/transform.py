@@ -226,21 +226,21 @@ def plan(record: Record, options: Options, now_ms: int, mark: str = "", tag: str
 
 def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     result = Plan(record)
-    if record.type == "none":
-        result.skipped = "expired during the run"
-        return result
-    if record.type == "changed":
-        result.skipped = "changed type while being read (re-run the migration)"
-        return result
-    if record.type not in SUPPORTED:
-        result.skipped = f"unsupported type: {record.type}"
+    if record.type not in SUPPORTED:  # (one test for the supported, most keys)
+        if record.type == "none":
+            result.skipped = "expired during the run"
+        elif record.type == "changed":
+            result.skipped = "changed type while being read (re-run the migration)"
+        else:
+            result.skipped = f"unsupported type: {record.type}"
         return result
     if record.oversize:
         result.skipped = "value over KV's 25 MiB (not read)"
         return result
     try:
         name = record.key.decode("utf-8")
-        key_bytes(options.prefix + name)
+        key = options.prefix + name
+        key_bytes(key)
     except UnicodeDecodeError:
         result.skipped = "key is not UTF-8 (KV keys are text)"
         return result
@@ -317,5 +317,5 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     if len(value) > MAX_VALUE_BYTES:
         result.skipped = "value over KV's 25 MiB (as KV stores it)"
         return result
-    result.items.append(PutItem(options.prefix + name, value, kv_expiration, None, metadata))
+    result.items.append(PutItem(key, value, kv_expiration, None, metadata))
     return result
