@@ -6,7 +6,7 @@ home-assistant/core#181240 trims its cached fragments for the same reason). For 
 sent at once that costs nothing; for what is held, a migration's encoded values, manifest
 and backup lines in flight, or values in the read-your-writes overlay, it is ten to forty
 times their size: measured, 3.6 KB per KV entry of a migration batch, most of it this.
-``dumps`` copies the text into a bytes object of its own size (about 0.2 µs).
+``dumps`` copies the text into a bytes object of its own size (about 0.15 µs).
 """
 
 from __future__ import annotations
@@ -18,4 +18,4 @@ import orjson
 
 def dumps(value: Any, option: int | None = None) -> bytes:
     """``orjson.dumps(value, option=option)``, in a bytes object no bigger than the text."""
-    return bytes(memoryview(orjson.dumps(value, option=option)))
+    return memoryview(orjson.dumps(value, option=option)).tobytes()  # (bytes(...): slower)
