@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from brainbot.config import Settings
 from brainbot.kv import BulkResult, EmbeddedKV, PutItem, iter_keys
 from brainbot.kv.faults import Faults
+from brainbot.migration.transform import Options
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore
 from tests.support.kv import fault_args, rest_client
@@ -403,3 +404,34 @@ async def test_a_conversation_two_users_claim_goes_to_operators_only(
         assert not await conversations.owns("shared", "alice")
         assert not await conversations.owns("shared", "mallory")
         assert await conversations.owns("odd-owner", "o/dd")
+
+
+async def test_conversations_the_bot_cannot_read_are_reported_and_the_run_goes_on(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Reviewed: with a long prefix, a conversation's Redis key fit KV's 512 bytes but its
+    message keys (15 bytes longer) did not: the bulk write refused them and the whole run
+    stopped. A message whose role is a list raised TypeError (unhashable): the run crashed.
+    A conversation id over the bot's 128 bytes became messages no reader can reach."""
+    prefix = "p" * 360
+    hi = json.dumps({"role": "user", "content": "hi"})
+    await source.rpush("conversation:" + "c" * 128, hi)  # its messages: 516 bytes
+    await source.rpush("conversation:" + "d" * 129, hi)  # over 128: a plain list
+    await source.rpush("conversation:odd-role", json.dumps({"role": ["user"], "content": "hi"}))
+    await source.rpush("conversation:fine", hi)
+    settings = settings_for(tmp_path)
+    report = await migrate(redis_url, settings, options=Options(prefix=prefix))
+    assert report.skipped == {
+        "key refused by KV: UTF-8 encoded length of 516 exceeds key length limit of 512.": 1
+    }
+    assert report.notes == {
+        "conversation id over 128 bytes: migrated as a plain list": 1,
+        "not legacy conversation messages: migrated as a plain list": 1,
+    }
+    assert report.migrated == {"list/conversation": 1, "list/generic": 2}
+    async with KVStore(EmbeddedKV(settings.embedded_kv_path), prefix=prefix) as kv:
+        history = await ConversationStore(kv).history("fine")
+        assert [m.content for m in history] == ["hi"]
+        assert await kv.lrange("conversation:odd-role", 0, -1) == [
+            json.dumps({"role": ["user"], "content": "hi"}).encode()
+        ]

@@ -477,3 +477,17 @@ def test_legacy_times_in_milliseconds_are_read_as_seconds() -> None:
     # the id keeps the exact milliseconds (1700000004.001 * 1000 is 1700000004000.9998)
     assert messages[0].id == message_id(1_700_000_004_001, "legacy00")
     assert sorted(m.id for m in messages) == [m.id for m in reversed(messages)]  # newest first
+
+
+@pytest.mark.parametrize("role", [["user"], {"user": 1}])
+def test_a_legacy_element_with_an_unhashable_role_is_not_a_message(role: object) -> None:
+    """Reviewed: ``role in ROLES`` raised TypeError for a list or dict role: a Redis
+    conversation holding one answered 500 for ever, and the migration crashed."""
+    raws = [
+        orjson.dumps({"role": role, "content": "x"}),
+        orjson.dumps({"role": "user", "content": "y"}),
+    ]
+    assert legacy_messages(raws, strict=True) is None
+    lenient = legacy_messages(raws, strict=False)
+    assert lenient is not None
+    assert [m.content for _, m in lenient] == ["y"]

@@ -205,12 +205,22 @@ def size_of(record: Record) -> int:
     return sum(map(len, value)) if value else 0
 
 
-def _owner_and_conversation(owner: object, cid: object) -> bool:
-    """Whether a legacy record names a usable owner and conversation id."""
-    if not isinstance(owner, str) or not isinstance(cid, str) or not owner or not cid:
+def _conversation_id(cid: object) -> bool:
+    """Whether ``cid`` is a conversation id the bot reads (1..128 bytes, no "/")."""
+    if not isinstance(cid, str) or not cid or "/" in cid:
         return False
     try:
-        return "/" not in cid and len(cid.encode()) <= 128 and len(owner.encode()) <= 256
+        return len(cid.encode()) <= 128
+    except UnicodeEncodeError:
+        return False
+
+
+def _owner_and_conversation(owner: object, cid: object) -> bool:
+    """Whether a legacy record names a usable owner and conversation id."""
+    if not isinstance(owner, str) or not owner or not _conversation_id(cid):
+        return False
+    try:
+        return len(owner.encode()) <= 256
     except UnicodeEncodeError:
         return False
 
@@ -264,9 +274,16 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     conversation = options.pattern("conversation").match(name) if record.type == "list" else None
     if conversation and record.type == "list" and streamed:
         result.note = "too big to read as legacy messages: migrated as a plain list"
+    elif conversation and record.type == "list" and not _conversation_id(conversation["id"]):
+        result.note = "conversation id over 128 bytes: migrated as a plain list"
     elif conversation and record.type == "list":
         items = legacy_items(options.prefix, conversation["id"], record.value, kv_expiration)
         if items is not None:  # message_item of each of legacy_messages(..., strict=True)
+            try:  # a message's key is longer than the list's: one over KV's limit stops
+                key_bytes(max((item.key for item in items), key=len))  # (ids are ASCII)
+            except KVValidationError as exc:  # the run, at its bulk write
+                result.skipped = f"key refused by KV: {exc.message}"
+                return result
             result.kind = "conversation"
             result.items = items
             return result

@@ -561,7 +561,8 @@ def _legacy_fields(raws: Sequence[bytes | str], strict: bool) -> list[_LegacyFie
         role = content = None
         if isinstance(body, dict):
             role, content = body.get("role"), body.get("content")
-        if role not in ROLES or not isinstance(content, str):
+        # (a list or dict role is not hashable: ``in ROLES`` would raise TypeError)
+        if not isinstance(role, str) or role not in ROLES or not isinstance(content, str):
             if strict:
                 return None
             continue
