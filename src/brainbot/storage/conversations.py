@@ -70,6 +70,17 @@ MAX_CONTENT_BYTES = 1024 * 1024
 _UNKNOWN_SIZE = MAX_CONTENT_BYTES  # a big message written before sizes were recorded
 
 
+def _stored(
+    role: str, content: str, timestamp: float, metadata: dict[str, JSON] | None, mid: str
+) -> dict[str, Any]:
+    """A message as its KV value holds it (``Message.to_json``; the migration's entries)."""
+    out: dict[str, Any] = {"role": role, "content": content, "timestamp": timestamp}
+    if metadata is not None:
+        out["metadata"] = metadata
+    out["id"] = mid
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     role: str
@@ -80,12 +91,7 @@ class Message:
     """Set by the store on append; sorts newest first within a conversation."""
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
-        out["timestamp"] = self.timestamp
-        if self.metadata is not None:
-            out["metadata"] = self.metadata
-        out["id"] = self.id
-        return out
+        return _stored(self.role, self.content, self.timestamp, self.metadata, self.id)
 
     def text(self) -> str:
         """The stored form (and, give or take, its size in a response)."""
@@ -227,11 +233,7 @@ def _message_entry(
 ) -> PutItem:
     """``message_item`` from a message's fields: the migration builds its entries from
     legacy fields without making a ``Message`` of each (a frozen dataclass: 0.7 us)."""
-    body: dict[str, Any] = {"role": role, "content": content, "timestamp": timestamp}
-    if metadata is not None:  # ``Message.to_json``, key for key
-        body["metadata"] = metadata
-    body["id"] = mid
-    text = orjson.dumps(body).decode()
+    text = orjson.dumps(_stored(role, content, timestamp, metadata, mid)).decode()
     small: dict[str, Any] = {"r": role, "t": timestamp, "c": content}
     if metadata is not None:
         small["m"] = metadata
