@@ -78,10 +78,17 @@ MAX_BATCH_BYTES = 4 * 1024 * 1024  # far below the isolate's 128 MB
 ALONE_BYTES = 1024 * 1024  # an op this big travels in a request of its own
 MAX_CONFLICTS = 1000  # commits lost to other writers in a row before WriteConflict
 MAX_FULL_ANSWERS = 1000  # times in a row an op found its batch's answer full
-MAX_ANSWER_BYTES = 2 * (-(-MAX_VALUE_BYTES // 3) * 4) + (8 << 20)
-"""The Worker answers about one value's worth (base64) beside small entries (its
-``AnswerBudget``); twice that and room for 1,000 entries' names and metadata is more than
-any legitimate answer: reading stops there."""
+LIST_ENTRY_ANSWER = 4096
+"""At most what one listed name (512 bytes, JSON-escaped) and its metadata (1 KiB) take in
+an answer."""
+MAX_LIST_ANSWER = 32 * 1024 * 1024
+"""The list pages one batch may ask for, by their worst case (``limit`` x
+``LIST_ENTRY_ANSWER``: 8 full pages): the Worker budgets the values it answers
+(``AnswerBudget``), not names and metadata, so the client keeps list pages within this."""
+MAX_ANSWER_BYTES = 2 * (-(-MAX_VALUE_BYTES // 3) * 4) + MAX_LIST_ANSWER + (8 << 20)
+"""The Worker answers about one value's worth (base64) beside the list pages above and
+small entries (1,000 gets' metadata); more than that is no legitimate answer: reading
+stops there."""
 _COST = {"get": 2, "put": 1, "delete": 1, "list": 1, "xstats": 0}  # the Worker's own count
 SIGNATURE_VERSION = "brainbot-v2"
 
@@ -213,6 +220,7 @@ class GatewayKV:
         self._pending: list[Pending] = []
         self._cost = 0
         self._bytes = 0
+        self._listed = 0  # the batch's list pages, at their worst (MAX_LIST_ANSWER)
         self._timer: asyncio.TimerHandle | None = None
         self._sending: set[asyncio.Task[None]] = set()
 
@@ -236,12 +244,18 @@ class GatewayKV:
     def _submit(self, op: dict[str, Any]) -> asyncio.Future[dict[str, Any]]:
         loop = asyncio.get_running_loop()
         cost, size = _op_cost(op), _op_bytes(op)
-        if self._cost + cost > MAX_KV_OPS or self._bytes + size > self.max_batch_bytes:
+        listed = op["limit"] * LIST_ENTRY_ANSWER if op["op"] == "list" else 0
+        if (
+            self._cost + cost > MAX_KV_OPS
+            or self._bytes + size > self.max_batch_bytes
+            or self._listed + listed > MAX_LIST_ANSWER
+        ):
             self._flush()
         future: asyncio.Future[dict[str, Any]] = loop.create_future()
         self._pending.append((op, future))
         self._cost += cost
         self._bytes += size
+        self._listed += listed
         if size >= min(ALONE_BYTES, self.max_batch_bytes // 2):
             self._flush()  # a large value goes alone: a 413 never takes small ops with it
         elif self._timer is None:
@@ -255,6 +269,7 @@ class GatewayKV:
         if not self._pending:
             return
         batch, self._pending, self._cost, self._bytes = self._pending, [], 0, 0
+        self._listed = 0
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
