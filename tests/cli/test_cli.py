@@ -74,8 +74,9 @@ def test_list_shows_control_characters_escaped(brainbot) -> None:  # type: ignor
     red; an ESC]... sequence can retitle it or worse), and a name with a tab or a line
     break broke the one-name-a-line output. ``--json`` keeps names exact."""
     names = ["a\x1b[31mred", "tab\there", "two\nlines", "rtl\u202eevil", "back\\slash"]
+    meta = {"m": "\u202e", "c": 'say "hi"\nbye é'}
     for name in names:
-        assert brainbot("kv", "put", name, "v", "--metadata", '{"m": "\u202e"}').returncode == 0
+        assert brainbot("kv", "put", name, "v", "--metadata", json.dumps(meta)).returncode == 0
     listed = brainbot("kv", "list").stdout.decode().splitlines()
     assert [line.split("\t")[0] for line in listed] == [
         "a\\x1b[31mred",
@@ -84,10 +85,12 @@ def test_list_shows_control_characters_escaped(brainbot) -> None:  # type: ignor
         "tab\\there",
         "two\\nlines",
     ]
-    assert all(line.endswith('metadata={"m": "\\u202e"}') for line in listed)
+    shown = [line.split("\tmetadata=")[1] for line in listed]
+    assert all(json.loads(text) == meta for text in shown)  # valid JSON, as before
+    assert all(text.isprintable() and "é" in text for text in shown)
     exact = [json.loads(line) for line in brainbot("kv", "list", "--json").stdout.splitlines()]
     assert [e["name"] for e in exact] == sorted(names, key=str.encode)
-    assert exact[0]["metadata"] == {"m": "\u202e"}
+    assert exact[0]["metadata"] == meta
 
 
 @pytest.mark.parametrize(

@@ -131,8 +131,7 @@ def list_keys(
                 if info.expiration is not None:
                     extra.append(f"expiration={info.expiration}")
                 if info.metadata is not None:
-                    text = json.dumps(info.metadata, ensure_ascii=False)
-                    extra.append("metadata=" + printable(text))
+                    extra.append("metadata=" + _json_text(info.metadata))
                 print("\t".join([printable(info.name), *extra]))
             shown += 1
             if limit is not None and shown >= limit:
@@ -141,6 +140,14 @@ def list_keys(
 
     count = _run(work)
     err.print(f"{count} key(s)")
+
+
+def _json_text(value: object) -> str:
+    """``value`` as JSON on one line, readable (``é`` stays) but terminal-safe: what is not
+    printable (bidi overrides, C1 controls, lone surrogates) as JSON's own ``\\u`` escapes,
+    so the text stays valid JSON (``printable`` would double its backslashes)."""
+    text = json.dumps(value, ensure_ascii=False)
+    return "".join(c if c.isprintable() else json.dumps(c)[1:-1] for c in text)
 
 
 SERVE_TOKEN_ENV = "BRAINBOT_KV_SERVE_TOKEN"  # noqa: S105 (a variable name, not a secret)
