@@ -491,3 +491,14 @@ def test_a_legacy_element_with_an_unhashable_role_is_not_a_message(role: object)
     lenient = legacy_messages(raws, strict=False)
     assert lenient is not None
     assert [m.content for _, m in lenient] == ["y"]
+
+
+def test_a_legacy_id_of_other_scripts_digits_is_not_taken() -> None:
+    """Reviewed: the id pattern's ``\\d`` took Arabic-Indic digits, so an element's own id
+    could be longer in bytes than in characters: with a long prefix its message key
+    passed the migration's length check and then stopped the run at its bulk write."""
+    foreign = "\u0660" * 12 + "\u0661" + ".abcdefgh"
+    raws = [orjson.dumps({"role": "user", "content": "x", "id": foreign})]
+    decoded = legacy_messages(raws, strict=True)
+    assert decoded is not None
+    assert re.fullmatch(r"[0-9]{13}\.legacy00", decoded[0][1].id)

@@ -35,7 +35,7 @@ import orjson
 
 from brainbot.errors import BrainbotError, RollbackError
 
-RUN_ID = re.compile(r"\A\d{8}T\d{6}Z-[0-9a-f]{6}\Z")
+RUN_ID = re.compile(r"\A[0-9]{8}T[0-9]{6}Z-[0-9a-f]{6}\Z")
 
 
 def new_run_id() -> str:

@@ -515,7 +515,7 @@ class KVLayout:
 LEGACY_WRITER = "legacy00"
 _LATEST_SECONDS = _INVERT / 1000
 """Seconds past this (the year 2286) are not seconds: a legacy time in milliseconds."""
-_ID_FORMAT = re.compile(r"\A\d{13}\.[0-9a-z]{8}\Z")
+_ID_FORMAT = re.compile(r"\A[0-9]{13}\.[0-9a-z]{8}\Z")  # ASCII: \d takes any script's digits
 
 
 def legacy_messages(
