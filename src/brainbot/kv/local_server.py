@@ -844,7 +844,9 @@ async def serve(
 ) -> None:
     """Run until cancelled or signalled; announce ``READY <base-url> account=<id>`` once
     accepting. The transport is ``brainbot serve``'s, with its limits (``serving.transport``):
-    a client sending headers slowly is cut off after ``header_timeout``."""
+    a client sending headers slowly is cut off after ``header_timeout``, and so is an idle
+    keep-alive connection (the deadline for its next request's headers): 10 s, longer than
+    httpx and Node keep an idle connection (5 s), so they close first."""
 
     def ready(line: str) -> None:
         line = f"{line} account={server.account_id}"
@@ -859,7 +861,7 @@ async def serve(
         port=port,
         header_timeout=header_timeout,
         max_connections=max_connections,
-        keep_alive=30,
+        keep_alive=30,  # (the header deadline closes an idle connection first)
         announce=ready,
         path="/client/v4",
         backlog=2048,
