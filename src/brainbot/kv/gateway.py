@@ -71,7 +71,13 @@ from brainbot.kv.namespace import (
     R,
     Writes,
 )
-from brainbot.kv.rest import RetryPolicy, _parse_retry_after, _retry_hook, read_capped
+from brainbot.kv.rest import (
+    RetryPolicy,
+    _parse_json,
+    _parse_retry_after,
+    _retry_hook,
+    read_capped,
+)
 
 MAX_KV_OPS = 1000  # per Worker invocation
 MAX_BATCH_BYTES = 4 * 1024 * 1024  # far below the isolate's 128 MB
@@ -268,8 +274,8 @@ class GatewayKV:
             self._timer = None
         if not self._pending:
             return
-        batch, self._pending, self._cost, self._bytes = self._pending, [], 0, 0
-        self._listed = 0
+        batch, self._pending = self._pending, []
+        self._cost = self._bytes = self._listed = 0
         task = asyncio.get_running_loop().create_task(self._send(batch))
         self._sending.add(task)
         task.add_done_callback(self._sending.discard)
@@ -345,7 +351,7 @@ class GatewayKV:
                     )
         assert response is not None
         try:
-            answer = response.json()
+            answer = _parse_json(response.content)
         except ValueError:
             raise ServerError(
                 "gateway: the answer is not JSON", status=response.status_code
@@ -529,7 +535,7 @@ class GatewayKV:
 
 def _error_text(response: httpx.Response) -> str:
     try:
-        answer = response.json()
+        answer = _parse_json(response.content)
     except ValueError:
         return f"HTTP {response.status_code}"
     return str(answer.get("error")) if isinstance(answer, dict) else f"HTTP {response.status_code}"

@@ -634,9 +634,12 @@ class LocalKVServer:
         except KVError as exc:
             return error_response(exc)
         advance = body.get("advance", 0) if isinstance(body, dict) else None
-        if isinstance(advance, bool) or not isinstance(advance, int | float):
-            advance = math.nan
-        if not math.isfinite(advance) or abs(advance) > 2**31:  # NaN would stop every read
+        if (
+            isinstance(advance, bool)
+            or not isinstance(advance, int | float)
+            or not math.isfinite(advance)  # NaN would stop every read
+            or abs(advance) > 2**31
+        ):
             return envelope(errors=[(10001, "advance: a finite number of seconds")], status=400)
         assert isinstance(self._clock, TestClock)
         self._clock.offset += advance

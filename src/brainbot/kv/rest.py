@@ -32,7 +32,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -411,11 +411,9 @@ class CloudflareKV:
         self, method: str, path: str, *, not_found_ok: bool = False, **kwargs: Any
     ) -> httpx.Response:
         """Send one API request under the budget, retrying what is worth retrying."""
-
-        async def once() -> httpx.Response:
-            return await self._request_once(method, path, not_found_ok, kwargs)
-
-        return await self._retrying(method, path, once)
+        return await self._parsed(
+            method, path, lambda response: response, not_found_ok=not_found_ok, **kwargs
+        )
 
     async def _parsed(
         self,
@@ -426,23 +424,16 @@ class CloudflareKV:
         not_found_ok: bool = False,
         **kwargs: Any,
     ) -> T:
-        """:meth:`_request`, the answer read by ``parse`` within the same attempt: an
-        answer ``parse`` finds malformed (``ServerError``) is retried like a 5xx."""
-
-        async def once() -> T:
-            return parse(await self._request_once(method, path, not_found_ok, kwargs))
-
-        return await self._retrying(method, path, once)
-
-    async def _retrying(self, method: str, path: str, once: Callable[[], Awaitable[T]]) -> T:
-        """``once()`` under the retry policy. Live traffic does not wait out a long
+        """One API request under the budget, retried where worth it, its answer read by
+        ``parse`` within the same attempt: an answer ``parse`` finds malformed
+        (``ServerError``) is retried like a 5xx. Live traffic does not wait out a long
         ``Retry-After``: it fails fast with ``BudgetExhausted`` (the service answers 503
         with that ``Retry-After``)."""
         hook = self._live_retry_hook if self.live else _retry_hook
         try:
             async for attempt in self.retry.context(hook):
                 with attempt:
-                    return await once()
+                    return parse(await self._request_once(method, path, not_found_ok, kwargs))
         except RateLimited as exc:
             if not self.live:
                 raise

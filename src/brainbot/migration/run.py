@@ -420,28 +420,10 @@ class _Run:
         """Put step ``index``'s items (``writes``: a list per key) in batches, each sent as
         soon as the next item would overflow it. The whole step in at once when it fits
         (most do: the batch is then the same as key by key, without a loop in Python)."""
-        count = sum(map(len, writes))
-        if not count:
-            return
-        volume = sum(map(len, map(_VALUE, itertools.chain.from_iterable(writes)))) + 256 * count
-        batch = self.batch
-        if len(batch.items) + count <= self.batch_entries and batch.volume + volume <= WRITE_BYTES:
-            batch.items += itertools.chain.from_iterable(writes)
-            batch.steps[index] += count
-            batch.volume += volume
-            step.pending += count
+        if not writes or self._add_whole(index, step, list(itertools.chain.from_iterable(writes))):
             return
         for items in writes:
-            batch = self.batch
-            volume = sum(map(len, map(_VALUE, items))) + 256 * len(items)
-            if (
-                len(batch.items) + len(items) <= self.batch_entries
-                and batch.volume + volume <= WRITE_BYTES
-            ):  # the whole key fits in the batch: in at once
-                batch.items += items
-                batch.steps[index] += len(items)
-                batch.volume += volume
-                step.pending += len(items)
+            if self._add_whole(index, step, items):  # the whole key fits in the batch
                 continue
             for item in items:
                 size = len(item.value) + 256
@@ -454,6 +436,19 @@ class _Run:
                 self.batch.steps[index] += 1
                 self.batch.volume += size
                 step.pending += 1
+
+    def _add_whole(self, index: int, step: _Step, items: list[PutItem]) -> bool:
+        """Put all of ``items`` (step ``index``'s) in the current batch if they fit in it
+        together; whether they did."""
+        batch, count = self.batch, len(items)
+        volume = sum(map(len, map(_VALUE, items))) + 256 * count
+        if len(batch.items) + count > self.batch_entries or batch.volume + volume > WRITE_BYTES:
+            return False
+        batch.items += items
+        batch.steps[index] += count
+        batch.volume += volume
+        step.pending += count
+        return True
 
     # -- writing ----------------------------------------------------------------------
 

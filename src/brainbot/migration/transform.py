@@ -272,11 +272,11 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     streamed = isinstance(record.value, Encoded)  # too big to be read as Python values
     # each legacy layout is of one type: other types need no pattern match
     conversation = options.pattern("conversation").match(name) if record.type == "list" else None
-    if conversation and record.type == "list" and streamed:
+    if conversation and streamed:
         result.note = "too big to read as legacy messages: migrated as a plain list"
-    elif conversation and record.type == "list" and not _conversation_id(conversation["id"]):
+    elif conversation and not _conversation_id(conversation["id"]):
         result.note = "conversation id over 128 bytes: migrated as a plain list"
-    elif conversation and record.type == "list":
+    elif conversation:
         items = legacy_items(options.prefix, conversation["id"], record.value, kv_expiration)
         if items is not None:  # message_item of each of legacy_messages(..., strict=True)
             try:  # a message's key is longer than the list's: one over KV's limit stops
@@ -289,7 +289,7 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
             return result
         result.note = "not legacy conversation messages: migrated as a plain list"
     session = options.pattern("session").match(name) if record.type == "string" else None
-    if session and record.type == "string":
+    if session:
         try:
             legacy = orjson.loads(record.value)
         except orjson.JSONDecodeError:
@@ -307,9 +307,9 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
             return result
         result.note = "not a legacy JSON session: migrated as a plain string"
     owners = options.pattern("owner").match(name) if record.type == "set" else None
-    if owners and record.type == "set" and streamed:
+    if owners and streamed:
         result.note = "too big to read as a legacy owner set: migrated as a plain set"
-    elif owners and record.type == "set":
+    elif owners:
         user = owners["id"]
         members = [m.decode("utf-8", "replace") for m in record.value]
         usable = [cid for cid in members if _owner_and_conversation(user, cid)]
