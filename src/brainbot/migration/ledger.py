@@ -149,11 +149,14 @@ def expiry_floor(tolerance_ms: int, now: float | None = None) -> int:
     return int(time.time() if now is None else now) + 62 + tolerance_ms // 1000
 
 
+VALUE_DIFFERS = "value differs"
+
+
 def difference(want: Expected, seen: Seen, tolerance_ms: int, floor: int) -> str | None:
     """What differs between an expected entry and the listed one (None: nothing); the
     rules ``_MATCH`` applies in SQL."""
     if seen.digest is not None and seen.digest != want.digest:
-        return "value differs"
+        return VALUE_DIFFERS
     if want.typed and want.type != seen.type:
         return f"type is {seen.type} on KV, {want.type} in Redis"
     if seen.shape is not None and seen.shape != want.shape:

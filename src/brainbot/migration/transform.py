@@ -1,6 +1,7 @@
 """From a Redis record to the KV writes the new code reads, with the pre-flight checks.
 
-* generic keys become exactly what ``KVStore`` reads (``storage/codec.py``);
+* generic keys become exactly what ``KVStore`` reads (``storage/codec.py``), a hash with
+  its fields in byte order (``ordered_hash``): Redis keeps no order a digest could rely on;
 * legacy conversation lists (``conversation:{id}``, a list of JSON messages) become the
   ``ConversationStore`` layout, one key per message, with ids derived from the messages'
   times and positions, so a re-run writes the same keys (no duplicates);
@@ -28,6 +29,7 @@ instead of reading values.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ from typing import Any, Literal
 
 import orjson
 
+from brainbot import json_bytes
 from brainbot.errors import InvalidInput
 from brainbot.kv.errors import KVValidationError
 from brainbot.kv.limits import MAX_VALUE_BYTES, key_bytes
@@ -51,6 +54,27 @@ RESERVED = ("conv/", "user/", "session:", "__brainbot_health__")
 
 _BLAKE2B_96 = hashlib.blake2b(digest_size=12)
 """Copied for each digest: a third cheaper than making one (its arguments parsed again)."""
+
+
+SORTED_FIELDS = 200_000
+"""A streamed hash of up to this many fields is put in field order (its parsed JSON: some
+30 MB at most); a bigger one keeps HSCAN's order (verify may call it "value differs"
+after its order changes in Redis)."""
+
+
+def ordered_hash(value: bytes, binary: bool) -> bytes:
+    """A hash's KV value (``codec``'s layout) with its fields in byte order.
+
+    HGETALL answers a small hash in insertion order and a big one in its hash table's
+    order, which a Redis restart or a replica reseeds, so the same fields come back in
+    another order and Redis's order would digest differently. Sorted, equal fields digest
+    equal. Text sorts as its UTF-8 bytes do (code point order); base64, by its bytes."""
+    body: dict[str, str] = orjson.loads(value)
+    if binary:
+        ordered = sorted(body.items(), key=lambda pair: base64.b64decode(pair[0]))
+    else:
+        ordered = sorted(body.items())
+    return json_bytes.dumps(dict(ordered))
 
 
 def digest(value: bytes | str) -> str:
@@ -325,8 +349,12 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     data: Any = record.value
     if isinstance(data, Encoded):
         value, metadata = data.kv, Item(record.type, None, expire_ms).metadata(binary=data.binary)  # type: ignore[arg-type]
+        if record.type == "hash" and data.count <= SORTED_FIELDS:
+            value = ordered_hash(value, data.binary)
     else:
-        if record.type == "zset":
+        if record.type == "hash":  # in byte order: ordered_hash
+            data = dict(sorted(record.value.items()))
+        elif record.type == "zset":
             data = dict(record.value)
         elif record.type == "list":
             data = list(record.value)
