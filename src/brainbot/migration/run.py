@@ -160,6 +160,10 @@ def _encode_value(record: Record) -> Any:
 
 
 def backup_line(record: Record, now_ms: int) -> bytes:
+    """The backup of a source record: its PTTL with the moment it was read (``now_ms`` if
+    the record does not say), which rollback counts the expiry from."""
+    if record.read_ms is not None:
+        now_ms = record.read_ms
     if isinstance(record.value, Encoded):  # its backup form is ready: spliced in, not parsed
         head = orjson.dumps({"key": files.b64(record.key), "type": record.type})
         tail = orjson.dumps({"pttl": record.pttl, "at_ms": now_ms})

@@ -31,6 +31,7 @@ import base64
 import contextlib
 import math
 import ssl
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,6 +227,9 @@ class Record:
     pttl: int
     size: int = 0
     oversize: bool = False
+    read_ms: int | None = None
+    """When ``pttl`` was asked for (epoch ms): its expiry is ``read_ms + pttl``, however
+    long the big values read after it take (None: the caller's moment of planning)."""
 
 
 @dataclass(slots=True)
@@ -398,12 +402,13 @@ class Reader:
     async def _read_scripted(
         self, keys: Sequence[bytes]
     ) -> tuple[list[Record], list[tuple[int, int]]]:
+        read_ms = int(time.time() * 1000)
         reply = await self._script(args=[SMALL_BYTES, self.slice_size, BATCH_BYTES, *keys])
         records, alone = [], []
         for i, key in enumerate(keys):
             kind, ttl, size, count, raw = reply[5 * i : 5 * i + 5]
             kind = _text(kind)
-            record = Record(key, kind, None, int(ttl), int(size))
+            record = Record(key, kind, None, int(ttl), int(size), read_ms=read_ms)
             if raw is not None:
                 record.value = _value(kind, raw)
             elif kind in SUPPORTED:
@@ -418,9 +423,10 @@ class Reader:
         for key in keys:
             pipe.type(key)
             pipe.pttl(key)
+        read_ms = int(time.time() * 1000)
         meta = await pipe.execute()
         records = [
-            Record(key, _text(kind), None, int(ttl))
+            Record(key, _text(kind), None, int(ttl), read_ms=read_ms)
             for key, kind, ttl in zip(keys, meta[::2], meta[1::2], strict=True)
         ]
         pipe = self.redis.pipeline(transaction=False)

@@ -229,6 +229,14 @@ def size_of(record: Record) -> int:
     return sum(map(len, value)) if value else 0
 
 
+def expiry_of(record: Record, now_ms: int) -> int | None:
+    """The exact expiry (epoch ms) of a key read with ``record.pttl`` left, counted from
+    when that was read (``now_ms`` if not known)."""
+    if record.pttl <= 0:
+        return None
+    return (now_ms if record.read_ms is None else record.read_ms) + record.pttl
+
+
 def _conversation_id(cid: object) -> bool:
     """Whether ``cid`` is a conversation id the bot reads (1..128 bytes, no "/")."""
     if not isinstance(cid, str) or not cid or "/" in cid:
@@ -285,8 +293,8 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     if result.size > MAX_VALUE_BYTES:
         result.skipped = "value over KV's 25 MiB"
         return result
-    expire_ms = now_ms + record.pttl if record.pttl > 0 else None
-    if record.pttl > 0 and record.pttl < codec.KV_MIN_TTL_MS:
+    expire_ms = expiry_of(record, now_ms)
+    if expire_ms is not None and expire_ms - now_ms < codec.KV_MIN_TTL_MS:
         if options.short_ttl == "skip":
             result.skipped = "under 60 s left (policy: skip)"
             return result
