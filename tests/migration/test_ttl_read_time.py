@@ -14,7 +14,8 @@ import redis.asyncio as aioredis
 
 from brainbot.composition import open_namespace
 from brainbot.migration.source import SMALL_BYTES, Reader, Record
-from tests.support.migration import migrate, settings_for, verify_kv
+from brainbot.migration.transform import Options, plan
+from tests.support.migration import migrate, roll_back, settings_for, verify_kv
 
 SLOW_SECONDS = 30.0
 
@@ -77,3 +78,43 @@ async def test_a_slow_read_is_not_an_expiry_difference_for_verify_or_a_second_ru
     assert report.differences == []
     second = await migrate(redis_url, settings, verify_after=False)
     assert second.entries.get("written", 0) == 0, second.entries
+
+
+def test_a_key_read_with_zero_ms_left_keeps_its_expiry() -> None:
+    """PTTL answers 0 for a key that expires in this very millisecond (Redis calls it
+    expired only once the clock passes its expiry). Before: migrated without any TTL."""
+    now = int(time.time() * 1000)
+    record = Record(b"g:last-ms", "string", b"v", 0)
+    (item,) = plan(record, Options(), now).items
+    assert isinstance(item.metadata, dict)
+    assert item.metadata.get("x") == now
+    assert item.expiration is not None
+    skipped = plan(record, Options(short_ttl="skip"), now)
+    assert skipped.skipped == "under 60 s left (policy: skip)"
+
+
+async def test_a_key_read_in_its_last_millisecond_is_not_restored_for_ever(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch script answering PTTL 0 for one key (its last millisecond): KV gets its
+    exact expiry, and a rollback does not restore it to Redis. Before: migrated and
+    restored without any TTL, a key that lives for ever."""
+    settings = settings_for(tmp_path)
+    await source.set("g:last-ms", "v")
+    await source.expire("g:last-ms", 3600)
+    read_scripted = Reader._read_scripted
+
+    async def last_ms(self: Reader, keys: Any) -> Any:
+        records, alone = await read_scripted(self, keys)
+        for record in records:
+            record.pttl = 0
+        return records, alone
+
+    monkeypatch.setattr(Reader, "_read_scripted", last_ms)
+    report = await migrate(redis_url, settings, verify_after=False)
+    assert isinstance(await _exact_expiry(tmp_path, "g:last-ms"), int)
+    monkeypatch.undo()
+    await source.flushdb()
+    result = await roll_back(report.run_id, settings, delete_kv=True, restore_to=redis_url)
+    assert result.redis_restored == 0
+    assert await source.exists("g:last-ms") == 0

@@ -315,7 +315,7 @@ async def _restore_chunk(
     pipe = redis.pipeline(transaction=False)
     renames: list[tuple[int, bytes]] = []  # (reply index of RENAMENX, key)
     for key, record in zip(keys, records, strict=True):
-        expire_at = record["at_ms"] + record["pttl"] if record["pttl"] > 0 else None
+        expire_at = record["at_ms"] + record["pttl"] if record["pttl"] >= 0 else None
         if expire_at is not None and expire_at <= now_ms:
             report.redis_expired += 1
             continue

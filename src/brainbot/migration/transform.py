@@ -231,8 +231,9 @@ def size_of(record: Record) -> int:
 
 def expiry_of(record: Record, now_ms: int) -> int | None:
     """The exact expiry (epoch ms) of a key read with ``record.pttl`` left, counted from
-    when that was read (``now_ms`` if not known)."""
-    if record.pttl <= 0:
+    when that was read (``now_ms`` if not known). A PTTL of 0 is a key in its last
+    millisecond (Redis expires it once its clock passes the expiry), not one without."""
+    if record.pttl < 0:  # -1: no expiry (-2: gone)
         return None
     return (now_ms if record.read_ms is None else record.read_ms) + record.pttl
 
