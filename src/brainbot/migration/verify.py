@@ -69,8 +69,8 @@ from brainbot.migration.transform import (
     owner_items,
     plan,
 )
-from brainbot.storage import codec
 from brainbot.migration.url import REDACTED, SourceURL
+from brainbot.storage import codec
 
 READ_CHUNK = 100  # values per bulk read
 YIELD_EVERY = 50
