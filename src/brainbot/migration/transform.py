@@ -312,6 +312,8 @@ def _plan(record: Record, options: Options, now_ms: int) -> Plan:
     elif conversation:
         items = legacy_items(options.prefix, conversation["id"], record.value, kv_expiration)
         if items is not None:  # message_item of each of legacy_messages(..., strict=True)
+            # elements with one id are one KV entry, the last one: planned once, as KV holds it
+            items = list({item.key: item for item in items}.values())
             try:  # a message's key is longer than the list's: one over KV's limit stops
                 key_bytes(max((item.key for item in items), key=len))  # (ids are ASCII)
             except KVValidationError as exc:  # the run, at its bulk write
