@@ -871,9 +871,11 @@ class ConversationStore:
         """The newest ``limit`` messages (older than ``before``), in chronological order."""
         return (await self.page(conversation_id, limit=limit, before=before)).messages
 
-    async def _kept(self, cid: str) -> list[str]:
-        """Ids within the retention limits (count, bytes, age), newest first."""
-        index = await self._primary.index(cid, sizes=self.max_bytes is not None)
+    async def _kept(self, cid: str) -> tuple[list[str], list[str]]:
+        """Ids within the retention limits (count, bytes, age), newest first, and the rest:
+        both from one listing, so a message appended meanwhile is in neither."""
+        every = await self._primary.index(cid, sizes=self.max_bytes is not None)
+        index = every
         if self.max_age is not None:
             oldest = self._clock() - self.max_age
             index = [entry for entry in index if entry[1] >= oldest]
@@ -886,17 +888,20 @@ class ConversationStore:
                 break
             kept.append(mid)
             used += size
-        return kept
+        chosen = set(kept)
+        return kept, [mid for mid, _, _ in every if mid not in chosen]
 
     async def count(self, conversation_id: str) -> int:
         """How many messages the conversation holds (KV: one list request per 1,000)."""
-        return len(await self._kept(_check_id("conversation", conversation_id)))
+        kept, _ = await self._kept(_check_id("conversation", conversation_id))
+        return len(kept)
 
     async def trim(self, conversation_id: str) -> int:
-        """Delete the messages beyond the retention limits."""
+        """Delete the messages beyond the retention limits. What to delete comes from the
+        same listing as what to keep: a second listing would also hold messages other
+        processes appended after the first, the newest of all, and delete them."""
         cid = _check_id("conversation", conversation_id)
-        kept = set(await self._kept(cid))
-        extra = [mid for mid, _, _ in await self._primary.index(cid) if mid not in kept]
+        _, extra = await self._kept(cid)
         await self._primary.remove(cid, extra)
         if self._shadow is not None:
             await self._shadow.remove(cid, extra)
