@@ -7,6 +7,7 @@ file the test creates once the other operation returned.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import pytest
 from brainbot.composition import load_settings, open_store
 from brainbot.storage import Store
 from brainbot.storage.conversations import ConversationStore, Message
+from brainbot.storage.sessions import SessionStore
 from tests.support.processes import PYTHONPATH, ROOT, Service
 
 
@@ -112,3 +114,46 @@ def test_a_trim_never_deletes_a_message_another_process_appended_meanwhile(
         return [m.content for m in await ConversationStore(store).history("c", limit=100)]
 
     assert in_store(backend, contents)[-1] == "new"
+
+
+# -- sessions ------------------------------------------------------------------------------
+
+
+def make_session(settings: dict[str, str]) -> str:
+    async def create(store: Store) -> str:
+        return (await SessionStore(store, lifetime=600).create({"by": "create"})).id
+
+    sid: str = in_store(settings, create)
+    return sid
+
+
+def read_session(settings: dict[str, str], sid: str) -> dict[str, Any] | None:
+    async def read(store: Store) -> dict[str, Any] | None:
+        raw = await store.get(SessionStore(store).prefix + _digest(sid))
+        return None if raw is None else json.loads(raw)["data"]
+
+    found: dict[str, Any] | None = in_store(settings, read)
+    return found
+
+
+def _digest(sid: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(sid.encode()).hexdigest()
+
+
+@pytest.mark.parametrize("scenario", ["refresh", "update"])
+def test_a_deleted_session_stays_deleted_whatever_another_process_was_writing(
+    backend: dict[str, str], tmp_path: Path, scenario: str
+) -> None:
+    """Before: a refresh (a mere read whose lifetime ran low) or an update that had read
+    the session before another process deleted it (a logout) wrote it back: the session
+    was alive again, with its whole lifetime."""
+    sid = make_session(backend)
+
+    async def logout(store: Store) -> None:
+        assert await SessionStore(store).delete(sid)
+
+    answer = race(backend, tmp_path, scenario, [sid], logout)
+    assert answer in ("None", "'SessionNotFound'")
+    assert read_session(backend, sid) is None

@@ -112,16 +112,25 @@ class SessionStore:
         return session_key(self.prefix, session_id)
 
     async def _write(
-        self, session_id: str, data: dict[str, JSON], created: float, ends: float
-    ) -> Session:
+        self,
+        session_id: str,
+        data: dict[str, JSON],
+        created: float,
+        ends: float,
+        *,
+        existing: bool = False,
+    ) -> Session | None:
+        """Store the session; with ``existing`` only over a stored one (SET XX, atomic on
+        every backend), None if there is none: a write that follows a read must not bring
+        back a session another process deleted meanwhile (a logout)."""
         now = self._clock()
         expires = min(now + self.lifetime, ends)
         session = Session(session_id, data, created, expires, ends)
         body = {"data": data, "created": created, "expires": expires, "ends": ends}
         # reads enforce the exact end; the entry may outlive it by up to KV's 60 s floor
         ttl = max(int(expires - now + 0.999), MIN_EXPIRATION_TTL)
-        await self.store.set(self._key(session_id), json.dumps(body), ex=ttl)
-        return session
+        written = await self.store.set(self._key(session_id), json.dumps(body), ex=ttl, xx=existing)
+        return session if written else None
 
     async def create(self, data: dict[str, JSON] | None = None) -> Session:
         """A new session (a new id every time: ids are never reused or chosen by clients)."""
@@ -130,7 +139,9 @@ class SessionStore:
         except (TypeError, ValueError) as exc:
             raise SessionError(f"Session data must be JSON: {exc}") from None
         now = self._clock()
-        return await self._write(self._new_id(), dict(data or {}), now, now + self.max_lifetime)
+        session = await self._write(self._new_id(), dict(data or {}), now, now + self.max_lifetime)
+        assert session is not None  # written unconditionally
+        return session
 
     async def _read(self, session_id: str) -> Session | None:
         raw = await self.store.get(self._key(session_id))
@@ -159,15 +170,22 @@ class SessionStore:
             return None
         left = session.expires - self._clock()
         if left < self.refresh_below and session.expires < session.ends:
-            session = await self._write(session_id, session.data, session.created, session.ends)
+            return await self._write(
+                session_id, session.data, session.created, session.ends, existing=True
+            )
         return session
 
     async def update(self, session_id: str, data: dict[str, JSON]) -> Session:
-        """Replace the session's data (and renew its lifetime); last writer wins."""
+        """Replace the session's data (and renew its lifetime); last writer wins, but a
+        session deleted meanwhile stays deleted."""
         current = await self._read(session_id)  # no refresh: the write below renews it
-        if current is None:
-            raise SessionNotFound("no such session")
-        return await self._write(session_id, dict(data), current.created, current.ends)
+        if current is not None:
+            session = await self._write(
+                session_id, dict(data), current.created, current.ends, existing=True
+            )
+            if session is not None:
+                return session
+        raise SessionNotFound("no such session")
 
     async def delete(self, session_id: str) -> bool:
         return bool(await self.store.delete(self._key(session_id)))
@@ -179,5 +197,6 @@ class SessionStore:
         if current is None:
             raise SessionNotFound("no such session")
         fresh = await self._write(self._new_id(), current.data, current.created, current.ends)
+        assert fresh is not None  # written unconditionally
         await self.delete(session_id)
         return fresh
