@@ -155,9 +155,9 @@ async def test_the_embedded_transaction_is_all_or_nothing(tmp_path: Path) -> Non
 # -- the gateway Worker and its Durable Object, in Miniflare -------------------------------
 
 
-def start_gateway(persist: Path, secret: str) -> Service:
+def start_gateway(persist: Path, secret: str, *args: str) -> Service:
     return start_service(
-        ["node", "serve.mjs", "--port", "0", "--persist", str(persist)],
+        ["node", "serve.mjs", "--port", "0", "--persist", str(persist), *args],
         r"^READY (\S+)$",
         env={"KV_GATEWAY_SECRET": secret},
         cwd=GATEWAY_DIR,
@@ -253,6 +253,31 @@ def test_a_hot_key_costs_at_most_one_kv_write_a_second(
             assert (await kv.get("rmw:counter")).value == b"200"  # type: ignore[union-attr]
 
     asyncio.run(check())
+
+
+def test_a_failed_write_behind_never_undoes_the_commits_made_while_it_ran(
+    tmp_path: Path, gateway_secret: str
+) -> None:
+    """Every write-behind to KV fails (``--fail-write-behind``) after a commit of its key
+    landed meanwhile. Before: the failure was recorded by storing the key's entry as it was
+    when the write-behind began, over the newer commit: its version went back (a writer
+    holding the old version then committed over the newer value) and its size no longer
+    matched the stored value (a grown one made every read of the key fail for good)."""
+    service = start_gateway(tmp_path / "gateway-state", gateway_secret, "--fail-write-behind")
+    try:
+        rounds = 30
+        env = gateway_env(service.url, gateway_secret, tmp_path)
+        acked = finish(start_writers(env, tmp_path, rounds, "--only", "append", n=2))
+        assert sum(len(a) for a in acked) == 2 * rounds
+
+        async def check() -> None:
+            async with KVStore(GatewayKV(service.url, gateway_secret)) as store:
+                assert await store.get("rmw:text") == b"x" * 2 * rounds  # exact: the object
+
+        asyncio.run(check())
+        assert any("simulated write-behind failure" in line for line in service.log)
+    finally:
+        service.stop()
 
 
 # -- REST alone: refused for live traffic unless one process writes ----------------------

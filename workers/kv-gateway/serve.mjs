@@ -4,6 +4,7 @@
 //
 //   node serve.mjs [--host 127.0.0.1] [--port 0] [--secret S] [--previous-secret P]
 //                  [--persist DIR] [--test-clock] [--namespace NAME] [--shards N]
+//                  [--fail-write-behind]
 //
 // --persist keeps the KV namespace and the Durable Objects' storage (the
 // coordinator's values and pending write-behind, the seen nonces) in DIR, so a
@@ -28,6 +29,7 @@ const KV_BINDING = "KV"; // binding name; with kvNamespaces: ["KV"] also the nam
 const USAGE =
   "usage: node serve.mjs [--host 127.0.0.1] [--port 0] [--secret S] [--previous-secret P]\n" +
   "                      [--persist DIR] [--test-clock] [--namespace NAME] [--shards N]\n" +
+  "                      [--fail-write-behind]\n" +
   "secrets: --secret / env KV_GATEWAY_SECRET, --previous-secret / env KV_GATEWAY_SECRET_PREVIOUS\n";
 
 function fail(message) {
@@ -47,6 +49,7 @@ try {
       "test-clock": { type: "boolean", default: false },
       namespace: { type: "string", default: "default" },
       shards: { type: "string", default: "1" },
+      "fail-write-behind": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -112,6 +115,9 @@ const bindings = {
   GATEWAY_NAMESPACE: args.namespace,
   COORDINATOR_SHARDS: args.shards,
 };
+// a fault for tests: every write-behind to KV fails, once a commit of its key
+// landed while it was under way (see Coordinator.flush)
+if (args["fail-write-behind"]) bindings.SIM_FAIL_WRITE_BEHIND = "1";
 if (secret !== "") bindings.GATEWAY_SECRET = secret;
 if (previousSecret !== "") bindings.GATEWAY_SECRET_PREVIOUS = previousSecret;
 

@@ -378,6 +378,7 @@ export class Coordinator {
     const { meta, value } = held;
     try {
       const nowSeconds = Math.floor(now / 1000);
+      if (this.env.SIM_FAIL_WRITE_BEHIND === "1") await this.failAfterACommit(key, meta.version);
       if (value === null || (meta.expiration !== null && meta.expiration <= nowSeconds)) {
         await kv(this.env.KV.delete(key));
       } else {
@@ -392,10 +393,14 @@ export class Coordinator {
         await kv(this.env.KV.put(key, value, options));
       }
     } catch (e) {
-      const failures = (meta.failures ?? 0) + 1;
+      // Recorded on the entry as it is now: commits made while KV was being written
+      // (the input gate opens then) keep their version, size and chunks.
+      const current = await this.storage.get(metaKey(key));
+      if (current === undefined) return;
+      const failures = (current.failures ?? 0) + 1;
       const wait = Math.min(RETRY_MAX_MS, KV_INTERVAL_MS * 2 ** (failures - 1));
       await putAll(this.storage, {
-        [metaKey(key)]: { ...meta, failures },
+        [metaKey(key)]: { ...current, failures },
         [`d:${key}`]: now + wait,
       });
       console.error(`kv-gateway: write-behind of a key failed (${fromBindingError(e).message})`);
@@ -417,6 +422,18 @@ export class Coordinator {
         [`d:${key}`]: now + KV_INTERVAL_MS,
       });
     }
+  }
+
+  // Only under serve.mjs --fail-write-behind: a KV write that fails once a commit
+  // of the key landed while it was under way (as a slow, failing KV.put can).
+  async failAfterACommit(key, version) {
+    const deadline = Date.now() + 5000;
+    while (Date.now() < deadline) {
+      const meta = await this.storage.get(metaKey(key));
+      if (meta?.version !== version) break;
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    throw new Error("simulated write-behind failure");
   }
 
   async stats(key) {
