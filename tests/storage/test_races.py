@@ -142,13 +142,14 @@ def _digest(sid: str) -> str:
     return hashlib.sha256(sid.encode()).hexdigest()
 
 
-@pytest.mark.parametrize("scenario", ["refresh", "update"])
+@pytest.mark.parametrize("scenario", ["refresh", "update", "regenerate"])
 def test_a_deleted_session_stays_deleted_whatever_another_process_was_writing(
     backend: dict[str, str], tmp_path: Path, scenario: str
 ) -> None:
     """Before: a refresh (a mere read whose lifetime ran low) or an update that had read
     the session before another process deleted it (a logout) wrote it back: the session
-    was alive again, with its whole lifetime."""
+    was alive again, with its whole lifetime; a regenerate left its data alive under the
+    new id."""
     sid = make_session(backend)
 
     async def logout(store: Store) -> None:
@@ -157,3 +158,5 @@ def test_a_deleted_session_stays_deleted_whatever_another_process_was_writing(
     answer = race(backend, tmp_path, scenario, [sid], logout)
     assert answer in ("None", "'SessionNotFound'")
     assert read_session(backend, sid) is None
+    issued = list(tmp_path.glob("race-*/new-id"))
+    assert all(read_session(backend, path.read_text()) is None for path in issued)

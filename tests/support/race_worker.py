@@ -4,7 +4,7 @@ Opens the store as the bot does (``open_store()`` from the environment) and runs
 operation of SCENARIO, stopping once at its pause point: it creates ``DIR/paused`` and
 waits for ``DIR/go``. The test runs another process's operation exactly there (a slow
 process, without sleeps in the test), then lets this one finish. What the operation
-answered is written to ``DIR/answer``.
+answered is written to ``DIR/answer`` (and a session id it issued to ``DIR/new-id``).
 
 Scenarios:
 
@@ -12,7 +12,8 @@ Scenarios:
   listed the conversation;
 * ``refresh SID``: ``SessionStore.get`` of a session whose lifetime runs low (this process's
   clock is 400 s ahead), paused before the refresh is written;
-* ``update SID``: ``SessionStore.update`` with ``{"by": "update"}``, paused before it writes.
+* ``update SID``: ``SessionStore.update`` with ``{"by": "update"}``, paused before it writes;
+* ``regenerate SID``: ``SessionStore.regenerate``, paused before it writes the new id.
 """
 
 from __future__ import annotations
@@ -68,16 +69,25 @@ async def main(scenario: str, where: Path, args: list[str]) -> None:
             layout: Any = conversations._primary
             layout.index = paused_after(layout.index, where)
             answer = await conversations.trim(args[0])
-        elif scenario in ("refresh", "update"):
+        elif scenario in ("refresh", "update", "regenerate"):
             sessions = SessionStore(store, lifetime=600, clock=lambda: time.time() + 400)
             store.set = paused_before(store.set, where)  # type: ignore[method-assign]
-            if scenario == "refresh":
-                answer = await sessions.get(args[0])
-            else:
-                try:
+            new_id = sessions._new_id
+
+            def recorded() -> str:  # the test looks the new id up
+                (where / "new-id").write_text(issued := new_id())
+                return issued
+
+            sessions._new_id = recorded  # type: ignore[method-assign]
+            try:
+                if scenario == "refresh":
+                    answer = await sessions.get(args[0])
+                elif scenario == "update":
                     answer = await sessions.update(args[0], {"by": "update"})
-                except LookupError as exc:  # SessionNotFound
-                    answer = type(exc).__name__
+                else:
+                    answer = await sessions.regenerate(args[0])
+            except LookupError as exc:  # SessionNotFound
+                answer = type(exc).__name__
         else:
             raise SystemExit(f"unknown scenario {scenario}")
     (where / "answer").write_text(repr(answer))

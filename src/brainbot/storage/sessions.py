@@ -192,11 +192,14 @@ class SessionStore:
 
     async def regenerate(self, session_id: str) -> Session:
         """A new id for the same data; the old id is deleted (on Cloudflare, other
-        locations may still see it for up to a minute: KV is eventually consistent)."""
+        locations may still see it for up to a minute: KV is eventually consistent). If
+        another process deleted the old one meanwhile (a logout), the new one goes too."""
         current = await self._read(session_id)
         if current is None:
             raise SessionNotFound("no such session")
         fresh = await self._write(self._new_id(), current.data, current.created, current.ends)
         assert fresh is not None  # written unconditionally
-        await self.delete(session_id)
+        if not await self.delete(session_id):
+            await self.delete(fresh.id)
+            raise SessionNotFound("no such session")
         return fresh
