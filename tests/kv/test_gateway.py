@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import logging
+import secrets
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -462,3 +463,28 @@ async def test_a_malformed_gateway_answer_raises_a_typed_error(answer: bytes) ->
         ) as kv:
             with pytest.raises(KVError):
                 await kv.get("k")
+
+
+def test_a_commit_retried_after_its_mark_may_be_gone_is_refused_not_applied_again(
+    own_gateway: Service, gateway_secret: str
+) -> None:
+    """The object keeps a commit's txid 5 minutes; GatewayKV retries a commit up to 15
+    (a long outage, a ``Retry-After``). Before: a commit first sent longer ago than the
+    mark is kept was applied like a new one, so a retry whose first send had been applied
+    (answer lost) applied it twice (an INCR counted twice: its read version had changed,
+    so the client ran the change again). Now the commit says when it was first sent and
+    one older than 4 minutes is refused (409), nothing stored."""
+    service, secret = own_gateway, gateway_secret
+    old = int(time.time() * 1000) - 6 * 60 * 1000
+    commit = {
+        "op": "xcommit",
+        "txid": secrets.token_hex(16),
+        "sent": old,
+        "write": [["late:k", {"value": "eA=="}]],
+    }
+    [answer] = _ops(service.url, secret, [commit])
+    [read] = _ops(service.url, secret, [{"op": "xread", "keys": ["late:k"]}])
+    assert (answer["ok"], answer["status"]) == (False, 409), answer
+    assert (read["versions"], read["entries"]) == ([0], [None]), read
+    fresh = {**commit, "txid": secrets.token_hex(16), "sent": int(time.time() * 1000)}
+    assert _ops(service.url, secret, [fresh])[0]["ok"] is True

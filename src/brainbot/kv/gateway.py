@@ -14,7 +14,10 @@ commits only if the keys read still have the versions read (else answers the cur
 and the change runs again), and writes KV behind itself at most once a second per key.
 Cost: a read-modify-write is 2 operations (read, commit) in whatever batches they share,
 plus one more per conflict; exact reads and blind writes are 1. Each commit carries a
-transaction id, so a commit retried after a lost answer is applied once.
+transaction id, so a commit retried after a lost answer is applied once; the object keeps
+ids 5 minutes, so a commit first sent more than 4 minutes ago (retries go on for up to 15)
+is refused (409) rather than risk applying it twice: the caller gets an error, the outcome
+of its first send unknown.
 
 **Requests are signed** over everything that makes them mean something: method, host,
 path, the deployment's namespace name, a timestamp (the Worker accepts 30 s of skew), a
@@ -404,6 +407,8 @@ class GatewayKV:
         op = {
             "op": "xcommit",
             "txid": secrets.token_hex(16),  # the same on a retry: applied once
+            # when first sent: a retry later than the object keeps txids is refused
+            "sent": int(time.time() * 1000),
             "read": [[k, v] for k, v in read],
             "write": [[k, self._write_op(item)] for k, item in writes.items()],
         }

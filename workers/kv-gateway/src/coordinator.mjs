@@ -5,7 +5,7 @@
 // expiry, rename...) goes through the object that owns the key instead:
 //
 //   xread   {keys}                 -> the authoritative entries and their versions
-//   xcommit {read: [[key, version]], write: [[key, put | null]]}
+//   xcommit {read: [[key, version]], write: [[key, put | null]], txid, sent}
 //                                  -> applied only if every read key still has
 //                                     its version, else 409 with the current
 //                                     entries (the client re-runs its change)
@@ -115,6 +115,10 @@ const EVICT_AFTER_MS = 10 * 60 * 1000; // well past KV's 60 s of propagation
 const FLUSH_PER_ALARM = 400; // KV operations per invocation stay under 1,000
 const RETRY_MAX_MS = 60_000;
 const TXID_KEEP_MS = 5 * 60 * 1000; // a commit retried after a lost answer is applied once
+// A commit first sent (its "sent", the client's ms) longer ago than this may be a retry
+// whose mark is gone: refused, never applied twice. The margin covers clock skew (the
+// gateway accepts 30 s).
+const SENT_WITHIN_MS = TXID_KEEP_MS - 60_000;
 
 const metaKey = (key) => `k:${key}`;
 const chunkKey = (key, i) => `v:${key}:${i}`;
@@ -246,10 +250,20 @@ export class Coordinator {
     if (op.txid !== undefined && (typeof op.txid !== "string" || !/^[0-9a-f]{32}$/.test(op.txid))) {
       throw new KVError(400, CODE.generic, "txid must be 32 lowercase hex digits");
     }
+    if (op.sent !== undefined && !Number.isSafeInteger(op.sent)) {
+      throw new KVError(400, CODE.generic, "sent must be an integer (ms)");
+    }
     const txid = op.txid ?? null;
     if (txid !== null) {
       const done = await this.storage.get(`t:${txid}`);
       if (done !== undefined) return { ok: true, version: done.version, duplicate: true };
+    }
+    if (op.sent !== undefined && Date.now() - op.sent > SENT_WITHIN_MS) {
+      throw new KVError(
+        409,
+        CODE.generic,
+        "commit first sent too long ago: it may have been applied already (its mark is gone); nothing was written now, re-read the key",
+      );
     }
     for (const [key, version] of read) {
       const meta = await this.storage.get(metaKey(key));
