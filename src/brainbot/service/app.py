@@ -36,7 +36,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -58,12 +58,13 @@ from brainbot.errors import (
 from brainbot.responder import Responder, load_responder
 from brainbot.service import inputs
 from brainbot.service.auth import Identity, IdentityVerifier
-from brainbot.service.throttle import Throttle, address_key
+from brainbot.service.throttle import DEAD, KnownSessions, Throttle, address_key
 from brainbot.storage.conversations import ConversationStore, Message
 from brainbot.storage.protocol import Store
 from brainbot.storage.sessions import Session, SessionStore
 
 Handler = Callable[[Request], Awaitable[Response]]
+Charge = Literal["read", "write"]
 log = logging.getLogger("brainbot.service")
 HEALTH_KEY = "__brainbot_health__"
 
@@ -109,9 +110,12 @@ def _limit(request: Request, *, default: int) -> int:
     return int(raw)
 
 
-def _bearer(request: Request) -> str:
+def _bearer(request: Request, *, required: bool = True) -> str:
+    """The request's bearer credential ("" when there is none and none is ``required``)."""
     scheme, _, credential = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not credential.strip():
+        if not required:
+            return ""
         raise Unauthenticated("a bearer credential is required")
     return credential.strip()
 
@@ -144,6 +148,7 @@ class ChatService:
             signing_key=session_key,
         )
         self.responder = responder or load_responder(None)
+        self.known_sessions = KnownSessions()
         self._outcome: tuple[float, Unavailable | None] = (-float("inf"), None)
         self._probe_key = f"{HEALTH_KEY}/{secrets.token_hex(8)}"  # one per instance
 
@@ -211,25 +216,41 @@ class ChatService:
     def _address(self, request: Request) -> str | None:
         return address_key(request.client.host if request.client is not None else None)
 
-    async def _authenticated(self, request: Request) -> tuple[Session, Identity]:
-        """The caller's session and identity. A session id this service did not issue is
-        refused by its MAC, without a storage read; every failure is charged to the
+    async def _authenticated(
+        self, request: Request, charge: Charge | None = None
+    ) -> tuple[Session, Identity]:
+        """The caller's session and identity, the request charged to ``charge``'s limits.
+        A session id this service did not issue is refused by its MAC, without a storage
+        read; one known to be dead, or whose identity is known to be over its limit, is
+        refused without one too (``KnownSessions``). Every failure is charged to the
         address (429 past the limit), a success never is, so a flood from one address
         neither spends the KV budget nor locks out the users behind it."""
-        try:
-            session = await self.sessions.get(_bearer(request))
-        except (SessionError, Unauthenticated):
-            session = None
+        credential = _bearer(request, required=False)
+        known = self.known_sessions.owner(credential)
+        if known is not None and known != DEAD and charge is not None:
+            await self._charge(request, charge, known)  # over the limit: no read
+        session = None
+        if known != DEAD and credential:
+            try:
+                session = await self.sessions.get(credential)
+            except SessionError:  # not an id of this service: refused without a read
+                session = None
         user = None if session is None else session.data.get("user")
         if session is None or not isinstance(user, str):
+            if self.sessions.issued_here(credential):  # a genuine id, found dead
+                self.known_sessions.remember(credential, DEAD)
             await self.throttle.hit("failed", self._address(request))
             raise Unauthenticated("unknown or expired session")
+        self.known_sessions.remember(credential, user)
+        if known is None and charge is not None:
+            await self._charge(request, charge, user)
         # operator rights are read from the configuration now, not from the session
         return session, Identity(user, user in self.identity.operators)
 
-    async def _write_allowed(self, request: Request, who: Identity) -> None:
-        await self.throttle.hit("write", who.user)
-        await self.throttle.hit("write_address", self._address(request))
+    async def _charge(self, request: Request, charge: Charge, user: str) -> None:
+        await self.throttle.hit(charge, user)
+        if charge == "write":
+            await self.throttle.hit("write_address", self._address(request))
 
     async def _body(self, request: Request) -> dict[str, Any]:
         return await inputs.json_body(
@@ -293,23 +314,21 @@ class ChatService:
     async def logout(self, request: Request) -> Response:
         session, _ = await self._authenticated(request)
         await self.sessions.delete(session.id)
+        self.known_sessions.remember(session.id, DEAD)
         return Response(status_code=204)
 
     async def conversations_endpoint(self, request: Request) -> Response:
-        _, who = await self._authenticated(request)
+        _, who = await self._authenticated(request, "read" if request.method == "GET" else "write")
         if request.method == "GET":
-            await self.throttle.hit("read", who.user)
             ids, after = await self.conversations.conversation_page(
                 who.user, limit=_limit(request, default=100), after=_query(request, "after")
             )
             return JSONResponse({"conversations": ids, "next_after": after})
-        await self._write_allowed(request, who)
         cid = await self.conversations.create(who.user)
         return JSONResponse({"conversation": cid}, status_code=201)
 
     async def chat(self, request: Request) -> Response:
-        _, who = await self._authenticated(request)
-        await self._write_allowed(request, who)
+        _, who = await self._authenticated(request, "write")
         body = await self._body(request)
         text = inputs.text(body.get("message"), "message", max_bytes=self.limits.max_message_bytes)
         if body.get("conversation") is None:
@@ -334,11 +353,7 @@ class ChatService:
         )
 
     async def messages(self, request: Request) -> Response:
-        _, who = await self._authenticated(request)
-        if request.method == "POST":
-            await self._write_allowed(request, who)
-        else:
-            await self.throttle.hit("read", who.user)
+        _, who = await self._authenticated(request, "write" if request.method == "POST" else "read")
         cid = await self._owned(request.path_params["cid"], who)
         if request.method == "POST":
             body = await self._body(request)
@@ -369,8 +384,7 @@ class ChatService:
         )
 
     async def delete_conversation(self, request: Request) -> Response:
-        _, who = await self._authenticated(request)
-        await self._write_allowed(request, who)
+        _, who = await self._authenticated(request, "write")
         cid = await self._owned(request.path_params["cid"], who)
         removed = await self.conversations.delete(cid, who.user)
         return JSONResponse({"deleted": removed})

@@ -17,14 +17,21 @@ Addresses are the peer's (or, with ``BRAINBOT_FORWARDED_ALLOW_IPS``, what the tr
 says); IPv6 addresses count by their /64, the block one subscriber usually holds. The
 counters live in this process's memory: several instances each apply the limits on their
 own (docs/security.md).
+
+A session's identity is known only once its session is read from KV, so
+:class:`KnownSessions` remembers whose each session id was: a request over its identity's
+limit, or with a session found dead, is refused without reading the session again.
 """
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import math
 import time
-from typing import Literal
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Final, Literal
 
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage
@@ -86,3 +93,58 @@ class Throttle:
         """Count one request in ``bucket`` for ``who``; ``Throttled`` if it is over."""
         if who is not None and not await self._limiter.hit(self._limits[bucket], bucket, who):
             await self._refuse(bucket, who)
+
+
+DEAD: Final = ""
+"""What :meth:`KnownSessions.owner` says of a session id found dead (an owner is never
+empty)."""
+
+
+class KnownSessions:
+    """Whose each session id was when this process last read it (``DEAD``: none), so that
+    a flood with one genuine id, live but over its identity's limits or logged out, is
+    refused before it costs a KV read (it cost one per request, 429 or 401 alike).
+
+    Ids are kept as digests, never as credentials; at most ``size`` of them, the least
+    recently used forgotten first. A dead id is believed for ``dead_for`` seconds: on
+    Cloudflare a session written at one location may take that long to show at another.
+    A live one is always read again: a logout elsewhere is seen as soon as KV shows it."""
+
+    def __init__(
+        self,
+        size: int = 10_000,
+        dead_for: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.size = size
+        self.dead_for = dead_for
+        self._clock = clock
+        self._owners: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        return f"KnownSessions({len(self._owners)} of {self.size})"
+
+    @staticmethod
+    def _digest(session_id: str) -> bytes:
+        return hashlib.sha256(session_id.encode("utf-8", "replace")).digest()[:16]
+
+    def owner(self, session_id: str) -> str | None:
+        """The identity ``session_id`` was last read for, ``DEAD``, or None (not known)."""
+        digest = self._digest(session_id)
+        known = self._owners.get(digest)
+        if known is None:
+            return None
+        owner, at = known
+        if owner == DEAD and self._clock() - at >= self.dead_for:
+            del self._owners[digest]
+            return None
+        self._owners.move_to_end(digest)
+        return owner
+
+    def remember(self, session_id: str, owner: str) -> None:
+        """``session_id`` was read just now: live for ``owner``, or ``DEAD``."""
+        digest = self._digest(session_id)
+        self._owners[digest] = (owner, self._clock())
+        self._owners.move_to_end(digest)
+        while len(self._owners) > self.size:
+            self._owners.popitem(last=False)
