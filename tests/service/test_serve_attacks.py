@@ -11,6 +11,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from brainbot.composition import load_settings, open_store
+from brainbot.storage.protocol import Store
+from brainbot.storage.sessions import SessionStore, session_key
 from tests.support.kv import server_stats
 from tests.support.processes import Service, start_kv_server
 from tests.support.service import bot_env, login, start_bot
@@ -64,3 +67,45 @@ def test_a_flood_with_one_genuine_session_id_costs_no_kv_requests(
         codes = [other.get("/conversations", headers=bob).status_code for _ in range(30)]
         assert codes == [401] * 30
         assert spent() - before <= 1  # found dead once; was 30
+
+
+class LogoutBetweenReadAndRefresh:
+    """Fault injection: the store of one instance, where another instance's logout lands
+    just after a session is read (while the request that read it is still running)."""
+
+    def __init__(self, store: Store, other: Store) -> None:
+        self.store, self.other = store, other
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    async def get(self, key: str) -> object:
+        value = await self.store.get(key)
+        await self.other.delete(key)  # DELETE /sessions on the other instance
+        return value
+
+
+async def test_a_logout_is_not_undone_by_a_refresh_on_another_instance(tmp_path: Path) -> None:
+    """A request read its session, a logout on another instance deleted it, and the
+    request's sliding refresh wrote the whole session back: logged out, yet the id worked
+    for another hour (a stolen id outlived the victim's logout)."""
+    settings = load_settings(BRAINBOT_DATA_DIR=str(tmp_path / "data"))
+    first, second = open_store(settings), open_store(settings)
+    now = [1_000_000.0]
+    key = b"k" * 32
+    try:
+        issuing = SessionStore(first, lifetime=120, signing_key=key, clock=lambda: now[0])
+        session = await issuing.create({"user": "alice"})
+        now[0] += 61  # less than half the lifetime left: the next read refreshes it
+        racing = SessionStore(
+            LogoutBetweenReadAndRefresh(second, first),  # type: ignore[arg-type]
+            lifetime=120,
+            signing_key=key,
+            clock=lambda: now[0],
+        )
+        assert await racing.get(session.id) is None  # the logout won
+        assert await issuing.get(session.id) is None  # and is not undone
+        assert await first.get(session_key("session:", session.id)) is None
+    finally:
+        await first.aclose()
+        await second.aclose()
