@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from brainbot.composition import load_settings, open_store
+from brainbot.storage.conversations import ConversationStore, Message
 from brainbot.storage.protocol import Store
 from brainbot.storage.sessions import SessionStore, session_key
 from tests.support.kv import server_stats
@@ -109,3 +110,22 @@ async def test_a_logout_is_not_undone_by_a_refresh_on_another_instance(tmp_path:
     finally:
         await first.aclose()
         await second.aclose()
+
+
+async def test_many_conversations_do_not_grow_the_process_without_end(tmp_path: Path) -> None:
+    """Every conversation ever appended to kept an append count (for the trim every 100
+    appends) in the serving process's memory for ever: a user making conversations at the
+    write limit grew it by about 200 bytes each, 35 MB a day, never given back."""
+    store = open_store(load_settings(BRAINBOT_DATA_DIR=str(tmp_path / "data")))
+    conversations = ConversationStore(store, max_messages=3, trim_every=4)
+    try:
+        for n in range(5000):
+            await conversations.append(f"c{n}", Message("user", "x"))
+        assert len(conversations._appends) <= 4096  # the counts kept: bounded
+        for _ in range(40):  # a conversation whose count was forgotten is still trimmed
+            await conversations.append("c0", Message("user", "x"))
+        assert await conversations.count("c0") == 3
+        page = await conversations._primary.newest("c0", 1000, None, None)
+        assert len(page[0]) <= 3 + 4  # trims ran: at most one trim_every past the cap
+    finally:
+        await store.aclose()

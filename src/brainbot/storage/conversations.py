@@ -47,6 +47,7 @@ import math
 import re
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -705,6 +706,9 @@ def _own_writes(namespace: KVNamespace) -> KVNamespace:
 class ConversationStore:
     """Conversation history on whatever ``open_store()`` returned (kv, dual or redis)."""
 
+    COUNTED = 4096
+    """Conversations whose appends a process counts for ``trim_every`` (see ``_appended``)."""
+
     def __init__(
         self,
         store: Store,
@@ -732,7 +736,8 @@ class ConversationStore:
         self.max_content_bytes = max_content_bytes
         self._clock = clock
         self._trim_every = trim_every
-        self._appends: dict[str, int] = {}
+        self._appends: OrderedDict[str, int] = OrderedDict()
+        self._forgot = False
         ttl = None if max_age is None else int(max_age) + 1
         kv = store.kv if isinstance(store, DualStore) else store
         self._primary: _Layout
@@ -809,7 +814,7 @@ class ConversationStore:
         if self._shadow is not None:  # the rollback copy keeps the KV ids
             await self._shadow.append(cid, stored, keep_ids=True)
         if self.limited:
-            before = self._appends.get(cid, 0)
+            before = self._appended(cid)
             self._appends[cid] = before + len(stored)
             if before // self._trim_every != self._appends[cid] // self._trim_every:
                 try:  # amortised: one listing per trim_every appends; the turn is stored
@@ -817,6 +822,21 @@ class ConversationStore:
                 except Unavailable as exc:
                     log.warning("conversation %r: trim postponed (%s)", cid, type(exc).__name__)
         return stored
+
+    def _appended(self, cid: str) -> int:
+        """The append count of ``cid`` (the most recently used one), for ``trim_every``.
+        At most ``COUNTED`` conversations are counted, the least recently appended to
+        forgotten first: one count per conversation ever written grew a serving process's
+        memory without end. Once counts have been forgotten, a new one starts at a random
+        offset, so trims still come every ``trim_every`` appends on average however
+        often a conversation's count is forgotten."""
+        count = self._appends.pop(cid, None)
+        if count is None:
+            count = secrets.randbelow(self._trim_every) if self._forgot else 0
+            while len(self._appends) >= self.COUNTED:
+                self._appends.popitem(last=False)
+                self._forgot = True
+        return count
 
     def _check_limit(self, limit: object) -> int:
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= 1000:
