@@ -102,6 +102,71 @@ async def test_a_container_past_25_mib_as_kv_stores_it_is_not_held(
     assert plan(record, Options(), 0).skipped == "value over KV's 25 MiB (not read)"
 
 
+async def _calls(source: aioredis.Redis, command: str) -> int:
+    stats = await source.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+_FILL = """
+for i = 1, tonumber(ARGV[1]) do
+  redis.call('ZADD', KEYS[1], 1, string.format('m%07d', i))
+end
+"""
+
+
+async def test_a_container_far_bigger_in_redis_than_on_kv_is_read_not_called_oversize(
+    source: aioredis.Redis,
+) -> None:
+    """Redis spends about 100 bytes on a sorted set's member whose JSON takes 14: a
+    leaderboard of 1.1 million members is over 100 MB in Redis, 16 MB on KV. Before: any
+    container whose MEMORY USAGE passed 100 MB was "value over KV's 25 MiB (not read)"."""
+    members = 1_100_000
+    await source.eval(_FILL, 1, "board", members)
+    assert await source.memory_usage("board") > 4 * 25 * 1024 * 1024  # the old rule's bound
+    (record,) = await Reader(source).read([b"board"])
+    assert not record.oversize
+    assert isinstance(record.value, Encoded)
+    assert record.value.count == members
+    expected = [[f"m{i:07d}", 1.0] for i in range(1, members + 1)]
+    assert orjson.loads(record.value.kv) == expected
+
+
+async def test_a_set_past_25_mib_as_kv_stores_it_stops_being_gathered(
+    source: aioredis.Redis,
+) -> None:
+    """A set is sorted before it is written, so its members are gathered first (on disk);
+    the gathering stops once they surely pass KV's limit."""
+    for start in range(0, 280_000, 10_000):
+        await source.sadd("wide", *(b"%0100d" % i for i in range(start, start + 10_000)))
+    (record,) = await Reader(source).read([b"wide"])  # 280,000 x 103 bytes: 28.8 MB
+    assert record.oversize
+    assert plan(record, Options(), 0).skipped == "value over KV's 25 MiB (not read)"
+
+
+async def test_big_elements_come_a_few_a_slice(source: aioredis.Redis) -> None:
+    """A slice asks for about 8 MB by MEMORY USAGE's sampled element size: 20 elements
+    of 1 MB come in several replies, not one of 20 MB."""
+    element = b"e" * (1024 * 1024)
+    await source.rpush("heavy", *([element] * 20))
+    before = await _calls(source, "lrange")
+    (record,) = await Reader(source).read([b"heavy"])
+    assert isinstance(record.value, Encoded)
+    assert record.value.count == 20
+    assert await _calls(source, "lrange") - before >= 3
+
+
+async def test_a_container_whose_elements_are_each_over_25_mib_is_not_read(
+    source: aioredis.Redis,
+) -> None:
+    """One such element alone cannot fit KV: the container is skipped unread."""
+    await source.rpush("huge", b"h" * (27 * 1024 * 1024), b"h" * (27 * 1024 * 1024))
+    before = await _calls(source, "lrange")
+    (record,) = await Reader(source).read([b"huge"])
+    assert record.oversize
+    assert record.value is None
+    assert await _calls(source, "lrange") == before
+
+
 async def test_a_step_of_big_values_comes_in_pieces(source: aioredis.Redis) -> None:
     for i in range(6):
         await source.set(f"s{i}", b"v" * (2 * 1024 * 1024))  # over the script's 1 MB

@@ -10,12 +10,13 @@ TTL and value come from one moment.
 
 What the script does not read is read after it, one key at a time: a string up to KV's
 25 MiB with ``GET``; a container in slices (``LRANGE``, ``ZRANGE``, ``HSCAN``, ``SSCAN`` of
-10,000 elements: no single reply is large, so no read times out). A big container is
-never held as Python objects: each slice goes straight into the two JSON forms the
-migration needs (KV's value and the backup's), an ``Encoded``, and the read stops as soon
-as KV's form passes 25 MiB. Only containers the caller must see element by element
-(legacy conversations and owner sets: ``whole``) are read into Python, up to a bound.
-A string over 25 MiB, or a container whose size estimate is far beyond it, is reported
+10,000 elements, fewer where ``MEMORY USAGE`` says they are big: no single reply is large,
+so no read times out). A big container is never held as Python objects: each slice goes
+straight into the two JSON forms the migration needs (KV's value and the backup's), an
+``Encoded``, and the read stops as soon as KV's form passes 25 MiB (a set's members, once
+they surely pass it). Only containers the caller must see element by element (legacy
+conversations and owner sets: ``whole``) are read into Python, up to a bound. A string
+over 25 MiB, or a container that surely cannot fit (``surely_oversize``), is reported
 without being read. Where scripts are not allowed, the same checks run as pipelined
 commands (slower).
 
@@ -30,6 +31,7 @@ import asyncio
 import base64
 import contextlib
 import math
+import sqlite3
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
@@ -167,9 +169,10 @@ BATCH_BYTES = 16 * 1024 * 1024
 """The script stops reading values once a batch's reply holds this much."""
 SLICE = 10_000
 """Elements per slice of a big container (and the most the script reads in one)."""
-OVERSIZE_ESTIMATE = 4 * MAX_VALUE_BYTES
-"""A container whose memory estimate passes this is not read: it cannot fit KV's 25 MiB
-(its JSON is at least about a quarter of Redis's memory for it)."""
+SLICE_BYTES = 8 * 1024 * 1024
+"""About the most one slice of a big container asks for, by its sampled element size."""
+MIN_ELEMENT_JSON = {"list": 3, "set": 3, "hash": 6, "zset": 7}
+"""The fewest bytes of KV's JSON an element takes: ``"",``, ``"":"",``, ``["",0],``."""
 PIECE_BYTES = 32 * 1024 * 1024
 """About the most value bytes handed on at once (a SCAN step of big values is split)."""
 WHOLE_ESTIMATE = 2 * MAX_VALUE_BYTES
@@ -244,6 +247,26 @@ class Encoded:
     count: int
     size: int
     """Bytes of data (elements, fields and values) as Redis holds them."""
+
+
+def surely_oversize(kind: str, size: int, count: int) -> bool:
+    """Whether a container of ``count`` elements, ``size`` bytes by ``MEMORY USAGE`` (which
+    samples a few elements), cannot fit KV's 25 MiB, known without reading it: too many
+    elements for even the shortest JSON, or sampled elements that are each over 25 MiB on
+    average (so one of them alone is). Its memory alone proves nothing: Redis spends some
+    50 bytes on an element whose JSON takes 5 (a set of 2.2 million short members: 138 MB
+    in Redis, 24 MB as KV holds it)."""
+    if count <= 0:
+        return False
+    return count * MIN_ELEMENT_JSON.get(kind, 3) > MAX_VALUE_BYTES or size > count * MAX_VALUE_BYTES
+
+
+def slice_for(size: int, count: int, most: int) -> int:
+    """Elements per slice of a container: ``most``, fewer where its sampled element size
+    would make a slice pass ``SLICE_BYTES`` (a few big elements: one or two a slice)."""
+    if count <= 0 or size <= 0:
+        return most
+    return max(1, min(most, SLICE_BYTES * count // size))
 
 
 def weight_of(record: Record) -> int:
@@ -452,18 +475,19 @@ class Reader:
 
     async def _read_alone(self, record: Record, count: int) -> None:
         """A key the batch did not read: a string whole (unless over KV's limit), a
-        container in slices (unless its estimate is far past the limit)."""
+        container in slices (unless it surely cannot fit)."""
         key, kind = record.key, record.type
         if kind == "string":
             if record.size > MAX_VALUE_BYTES:
                 record.oversize = True
                 return
             value = await self.redis.get(key)
-        elif record.size > OVERSIZE_ESTIMATE:
+        elif surely_oversize(kind, record.size, count):
             record.oversize = True
             return
         elif not self.whole(key, kind) or record.size > WHOLE_ESTIMATE:
-            encoded = await self._stream(key, kind)
+            n = slice_for(record.size, count, self.slice_size)
+            encoded = await self._stream(key, kind, n)
             if encoded is None:
                 record.oversize = True
             elif not encoded.count:
@@ -472,17 +496,17 @@ class Reader:
                 record.value = encoded
             return
         elif kind == "list":
-            value = []
-            for start in range(0, max(count, 1), self.slice_size):
-                part = await self.redis.lrange(key, start, start + self.slice_size - 1)
+            value, n = [], slice_for(record.size, count, self.slice_size)
+            for start in range(0, max(count, 1), n):
+                part = await self.redis.lrange(key, start, start + n - 1)
                 value += part
-                if len(part) < self.slice_size:
+                if len(part) < n:
                     break
         else:
             scan = {"hash": self.redis.hscan, "set": self.redis.sscan, "zset": self.redis.zscan}
-            cursor, parts = 0, []
+            cursor, parts, n = 0, [], slice_for(record.size, count, self.slice_size)
             while True:
-                cursor, part = await scan[kind](key, cursor=cursor, count=self.slice_size)
+                cursor, part = await scan[kind](key, cursor=cursor, count=n)
                 parts.append(part)
                 if int(cursor) == 0:
                     break
@@ -498,13 +522,13 @@ class Reader:
         else:
             record.value = value
 
-    async def _stream(self, key: bytes, kind: str) -> Encoded | None:
+    async def _stream(self, key: bytes, kind: str, n: int) -> Encoded | None:
         """A container read in slices into its JSON forms (None: over 25 MiB as KV holds
         it). Elements are text until one is not UTF-8; then it is read again, base64."""
         for binary in (False, True):
             stream = _Stream(binary)
             try:
-                await self._fill(stream, key, kind)
+                await self._fill(stream, key, kind, n)
             except _NotText:
                 continue
             except _TooBig:
@@ -513,8 +537,8 @@ class Reader:
             return stream.result(brackets)
         raise AssertionError("base64 is always text")  # pragma: no cover
 
-    async def _fill(self, stream: _Stream, key: bytes, kind: str) -> None:
-        text, n, redis = stream.text, self.slice_size, self.redis
+    async def _fill(self, stream: _Stream, key: bytes, kind: str, n: int) -> None:
+        text, redis = stream.text, self.redis
         if kind == "list":
             start = 0
             while part := await redis.lrange(key, start, start + n - 1):
@@ -546,21 +570,56 @@ class Reader:
                 )
                 if int(cursor) == 0:
                     break
-        else:  # a set is stored sorted: its members are gathered first
-            members: set[bytes] = set()
-            cursor = 0
-            while True:
-                cursor, part = await redis.sscan(key, cursor=cursor, count=n)
-                members.update(part)
-                if int(cursor) == 0:
-                    break
-            for chunk in _chunks(sorted(members), n):
-                stream.add(
-                    [text(m) for m in chunk],
-                    [_b64(m) for m in chunk],
-                    len(chunk),
-                    sum(map(len, chunk)),
-                )
+        else:  # a set is stored sorted: its members are gathered first, up to what fits
+            with contextlib.closing(_SortedMembers()) as members:
+                cursor = 0
+                while True:
+                    cursor, part = await redis.sscan(key, cursor=cursor, count=n)
+                    await asyncio.to_thread(members.add, part)
+                    if int(cursor) == 0:
+                        break
+                for chunk in members.in_order(n):
+                    stream.add(
+                        [text(m) for m in chunk],
+                        [_b64(m) for m in chunk],
+                        len(chunk),
+                        sum(map(len, chunk)),
+                    )
+
+
+class _SortedMembers:
+    """A big set's members in byte order, each once (SSCAN may give one twice), gathered
+    in a private temporary SQLite database on disk (deleted when closed), which sorts them
+    as it reads them out: as Python bytes, 3.6 million short members took some 250 MB
+    more. ``_TooBig`` as soon as they surely pass 25 MiB of JSON."""
+
+    RECOUNT_AFTER = 1024 * 1024
+    """Bytes gathered between two counts of the distinct members (each sorts them all)."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect("", check_same_thread=False)  # "": temporary, on disk
+        self._db.execute("CREATE TABLE m (v BLOB)")  # appended; sorted once, when read
+        self._least = 2  # the fewest bytes of JSON they take ("m", each), repeats counted
+        self._counted = -self.RECOUNT_AFTER
+
+    def add(self, part: list[bytes]) -> None:
+        self._db.executemany("INSERT INTO m VALUES (?)", [(m,) for m in part])
+        self._least += sum(map(len, part)) + 3 * len(part)
+        if self._least > MAX_VALUE_BYTES and self._least - self._counted > self.RECOUNT_AFTER:
+            count, size = self._db.execute(  # some may have come twice: each counts once
+                "SELECT count(*), total(length(v)) FROM (SELECT DISTINCT v FROM m)"
+            ).fetchone()
+            self._least = self._counted = 2 + int(size) + 3 * count
+            if self._least > MAX_VALUE_BYTES:
+                raise _TooBig
+
+    def in_order(self, n: int) -> Iterator[list[bytes]]:
+        rows = self._db.execute("SELECT DISTINCT v FROM m ORDER BY v")
+        while chunk := rows.fetchmany(n):
+            yield [v for (v,) in chunk]
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _scripts_refused(exc: Exception) -> bool:
