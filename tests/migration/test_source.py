@@ -234,3 +234,27 @@ async def test_read_ahead_stops_its_reader_when_the_caller_leaves_early() -> Non
     await asyncio.wait_for(items.aclose(), 5)  # before: for ever
     await asyncio.sleep(0)
     assert [t for t in asyncio.all_tasks() - before if not t.done()] == []
+
+
+async def test_a_key_that_changes_type_before_its_own_read_is_reported_not_fatal(
+    source: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key the batch script saw as a big list, replaced by a string (the bot is live)
+    before its slices are read: WRONGTYPE stopped the whole migration. Fault injection:
+    the replacement happens right after the script's pass, on the real server."""
+    await source.rpush("moving", *([b"x" * 1000] * 2000))  # over 1 MB: read on its own
+    await source.set("steady", "v")
+    first_pass = Reader._first_pass
+
+    async def then_replaced(self: Reader, keys: Any) -> Any:
+        found = await first_pass(self, keys)
+        await source.delete("moving")
+        await source.set("moving", "now a string")
+        return found
+
+    monkeypatch.setattr(Reader, "_first_pass", then_replaced)
+    moving, steady = await Reader(source).read([b"moving", b"steady"])
+    assert (
+        plan(moving, Options(), 0).skipped == "changed type while being read (re-run the migration)"
+    )
+    assert steady.value == b"v"

@@ -475,7 +475,18 @@ class Reader:
 
     async def _read_alone(self, record: Record, count: int) -> None:
         """A key the batch did not read: a string whole (unless over KV's limit), a
-        container in slices (unless it surely cannot fit)."""
+        container in slices (unless it surely cannot fit). A key whose type changed since
+        the batch looked at it (the bot is live) is ``changed``, not the end of the run."""
+        from redis.exceptions import ResponseError
+
+        try:
+            await self._read_value(record, count)
+        except ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            record.type, record.value, record.oversize = "changed", None, False
+
+    async def _read_value(self, record: Record, count: int) -> None:
         key, kind = record.key, record.type
         if kind == "string":
             if record.size > MAX_VALUE_BYTES:
