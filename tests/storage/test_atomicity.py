@@ -26,6 +26,8 @@ from brainbot.composition import load_settings, open_kv_store, open_store
 from brainbot.errors import ConfigError, ResponseError, WrongTypeError
 from brainbot.kv import GatewayKV
 from brainbot.kv.embedded import EmbeddedKV
+from brainbot.kv.errors import KVError
+from brainbot.kv.namespace import PutItem
 from brainbot.storage import KVStore
 from tests.support.processes import PYTHONPATH, ROOT, Service, start_service
 
@@ -276,6 +278,34 @@ def test_a_failed_write_behind_never_undoes_the_commits_made_while_it_ran(
 
         asyncio.run(check())
         assert any("simulated write-behind failure" in line for line in service.log)
+    finally:
+        service.stop()
+
+
+def test_a_commit_that_fails_partway_through_storing_applies_nothing(
+    tmp_path: Path, gateway_secret: str
+) -> None:
+    """A commit of 60 keys is some 180 storage pairs, stored 128 at a time. The object
+    fails after the first part (``--fail-mid-commit``). Before: that part stayed, the
+    transaction id with it, so the client's retry was answered "already applied": the
+    commit reported done with a third of its keys new and the rest old. Now the parts
+    are one storage transaction: nothing of it is applied, and the client gets the error."""
+    service = start_gateway(tmp_path / "gateway-state", gateway_secret, "--fail-mid-commit")
+    keys = [f"many:{i:02d}" for i in range(60)]
+
+    async def run() -> None:
+        async with GatewayKV(service.url, gateway_secret) as kv:
+            for key in keys:  # one key a commit: 4 pairs, stored at once
+                await kv.write_exact({key: PutItem(key, b"old")})
+            before = await kv.read_exact(keys)
+            with pytest.raises(KVError, match="simulated failure mid-commit"):
+                await kv.write_exact({key: PutItem(key, b"new") for key in keys})
+            after = await kv.read_exact(keys)
+            assert {k: e.value for k, e in after.items() if e} == {k: b"old" for k in keys}
+            assert after == before
+
+    try:
+        asyncio.run(run())
     finally:
         service.stop()
 

@@ -4,7 +4,7 @@
 //
 //   node serve.mjs [--host 127.0.0.1] [--port 0] [--secret S] [--previous-secret P]
 //                  [--persist DIR] [--test-clock] [--namespace NAME] [--shards N]
-//                  [--fail-write-behind]
+//                  [--fail-write-behind] [--fail-mid-commit]
 //
 // --persist keeps the KV namespace and the Durable Objects' storage (the
 // coordinator's values and pending write-behind, the seen nonces) in DIR, so a
@@ -29,7 +29,7 @@ const KV_BINDING = "KV"; // binding name; with kvNamespaces: ["KV"] also the nam
 const USAGE =
   "usage: node serve.mjs [--host 127.0.0.1] [--port 0] [--secret S] [--previous-secret P]\n" +
   "                      [--persist DIR] [--test-clock] [--namespace NAME] [--shards N]\n" +
-  "                      [--fail-write-behind]\n" +
+  "                      [--fail-write-behind] [--fail-mid-commit]\n" +
   "secrets: --secret / env KV_GATEWAY_SECRET, --previous-secret / env KV_GATEWAY_SECRET_PREVIOUS\n";
 
 function fail(message) {
@@ -50,6 +50,7 @@ try {
       namespace: { type: "string", default: "default" },
       shards: { type: "string", default: "1" },
       "fail-write-behind": { type: "boolean", default: false },
+      "fail-mid-commit": { type: "boolean", default: false },
       help: { type: "boolean", short: "h", default: false },
     },
     strict: true,
@@ -118,6 +119,9 @@ const bindings = {
 // a fault for tests: every write-behind to KV fails, once a commit of its key
 // landed while it was under way (see Coordinator.flush)
 if (args["fail-write-behind"]) bindings.SIM_FAIL_WRITE_BEHIND = "1";
+// a fault for tests: a commit stored in several parts fails after its first part
+// (see putAll in ./src/coordinator.mjs)
+if (args["fail-mid-commit"]) bindings.SIM_FAIL_MID_COMMIT = "1";
 if (secret !== "") bindings.GATEWAY_SECRET = secret;
 if (previousSecret !== "") bindings.GATEWAY_SECRET_PREVIOUS = previousSecret;
 

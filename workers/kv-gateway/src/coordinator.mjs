@@ -307,8 +307,13 @@ export class Coordinator {
       };
       batch[`d:${key}`] = Math.max(now, (old?.kvAt ?? 0) + KV_INTERVAL_MS);
     }
-    await putAll(this.storage, batch);
-    if (stale.length > 0) await this.storage.delete(stale);
+    // One storage transaction: a commit is stored in parts (128 pairs a call), and a
+    // failure after some of them (the transaction id among them) must leave none, or
+    // the client's retry is answered "already applied" with the commit half stored.
+    await this.storage.transaction(async (txn) => {
+      await putAll(txn, batch, this.env.SIM_FAIL_MID_COMMIT === "1");
+      for (let i = 0; i < stale.length; i += 128) await txn.delete(stale.slice(i, i + 128));
+    });
     if (puts.length > 0) await this.wake(Math.min(...puts.map(({ key }) => batch[`d:${key}`])));
     return { ok: true, version };
   }
@@ -466,10 +471,13 @@ function expiredNow(expiration) {
   return expiration !== null && expiration !== undefined && expiration * 1000 <= Date.now();
 }
 
-// storage.put takes at most 128 pairs at once.
-async function putAll(storage, entries) {
+// storage.put takes at most 128 pairs at once (delete, 128 keys).
+async function putAll(storage, entries, failMidway = false) {
   const pairs = Object.entries(entries);
   for (let i = 0; i < pairs.length; i += 128) {
     await storage.put(Object.fromEntries(pairs.slice(i, i + 128)));
+    if (failMidway && i + 128 < pairs.length) {
+      throw new Error("simulated failure mid-commit (--fail-mid-commit)");
+    }
   }
 }
