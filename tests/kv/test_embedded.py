@@ -13,10 +13,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from brainbot.kv import EmbeddedKV, Entry, iter_keys
+from brainbot.kv.errors import KVError
 from brainbot.kv.namespace import PutItem
 
 WRITER = textwrap.dedent(
@@ -214,3 +216,33 @@ async def test_metadata_an_older_version_stored_reads_back_exactly(tmp_path: Pat
         assert isinstance(entry.metadata, dict)
         assert entry.metadata["n"] == 18446744073709551617
         assert entry.metadata["f"] != entry.metadata["f"]  # NaN
+
+
+async def test_a_commit_that_fails_gives_the_write_lock_back(tmp_path: Path) -> None:
+    """COMMIT itself can fail (an I/O error, a full disk): the transaction stayed open, so
+    this process kept SQLite's write lock (every other process waited out its busy timeout,
+    then failed) and its own next write failed ("cannot start a transaction within a
+    transaction") until it exited. Fault injection: SQLite's authorizer refuses COMMIT."""
+    path = tmp_path / "kv.sqlite3"
+    kv = EmbeddedKV(path)
+    await kv.put("a", b"1")
+
+    def no_commit(action: int, arg: str | None, *_: object) -> int:
+        refused = action == sqlite3.SQLITE_TRANSACTION and arg == "COMMIT"
+        return sqlite3.SQLITE_DENY if refused else sqlite3.SQLITE_OK
+
+    kv._conn.set_authorizer(no_commit)
+    try:
+        with pytest.raises(KVError):
+            await kv.put("b", b"2")
+    finally:
+        kv._conn.set_authorizer(None)
+    other = EmbeddedKV(path, busy_timeout=1.0)
+    try:
+        await other.put("c", b"3")  # the lock is free: a second writer goes at once
+        assert await other.get("b") is None  # nothing of the failed write stayed
+    finally:
+        await other.aclose()
+    await kv.put("d", b"4")  # and this one writes again
+    assert [k.name for k in (await kv.list()).keys] == ["a", "c", "d"]
+    await kv.aclose()

@@ -383,7 +383,9 @@ class EmbeddedKV:
 
 class _Transaction:
     """BEGIN IMMEDIATE ... COMMIT: takes the write lock up front so concurrent
-    processes queue on the busy timeout instead of failing mid-transaction."""
+    processes queue on the busy timeout instead of failing mid-transaction. Whatever
+    fails, COMMIT included (I/O, a full disk), the transaction does not stay open: it
+    would keep the write lock from every other process for as long as this one lives."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
@@ -392,7 +394,12 @@ class _Transaction:
         self._conn.execute("BEGIN IMMEDIATE")
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._conn.execute("ROLLBACK" if exc_type is not None else "COMMIT")
+        try:
+            if exc_type is None:
+                self._conn.execute("COMMIT")
+        finally:
+            if self._conn.in_transaction:  # (SQLite may have rolled back already)
+                self._conn.execute("ROLLBACK")
 
 
 def _metadata(text: str | None) -> JSON:
