@@ -120,9 +120,10 @@ class SessionStore:
         *,
         existing: bool = False,
     ) -> Session | None:
-        """Store the session; with ``existing`` only over a stored one (SET XX, atomic on
-        every backend), None if there is none: a write that follows a read must not bring
-        back a session another process deleted meanwhile (a logout)."""
+        """Store the session; with ``existing`` only over a stored one (SET XX: atomic
+        across processes on the embedded KV, the gateway and Redis, within one process
+        through REST alone), None if there is none: a write that follows a read must not
+        bring back a session another process deleted meanwhile (a logout)."""
         now = self._clock()
         expires = min(now + self.lifetime, ends)
         session = Session(session_id, data, created, expires, ends)
