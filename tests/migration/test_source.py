@@ -258,3 +258,22 @@ async def test_a_key_that_changes_type_before_its_own_read_is_reported_not_fatal
         plan(moving, Options(), 0).skipped == "changed type while being read (re-run the migration)"
     )
     assert steady.value == b"v"
+
+
+def test_a_container_of_exactly_25_mib_as_kv_stores_it_is_not_too_big() -> None:
+    """KV takes a value of 25 MiB exactly (the plan and a string's check allow it). Before:
+    a streamed container counted one comma more than its JSON has, and a set's gathering
+    one byte more than its fewest, so one of exactly 25 MiB was called oversize."""
+    from brainbot.kv.limits import MAX_VALUE_BYTES
+    from brainbot.migration.source import _SortedMembers, _Stream
+
+    member = b"x" * (MAX_VALUE_BYTES - 4)  # ["x...x"]: 25 MiB exactly
+    stream = _Stream(binary=False)
+    stream.add([member.decode()], [""], 1, len(member))
+    assert len(stream.result(b"[]").kv) == MAX_VALUE_BYTES
+    members = _SortedMembers()
+    try:
+        members.add([member])
+        assert list(members.in_order(10)) == [[member]]
+    finally:
+        members.close()

@@ -315,7 +315,7 @@ class _Stream:
         self.text: Callable[[bytes], str] = _b64 if binary else _utf8
         self.kv: list[bytes] = []
         self.backup: list[bytes] = []
-        self.kv_bytes = 2
+        self.kv_bytes = 1  # its brackets, less the comma its first piece is not given
         self.count = 0
         self.size = 0
 
@@ -610,7 +610,7 @@ class _SortedMembers:
     def __init__(self) -> None:
         self._db = sqlite3.connect("", check_same_thread=False)  # "": temporary, on disk
         self._db.execute("CREATE TABLE m (v BLOB)")  # appended; sorted once, when read
-        self._least = 2  # the fewest bytes of JSON they take ("m", each), repeats counted
+        self._least = 1  # the fewest bytes of JSON they take ("m", each), repeats counted
         self._counted = -self.RECOUNT_AFTER
 
     def add(self, part: list[bytes]) -> None:
@@ -620,7 +620,7 @@ class _SortedMembers:
             count, size = self._db.execute(  # some may have come twice: each counts once
                 "SELECT count(*), total(length(v)) FROM (SELECT DISTINCT v FROM m)"
             ).fetchone()
-            self._least = self._counted = 2 + int(size) + 3 * count
+            self._least = self._counted = 1 + int(size) + 3 * count  # [] less one comma
             if self._least > MAX_VALUE_BYTES:
                 raise _TooBig
 
