@@ -28,6 +28,7 @@ from tests.support.kv import server_stats
 from tests.support.processes import Service, start_kv_server
 from tests.support.service import (
     bot_env,
+    bot_env_on_rest,
     identity,
     login,
     new_conversation,
@@ -212,16 +213,13 @@ def test_anonymous_floods_cost_no_api_requests_and_live_traffic_fails_fast(
     tmp_path: Path, api_token: str
 ) -> None:
     server = start_kv_server(tmp_path / "kv-serve", api_token)
-    env = bot_env(
+    env = bot_env_on_rest(  # one bot process on REST alone
         tmp_path / "data",
-        CLOUDFLARE_ACCOUNT_ID="test-account",
-        CLOUDFLARE_KV_NAMESPACE_ID="live",
-        CLOUDFLARE_KV_API_TOKEN=api_token,
-        CLOUDFLARE_API_BASE_URL=server.url,
+        server.url,
+        api_token,
         CLOUDFLARE_API_BUDGET="12",
         CLOUDFLARE_API_BUDGET_WINDOW="300",
         BRAINBOT_LIVE_BUDGET_WAIT="1",
-        BRAINBOT_KV_SINGLE_WRITER="1",  # one bot process on REST alone
     )
     bot = start_bot(env)
     try:

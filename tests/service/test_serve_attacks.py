@@ -17,7 +17,7 @@ from brainbot.storage.protocol import Store
 from brainbot.storage.sessions import SessionStore, session_key
 from tests.support.kv import server_stats
 from tests.support.processes import Service, start_kv_server
-from tests.support.service import bot_env, login, start_bot
+from tests.support.service import bot_env_on_rest, login, start_bot
 
 
 @pytest.fixture
@@ -25,15 +25,8 @@ def two_instances_on_rest(tmp_path: Path, api_token: str) -> Iterator[tuple[Serv
     """Two `brainbot serve` instances on one namespace of `brainbot kv serve` (whose
     request counts tell what the service spent), and that server's url."""
     server = start_kv_server(tmp_path / "kv-serve", api_token)
-    env = bot_env(
-        tmp_path / "data",
-        CLOUDFLARE_ACCOUNT_ID="test-account",
-        CLOUDFLARE_KV_NAMESPACE_ID="live",
-        CLOUDFLARE_KV_API_TOKEN=api_token,
-        CLOUDFLARE_API_BASE_URL=server.url,
-        BRAINBOT_KV_SINGLE_WRITER="1",  # sessions only: no read-modify-write across them
-        BRAINBOT_RATE_READS="3/minute",
-    )
+    # sessions only: no read-modify-write across the two
+    env = bot_env_on_rest(tmp_path / "data", server.url, api_token, BRAINBOT_RATE_READS="3/minute")
     first, second = start_bot(env), start_bot(env)
     yield first, second, server.url
     first.stop()

@@ -32,6 +32,22 @@ def bot_env(data_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def bot_env_on_rest(
+    data_dir: Path, server_url: str, api_token: str, **extra: str
+) -> dict[str, str]:
+    """``bot_env`` with the store on the REST client, against namespace ``live`` of the
+    `brainbot kv serve` at ``server_url`` (one writer: no read-modify-write across processes)."""
+    return bot_env(
+        data_dir,
+        CLOUDFLARE_ACCOUNT_ID="test-account",
+        CLOUDFLARE_KV_NAMESPACE_ID="live",
+        CLOUDFLARE_KV_API_TOKEN=api_token,
+        CLOUDFLARE_API_BASE_URL=server_url,
+        BRAINBOT_KV_SINGLE_WRITER="1",
+        **extra,
+    )
+
+
 def start_bot(env: dict[str, str], **popen: object) -> Service:
     return start_service(
         [sys.executable, "-m", "brainbot", "serve", "--port", "0"],
