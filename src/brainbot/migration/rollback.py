@@ -242,17 +242,20 @@ async def _undo_kv(
 
 
 async def _delete(kv: KVNamespace, names: list[str], report: RollbackReport, undone: Path) -> None:
-    """Delete ``names``, one bulk request per 10,000 (the most one takes), and record
-    those deleted in ``undone``: later runs of the migration no longer count them as
-    written before. Keys the rollback kept (the bot changed them) or restored stay
-    counted, so a later run still does not re-create one the bot deletes."""
+    """Delete ``names``, one bulk request per 10,000 (the most one takes), recording them
+    in ``undone`` first: later runs of the migration no longer count them as written
+    before. Recorded before the request, so a rollback killed right after it leaves no
+    deleted key counted as written (its next attempt sees it absent, and every later run
+    would call it deleted by the bot and never write it again); one the request failed to
+    delete is then merely not protected from re-creation until the rollback is run again.
+    Keys the rollback kept (the bot changed them) or restored stay counted, so a later run
+    still does not re-create one the bot deletes."""
     if not names:
         return
+    files.append(undone, [orjson.dumps(n) for n in names])
     result = await kv.delete_many(names)
     report.kv_deleted += result.successful_key_count
     report.kv_unsuccessful += list(result.unsuccessful_keys)
-    failed = set(result.unsuccessful_keys)
-    files.append(undone, [orjson.dumps(n) for n in names if n not in failed])
 
 
 def _backup(run_path: Path) -> Iterator[dict[str, Any]]:

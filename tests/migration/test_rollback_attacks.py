@@ -1,0 +1,53 @@
+"""Rollbacks that meet the worst moments: killed partway and run again, a target Redis
+whose clock runs ahead, a backup that is damaged (each case failing on the code before
+its fix)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+import redis.asyncio as aioredis
+
+from brainbot.composition import migration_runs
+from brainbot.kv import EmbeddedKV
+from brainbot.kv.namespace import BulkResult
+from brainbot.migration import rollback
+from brainbot.migration.run import NOT_RECREATED
+from tests.support.migration import migrate, roll_back, settings_for
+
+
+class Killed(Exception):
+    """The process died here (fault injection)."""
+
+
+class DiesAfterDeleting(EmbeddedKV):
+    """The embedded KV, where the process dies right after a bulk delete landed: before
+    the rollback could record what it deleted (a SIGKILL at the worst moment)."""
+
+    async def delete_many(self, keys: Sequence[str]) -> BulkResult:
+        await super().delete_many(keys)
+        raise Killed
+
+
+async def test_a_rollback_killed_right_after_deleting_lets_later_runs_write_again(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the keys were recorded as undone only after the delete request, so a rollback
+    killed in between left them deleted yet counted as written, and every later run called
+    them "deleted on KV" and never wrote them again."""
+    settings = settings_for(tmp_path)
+    for i in range(3):
+        await source.set(f"g:{i}", f"v{i}")
+    first = await migrate(redis_url, settings, verify_after=False)
+    runs = migration_runs(settings)
+    async with DiesAfterDeleting(settings.embedded_kv_path) as kv:
+        with pytest.raises(Killed):
+            await rollback(first.run_id, runs=runs, namespace=kv, delete_kv=True)
+    again = await roll_back(first.run_id, settings, delete_kv=True)  # run again: finishes
+    assert again.kv_absent == 3
+    second = await migrate(redis_url, settings)
+    assert second.entries[NOT_RECREATED] == 0
+    assert second.entries["written"] == 3
+    assert second.verify_differences == 0
