@@ -4,8 +4,12 @@ its fix)."""
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis.asyncio as aioredis
@@ -16,6 +20,8 @@ from brainbot.kv.namespace import BulkResult
 from brainbot.migration import rollback
 from brainbot.migration.run import NOT_RECREATED
 from tests.support.migration import migrate, roll_back, settings_for
+
+rollback_module = importlib.import_module("brainbot.migration.rollback")
 
 
 class Killed(Exception):
@@ -51,3 +57,24 @@ async def test_a_rollback_killed_right_after_deleting_lets_later_runs_write_agai
     assert second.entries[NOT_RECREATED] == 0
     assert second.entries["written"] == 3
     assert second.verify_differences == 0
+
+
+async def test_a_key_whose_ttl_runs_out_on_the_target_before_its_restore_is_counted(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: the scratch key expired at once (PEXPIREAT in the target's past), RENAMENX
+    found no such key, and the whole restore failed with a Redis error (again on every
+    attempt while the clocks disagreed) instead of counting the key as expired."""
+    settings = settings_for(tmp_path)
+    await source.set("short", "v", px=1_500)
+    for i in range(3):
+        await source.set(f"g:{i}", f"v{i}")
+    first = await migrate(redis_url, settings, verify_after=False)
+    await source.flushdb()
+    await asyncio.sleep(2)  # the short key's TTL has run out by Redis's clock
+    lagging = time.time() - 10  # the rollback's host clock is 10 s behind the target's
+    monkeypatch.setattr(rollback_module, "time", SimpleNamespace(time=lambda: lagging))
+    report = await rollback(first.run_id, runs=migration_runs(settings), restore_to=redis_url)
+    assert report.redis_restored == 3
+    assert report.redis_expired == 1
+    assert sorted(await source.keys()) == [b"g:0", b"g:1", b"g:2"]
