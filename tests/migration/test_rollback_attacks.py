@@ -5,7 +5,9 @@ its fix)."""
 from __future__ import annotations
 
 import asyncio
+import gzip
 import importlib
+import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,8 +17,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from brainbot.composition import migration_runs
+from brainbot.errors import RollbackError
 from brainbot.kv import EmbeddedKV
-from brainbot.kv.namespace import BulkResult
+from brainbot.kv.namespace import BulkResult, PutItem
 from brainbot.migration import rollback
 from brainbot.migration.run import NOT_RECREATED
 from tests.support.migration import migrate, roll_back, settings_for
@@ -78,3 +81,68 @@ async def test_a_key_whose_ttl_runs_out_on_the_target_before_its_restore_is_coun
     assert report.redis_restored == 3
     assert report.redis_expired == 1
     assert sorted(await source.keys()) == [b"g:0", b"g:1", b"g:2"]
+
+
+def _damage(path: Path, how: str) -> None:
+    """Damage a backup file the way a disk, a copy or a hand does."""
+    raw = path.read_bytes()
+    lines = gzip.decompress(raw).splitlines()
+    last = json.loads(lines[-1])
+    if how == "cut short":
+        path.write_bytes(raw[:-10])
+        return
+    if how == "not JSON":
+        lines.insert(1, b"{not json")
+    elif how == "a type Redis restores none of":
+        last["type"] = "stream"
+    elif how == "no key":
+        del last["key"]
+    elif how == "an empty container":
+        last.update(type="list", value=[])
+    elif how == "no value":
+        del last["value"]
+    if how != "not JSON":
+        lines[-1] = json.dumps(last).encode()
+    path.write_bytes(gzip.compress(b"\n".join(lines) + b"\n"))
+
+
+@pytest.mark.parametrize(
+    "how",
+    ["cut short", "not JSON", "a type Redis restores none of", "no key", "an empty container"],
+)
+async def test_a_damaged_backup_is_refused_before_redis_is_touched(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, how: str
+) -> None:
+    """Before: a traceback (EOFError, which the CLI showed as a bare "Aborted.", a JSON or
+    key error), or a Redis error after the keys before the damaged line were written."""
+    settings = settings_for(tmp_path)
+    for i in range(5):
+        await source.set(f"g:{i}", f"v{i}")
+    await source.rpush("l", "a", "b")
+    first = await migrate(redis_url, settings, verify_after=False)
+    await source.flushdb()
+    _damage(migration_runs(settings) / first.run_id / "backup.jsonl.gz", how)
+    with pytest.raises(RollbackError, match=r"backup\.jsonl\.gz is damaged"):
+        await rollback(first.run_id, runs=migration_runs(settings), restore_to=redis_url)
+    assert await source.dbsize() == 0
+
+
+@pytest.mark.parametrize("how", ["cut short", "no value"])
+async def test_a_damaged_kv_backup_is_refused_before_kv_is_touched(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path, how: str
+) -> None:
+    """Before: a traceback, after restoring or deleting the entries of the chunks before the
+    damaged line's (a ``KeyError`` at its turn)."""
+    settings = settings_for(tmp_path)
+    names = [f"g:{i:04}" for i in range(1_500)]
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put_many([PutItem(name, b"bot") for name in names])
+    await source.mset({name: "redis" for name in names})
+    forced = await migrate(redis_url, settings, overwrite=True, verify_after=False)
+    _damage(migration_runs(settings) / forced.run_id / "kv-backup.jsonl.gz", how)
+    with pytest.raises(RollbackError, match=r"kv-backup\.jsonl\.gz is damaged"):
+        await roll_back(forced.run_id, settings, delete_kv=True)
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        found = await kv.get_many(names)
+    assert {e.value for e in found.values() if e is not None} == {b"redis"}
+    assert len(found) == len(names)

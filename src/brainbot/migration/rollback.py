@@ -21,11 +21,13 @@ of the manifest must name that run: a path, or a manifest copied from elsewhere,
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import secrets
 import time
+import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,8 +81,84 @@ REWRITTEN = "rewritten by a later run"
 CHANGED_IN_REDIS = "redis: changed since the run"
 
 
+def _lines(path: Path, *, compressed: bool = False) -> Iterator[Any]:
+    """The JSON lines of one of the run's files, or a :class:`RollbackError` naming the
+    file and the line where it is damaged (cut short, not gzip, not JSON), instead of a
+    traceback or click's bare "Aborted." (an ``EOFError``)."""
+    n = 0
+    try:
+        for line in files.lines(path, compressed=compressed):
+            n += 1
+            yield line
+    except (EOFError, gzip.BadGzipFile, zlib.error, ValueError) as exc:  # ValueError: JSON
+        raise RollbackError(
+            f"{path.name} is damaged after its line {n} ({type(exc).__name__}: {exc})."
+        ) from None
+
+
+def _damaged(path: Path, n: int, why: str) -> RollbackError:
+    return RollbackError(f"{path.name} is damaged at its line {n}: {why}.")
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _texts(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+
+
+def _fields(value: Any) -> bool:
+    return (
+        isinstance(value, dict)
+        and bool(value)
+        and all(isinstance(f, str) and isinstance(v, str) for f, v in value.items())
+    )
+
+
+def _scored(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(
+            isinstance(e, list)
+            and len(e) == 2
+            and isinstance(e[0], str)
+            and (isinstance(e[1], int | float) or e[1] in ("inf", "-inf"))
+            for e in value
+        )
+    )
+
+
+_VALUE_SHAPES: dict[str, Callable[[Any], bool]] = {
+    "string": _text,
+    "list": _texts,
+    "set": _texts,
+    "hash": _fields,
+    "zset": _scored,
+}
+"""The shape of a backed-up value of each type (base64 text; a container never empty:
+Redis holds no empty container, and RPUSH/SADD/... of nothing is an error)."""
+
+
+def _backed_up(path: Path, n: int, record: Any) -> dict[str, Any]:
+    """Line ``n`` of ``backup.jsonl.gz``, refused unless it is a record restore can write
+    (checked before any key is written: a damaged line must not stop a restore halfway,
+    nor pass for a key that expired)."""
+    if not isinstance(record, dict) or not isinstance(record.get("key"), str):
+        raise _damaged(path, n, "no key")
+    shape = _VALUE_SHAPES.get(str(record.get("type")))
+    if shape is None:
+        raise _damaged(path, n, f"type {record.get('type')!r} is none Redis restores")
+    if not shape(record.get("value")):
+        raise _damaged(path, n, f"not a value of a {record['type']}")
+    if not all(type(record.get(f)) is int for f in ("pttl", "at_ms")):
+        raise _damaged(path, n, "no TTL and time of reading")
+    return record
+
+
 def _manifest(run_path: Path, run_id: str) -> Iterator[dict[str, Any]]:
-    for line in files.lines(run_path / "manifest.jsonl"):
+    for line in _lines(run_path / "manifest.jsonl"):
         if line.get("run") != run_id or not isinstance(line.get("kv", []), list):
             raise RollbackError(
                 f"The manifest of {run_id} has lines of another run (or of an older version of "
@@ -192,7 +270,13 @@ async def _undo_kv(
         for name in ledger.names(run=tag, mark=mark, prefix=prefix):
             written.setdefault(name, None)  # the run's, and in no manifest: any digest
         earlier: dict[str, dict[str, Any]] = {}
-        for line in files.lines(run_path / "kv-backup.jsonl.gz", compressed=True):
+        kv_backup = run_path / "kv-backup.jsonl.gz"
+        for n, line in enumerate(_lines(kv_backup, compressed=True), 1):
+            if not (isinstance(line, dict) and isinstance(line.get("key"), str)) or not (
+                isinstance(line.get("value"), str)
+                and (line.get("expiration") is None or type(line["expiration"]) is int)
+            ):  # refused before any entry is deleted or restored
+                raise _damaged(kv_backup, n, "not a KV entry")
             earlier[line["key"]] = line  # the last: what KV held when the run replaced it
         names = list(written)
         delete: list[str] = []  # sent 10,000 a request (one bulk delete's most)
@@ -263,9 +347,10 @@ def _backup(run_path: Path) -> Iterator[dict[str, Any]]:
     twice), streamed: memory holds an 8-byte digest per key, not the values."""
     path = run_path / "backup.jsonl.gz"
     last: dict[bytes, int] = {}
-    for n, record in enumerate(files.lines(path, compressed=True)):
-        last[hashlib.blake2b(record["key"].encode(), digest_size=8).digest()] = n
-    for n, record in enumerate(files.lines(path, compressed=True)):
+    for n, record in enumerate(_lines(path, compressed=True)):
+        key = _backed_up(path, n + 1, record)["key"]
+        last[hashlib.blake2b(key.encode(), digest_size=8).digest()] = n
+    for n, record in enumerate(_lines(path, compressed=True)):
         if last.get(hashlib.blake2b(record["key"].encode(), digest_size=8).digest()) == n:
             yield record
 
