@@ -17,6 +17,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from brainbot.composition import migration_runs
+from brainbot.config import Settings
 from brainbot.errors import RollbackError
 from brainbot.kv import EmbeddedKV
 from brainbot.kv.namespace import BulkResult, PutItem
@@ -146,3 +147,51 @@ async def test_a_damaged_kv_backup_is_refused_before_kv_is_touched(
         found = await kv.get_many(names)
     assert {e.value for e in found.values() if e is not None} == {b"redis"}
     assert len(found) == len(names)
+
+
+class DiesAfterRestoring(EmbeddedKV):
+    """The embedded KV, where the rollback's process dies right after its first restore
+    request landed (a SIGKILL before it could report)."""
+
+    async def put_many(self, items: Sequence[PutItem]) -> BulkResult:
+        await super().put_many(items)
+        raise Killed
+
+
+async def test_a_rollback_run_again_counts_what_it_gave_back_as_given_back(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Before: the second attempt called the entries the first one had given back (the
+    bot's, an earlier run's) "changed on KV since the run" and "rewritten by a later run",
+    as if the bot or a later run had written over them and KV still held the migration's."""
+    settings = settings_for(tmp_path)
+    await source.set("earlier", "v1")
+    await migrate(redis_url, settings, verify_after=False)  # an earlier run's entry
+    await source.set("earlier", "v2")
+    for name in ("bot", "new"):
+        await source.set(name, f"redis {name}")
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        await kv.put("bot", b"bot value", metadata={"t": "string"})
+    second = await migrate(redis_url, settings, overwrite=True, verify_after=False)
+    runs = migration_runs(settings)
+    async with DiesAfterRestoring(settings.embedded_kv_path) as kv:
+        with pytest.raises(Killed):
+            await rollback(second.run_id, runs=runs, namespace=kv, delete_kv=True)
+    again = await roll_back(second.run_id, settings, delete_kv=True)
+    assert again.kv_kept == {}
+    assert again.kv_given_back_before == 2
+    assert again.kv_absent == 1  # the killed attempt deleted it (before its restores)
+    assert again.kept_names == []
+    assert await values(settings, ["earlier", "bot", "new"]) == {
+        "earlier": b"v1",
+        "bot": b"bot value",
+        "new": None,
+    }
+    third = await roll_back(second.run_id, settings, delete_kv=True)  # and once more
+    assert (third.kv_given_back_before, third.kv_absent, third.kv_kept) == (2, 1, {})
+
+
+async def values(settings: Settings, names: list[str]) -> dict[str, bytes | None]:
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        found = await kv.get_many(names)
+    return {n: (e.value if e else None) for n, e in found.items()}

@@ -370,7 +370,12 @@ def rollback_command(
     if delete_kv:
         console.print(
             f"run {safe_name(run_id)}: deleted {report.kv_deleted} KV entries, gave "
-            f"{report.kv_restored} their earlier value back, {report.kv_absent} were gone",
+            f"{report.kv_restored} their earlier value back, {report.kv_absent} were gone"
+            + (
+                f", {report.kv_given_back_before} held their earlier value already"
+                if report.kv_given_back_before
+                else ""
+            ),
             soft_wrap=True,
         )
         for reason, n in sorted(report.kv_kept.items()):

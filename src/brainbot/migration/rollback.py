@@ -38,7 +38,7 @@ from brainbot.errors import RollbackError
 from brainbot.kv.limits import BULK_DELETE_MAX_KEYS, MIN_EXPIRATION_TTL
 from brainbot.kv.namespace import KVNamespace, PutItem
 from brainbot.migration import files
-from brainbot.migration.ledger import Ledger
+from brainbot.migration.ledger import Ledger, Seen, shape_of
 from brainbot.migration.source import Reader, Record, connect, translated
 from brainbot.migration.transform import stamp_of
 
@@ -53,6 +53,9 @@ class RollbackReport:
     kv_restored: int = 0
     """Entries the run had overwritten, given their earlier value back."""
     kv_absent: int = 0
+    kv_given_back_before: int = 0
+    """Entries holding the earlier value the run replaced already: an attempt of this
+    rollback before (killed, or run again) gave it back."""
     kv_kept: Counter[str] = field(default_factory=Counter)
     """Entries left as they are, by reason (changed since the run...)."""
     kv_unsuccessful: list[str] = field(default_factory=list)
@@ -280,6 +283,7 @@ async def _undo_kv(
             earlier[line["key"]] = line  # the last: what KV held when the run replaced it
         names = list(written)
         delete: list[str] = []  # sent 10,000 a request (one bulk delete's most)
+        unstamped: list[str] = []
         for start in range(0, len(names), CHUNK):
             chunk = names[start : start + CHUNK]
             seen = ledger.lookup(chunk)
@@ -310,10 +314,18 @@ async def _undo_kv(
                                 metadata=before.get("metadata"),
                             )
                         )
+                elif (before := earlier.get(name)) is not None and _holds(entry, before):
+                    if entry.run is None:
+                        unstamped.append(name)  # the bot's value back? its value says
+                    else:
+                        report.kv_given_back_before += 1
                 elif entry.mark == mark and entry.digest is not None and entry.run != tag:
                     report.keep(REWRITTEN, name)
                 else:
                     report.keep(CHANGED_ON_KV, name)
+            if unstamped:
+                await _given_back(kv, unstamped, earlier, report)
+                unstamped = []
             if len(delete) >= BULK_DELETE_MAX_KEYS or start + CHUNK >= len(names):
                 await _delete(kv, delete, report, undone)
                 delete = []
@@ -323,6 +335,32 @@ async def _undo_kv(
                 report.kv_unsuccessful += list(result.unsuccessful_keys)
     finally:
         ledger.discard()
+
+
+def _holds(entry: Seen, before: dict[str, Any]) -> bool:
+    """Whether the listed entry may be the earlier one the run replaced, given back by an
+    attempt of this rollback before (killed, or run again): the same metadata, and the
+    same stamp (whose digest is its value's; unstamped, its value is read to tell)."""
+    was = stamp_of(before.get("metadata"))
+    stamp = (entry.mark, entry.run, entry.digest)
+    return entry.shape == shape_of(before.get("metadata")) and stamp == (
+        (was.mark, was.run, was.digest) if was is not None else (None, None, None)
+    )
+
+
+async def _given_back(
+    kv: KVNamespace, names: list[str], earlier: dict[str, dict[str, Any]], report: RollbackReport
+) -> None:
+    """Count those of ``names`` (unstamped entries with the metadata of the earlier value)
+    that hold that value: given back already, not changed by the bot since the run. Read
+    only on a second attempt: a first finds the run's own entries there."""
+    found = await kv.get_many(names)
+    for name in names:
+        entry = found.get(name)
+        if entry is not None and entry.value == files.unb64(earlier[name]["value"]):
+            report.kv_given_back_before += 1
+        else:
+            report.keep(CHANGED_ON_KV, name)
 
 
 async def _delete(kv: KVNamespace, names: list[str], report: RollbackReport, undone: Path) -> None:
