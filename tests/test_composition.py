@@ -158,3 +158,33 @@ def test_invalid_settings_are_a_config_error_naming_the_setting(tmp_path: Path) 
     with pytest.raises(ConfigError, match="BRAINBOT_STORAGE_BACKEND") as caught:
         load_settings(BRAINBOT_STORAGE_BACKEND="memcached", BRAINBOT_DATA_DIR=tmp_path)
     assert "memcached" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "named"),
+    [
+        ({"CLOUDFLARE_API_BASE_URL": "http://[::1"}, "CLOUDFLARE_API_BASE_URL"),
+        ({"CLOUDFLARE_API_BASE_URL": "api.example.com/v4"}, "CLOUDFLARE_API_BASE_URL"),
+        ({"CLOUDFLARE_API_BASE_URL": "http://api.example.com"}, "CLOUDFLARE_API_BASE_URL"),
+        ({"BRAINBOT_KV_GATEWAY_URL": "http://[::1"}, "BRAINBOT_KV_GATEWAY_URL"),
+        ({"BRAINBOT_KV_GATEWAY_URL": "http://gw.example.com"}, "BRAINBOT_KV_GATEWAY_URL"),
+        ({"BRAINBOT_KV_GATEWAY_SECRET": ""}, "BRAINBOT_KV_GATEWAY_SECRET"),
+    ],
+)
+def test_a_client_refusing_its_settings_is_a_config_error(
+    tmp_path: Path, values: dict[str, str], named: str
+) -> None:
+    """Measured: these raised httpx.InvalidURL or ValueError, a traceback on the console."""
+    base = {
+        "BRAINBOT_DATA_DIR": tmp_path,
+        "CLOUDFLARE_ACCOUNT_ID": "acc",
+        "CLOUDFLARE_KV_NAMESPACE_ID": "ns",
+        "CLOUDFLARE_KV_API_TOKEN": "token",
+    }
+    if "CLOUDFLARE_API_BASE_URL" not in values:
+        base |= {
+            "BRAINBOT_KV_GATEWAY_URL": "https://gw.example.com",
+            "BRAINBOT_KV_GATEWAY_SECRET": "s",
+        }
+    with pytest.raises(ConfigError, match=named):
+        open_namespace(load_settings(**(base | values)))

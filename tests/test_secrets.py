@@ -94,3 +94,31 @@ def test_partial_cloudflare_settings_name_what_is_missing(monkeypatch: pytest.Mo
     ) as caught:
         open_namespace(Settings())
     assert SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "token",
+    [SECRET.replace("-", "\n", 1), SECRET + "\n", f" {SECRET}", SECRET.replace("-", "\x7f")],
+)
+def test_a_token_that_is_no_header_value_is_refused_unechoed(
+    kv_server: Service, token: str
+) -> None:
+    """Measured: a token with a line break (a pasted file's) reached httpx, whose
+    "Illegal header value b'Bearer <token>'" escaped the redaction (the repr shows ``\\n``,
+    not the line break) and was printed after three retries."""
+    env = {
+        **os.environ,
+        "CLOUDFLARE_ACCOUNT_ID": "acc",
+        "CLOUDFLARE_KV_NAMESPACE_ID": "ns",
+        "CLOUDFLARE_KV_API_TOKEN": token,
+        "CLOUDFLARE_API_BASE_URL": kv_server.url,
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "brainbot", "kv", "get", "k"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert b"CLOUDFLARE_KV_API_TOKEN" in done.stderr
+    assert b"s3cr3t" not in done.stdout + done.stderr

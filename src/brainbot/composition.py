@@ -20,9 +20,12 @@ explicit arguments and reads no environment. The decisions made here:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+import httpx
 from pydantic import ValidationError
 
 from brainbot.config import Settings
@@ -109,13 +112,14 @@ def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamesp
     is configured (``BRAINBOT_KV_GATEWAY_URL``), since REST calls spend the account's API
     budget; bulk loads use the REST API (10,000 keys per request), else the embedded KV."""
     if purpose == "live" and settings.kv_gateway_url:
-        if settings.kv_gateway_secret is None:
+        if not settings.kv_gateway_secret or not settings.kv_gateway_secret.get_secret_value():
             raise ConfigError("BRAINBOT_KV_GATEWAY_URL needs BRAINBOT_KV_GATEWAY_SECRET.")
-        return GatewayKV(
-            settings.kv_gateway_url,
-            settings.kv_gateway_secret.get_secret_value(),
-            namespace=settings.kv_gateway_namespace,
-        )
+        with _client_settings("BRAINBOT_KV_GATEWAY_URL", "BRAINBOT_KV_GATEWAY_SECRET"):
+            return GatewayKV(
+                settings.kv_gateway_url,
+                settings.kv_gateway_secret.get_secret_value(),
+                namespace=settings.kv_gateway_namespace,
+            )
     credentials = cloudflare_credentials(settings)
     if credentials is None:
         private_dir(settings.data_dir)
@@ -123,15 +127,31 @@ def open_namespace(settings: Settings, *, purpose: Purpose = "live") -> KVNamesp
         return EmbeddedKV(settings.embedded_kv_path, busy_timeout=settings.kv_busy_timeout)
     account_id, namespace_id, token = credentials
     live = purpose == "live"
-    return CloudflareKV(
-        account_id=account_id,
-        namespace_id=namespace_id,
-        api_token=token,
-        base_url=settings.cloudflare_api_base_url or DEFAULT_BASE_URL,
-        budget=request_budget(settings, token),
-        live=live,
-        budget_wait=settings.live_budget_wait if live else None,
-    )
+    with _client_settings("CLOUDFLARE_API_BASE_URL", "CLOUDFLARE_KV_API_TOKEN"):
+        return CloudflareKV(
+            account_id=account_id,
+            namespace_id=namespace_id,
+            api_token=token,
+            base_url=settings.cloudflare_api_base_url or DEFAULT_BASE_URL,
+            budget=request_budget(settings, token),
+            live=live,
+            budget_wait=settings.live_budget_wait if live else None,
+        )
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+@contextmanager
+def _client_settings(url_setting: str, secret_setting: str) -> Iterator[None]:
+    """A KV client's refusal of its settings (a URL that does not parse or would send the
+    credential in clear, a token that is no header value) as a ConfigError: the clients'
+    own messages name no value; httpx's URL errors may quote the URL, so they are not
+    repeated."""
+    try:
+        yield
+    except httpx.InvalidURL:
+        raise ConfigError(f"{url_setting} is not a valid URL.") from None
+    except ValueError as exc:
+        raise ConfigError(f"{url_setting} or {secret_setting}: {exc}") from None
 
 
 def open_kv_store(

@@ -125,6 +125,11 @@ class _BearerToken(httpx.Auth):
     def __init__(self, token: str) -> None:
         if not token:
             raise ValueError("An API token is required.")
+        if not all("!" <= char <= "~" for char in token):  # else httpx's error quotes it
+            raise ValueError(
+                "The API token must be printable ASCII without spaces or line breaks, "
+                "as Cloudflare's are (a quote or a newline pasted with it?)."
+            )
         self.__token = token
 
     def __repr__(self) -> str:
