@@ -168,3 +168,25 @@ def test_migrate_explains_a_bad_source_url_and_pattern(brainbot) -> None:  # typ
     assert bad_pattern.returncode == 2
     assert b"{id}" in bad_pattern.stderr
     assert b"Traceback" not in bad_pattern.stderr
+
+
+def test_messages_quoting_a_name_print_it_as_text(brainbot, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Measured: a key, file or namespace containing Rich markup (``[/x]``) crashed the
+    message naming it with a MarkupError traceback (after ``put`` had stored the value),
+    and ``--file`` printed a name's terminal escapes raw."""
+    key = "[/x]a\x1b[31m"
+    put = brainbot("kv", "put", key, "v")
+    assert (put.returncode, put.stderr.decode()) == (0, "stored '[/x]a\\x1b[31m' (1 bytes)\n")
+    assert brainbot("kv", "get", key).stdout == b"v"
+    deleted = brainbot("kv", "delete", key)
+    assert (deleted.returncode, deleted.stderr.decode()) == (0, "deleted '[/x]a\\x1b[31m'\n")
+    missing = brainbot("kv", "get", key)
+    assert missing.returncode == 3
+    assert missing.stderr.decode() == "error: key not found: '[/x]a\\x1b[31m'\n"
+    unreadable = brainbot("kv", "put", "k", "--file", str(tmp_path / "no[/x]\x1bdir" / "f"))
+    assert unreadable.returncode == 2
+    assert "no[/x]\\x1bdir" in unreadable.stderr.decode()
+    served = brainbot("kv", "serve", "--token", "t", "--namespace", "[/x]")
+    assert served.returncode == 2
+    assert "Invalid namespace id '[/x]'" in served.stderr.decode()
+    assert brainbot("kv", "list").stdout == b""

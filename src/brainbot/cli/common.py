@@ -44,18 +44,19 @@ def describe(exc: BrainbotError) -> str:
 
 @contextmanager
 def handled() -> Iterator[None]:
-    """brainbot's errors become a message and an exit code, by branch."""
+    """brainbot's errors become a message and an exit code, by branch; each message made
+    safe (``safe_name``), since they may quote key names, paths and URLs."""
     try:
         yield
     except InvalidInput as exc:
-        fail(describe(exc), 2)
+        fail(safe_name(describe(exc)), 2)
     except NotFound as exc:
-        fail(describe(exc), 3)
+        fail(safe_name(describe(exc)), 3)
     except BrainbotError as exc:
-        fail(describe(exc), 1)
+        fail(safe_name(describe(exc)), 1)
     except OSError as exc:  # a run directory, a backup file: name the file, not a traceback
         where = f" ({exc.filename})" if exc.filename else ""
-        fail(f"{exc.strerror or type(exc).__name__}{where}", 1)
+        fail(safe_name(f"{exc.strerror or type(exc).__name__}{where}"), 1)
 
 
 def settings() -> Settings:

@@ -16,8 +16,18 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 
-from brainbot.cli.common import err, fail, handled, printable, read_secret_file, run, settings
+from brainbot.cli.common import (
+    err,
+    fail,
+    handled,
+    printable,
+    read_secret_file,
+    run,
+    safe_name,
+    settings,
+)
 from brainbot.composition import kv_serve_dir, open_namespace
 from brainbot.kv.faults import Faults
 from brainbot.kv.namespace import KVNamespace, iter_keys
@@ -46,7 +56,7 @@ def get(
     """Print the value of KEY (raw bytes, exactly as stored)."""
     entry = _run(lambda kv: kv.get(key))
     if entry is None:
-        fail(f"key not found: {key!r}", 3)
+        fail(f"key not found: {escape(repr(key))}", 3)
     if as_json:
         try:
             value: dict[str, Any] = {"value": entry.value.decode("utf-8")}
@@ -85,7 +95,7 @@ def put(
         try:
             data = sys.stdin.buffer.read() if str(file) == "-" else file.read_bytes()
         except OSError as exc:
-            fail(f"cannot read {file}: {exc.strerror}", 2)
+            fail(f"cannot read {safe_name(str(file))}: {safe_name(str(exc.strerror))}", 2)
     else:
         assert value is not None
         data = value.encode("utf-8")
@@ -94,16 +104,16 @@ def put(
         try:
             meta = json.loads(metadata)
         except ValueError as exc:
-            fail(f"--metadata is not valid JSON: {exc}", 2)
+            fail(f"--metadata is not valid JSON: {safe_name(str(exc))}", 2)
     _run(lambda kv: kv.put(key, data, expiration=expiration, expiration_ttl=ttl, metadata=meta))
-    err.print(f"stored {key!r} ({len(data)} bytes)")
+    err.print(f"stored {escape(repr(key))} ({len(data)} bytes)")
 
 
 @kv_app.command()
 def delete(key: str) -> None:
     """Delete KEY (deleting a missing key succeeds)."""
     _run(lambda kv: kv.delete(key))
-    err.print(f"deleted {key!r}")
+    err.print(f"deleted {escape(repr(key))}")
 
 
 @kv_app.command("list")
@@ -174,7 +184,7 @@ def _serve_token(data_dir: Path, given: str | None, token_file: Path | None) -> 
     with handled():
         token = local_secret(path)
     if created:
-        err.print(f"no token given: generated one in {path} (mode 0600)")
+        err.print(f"no token given: generated one in {safe_name(str(path))} (mode 0600)")
     return token
 
 
@@ -270,7 +280,7 @@ def serve_command(
             seed=seed,
         )
     except ValueError as exc:
-        fail(str(exc), 2)
+        fail(safe_name(str(exc)), 2)
     from brainbot.kv.local_server import (  # only this command needs it
         LOCAL_ACCOUNT,
         LocalKVServer,
@@ -289,7 +299,7 @@ def serve_command(
             max_open=max_open,
         )
     except ValueError as exc:
-        fail(str(exc), 2)
+        fail(safe_name(str(exc)), 2)
     try:
         with handled():
             asyncio.run(
@@ -302,6 +312,6 @@ def serve_command(
                 )
             )
     except OSError as exc:
-        fail(f"cannot listen on {host}:{port}: {exc.strerror}", 2)
+        fail(f"cannot listen on {safe_name(host)}:{port}: {safe_name(str(exc.strerror))}", 2)
     except KeyboardInterrupt:
         pass

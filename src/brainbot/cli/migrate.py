@@ -16,8 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Coroutine, Iterator
-from contextlib import contextmanager
+from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -32,10 +31,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from brainbot.cli.common import describe, fail, read_secret_file, safe_name, settings
+from brainbot.cli.common import fail, handled, read_secret_file, safe_name, settings
 from brainbot.composition import bulk_process, migration_runs, open_namespace
 from brainbot.config import Settings
-from brainbot.errors import BrainbotError, InvalidInput, NotFound
 from brainbot.migration import Options, migrate_redis_to_kv, rollback, verify
 from brainbot.migration.heap import tune_for_bulk
 from brainbot.migration.url import SourceURL
@@ -81,25 +79,9 @@ SessionPattern = Annotated[str, typer.Option(help="Legacy session strings.")]
 OwnerPattern = Annotated[str, typer.Option(help="Legacy sets of a user's conversation ids.")]
 
 
-@contextmanager
-def _handled() -> Iterator[None]:
-    """``common.handled()``, with each message made safe: they may quote key names."""
-    try:
-        yield
-    except InvalidInput as exc:
-        fail(safe_name(describe(exc)), 2)
-    except NotFound as exc:
-        fail(safe_name(describe(exc)), 3)
-    except BrainbotError as exc:
-        fail(safe_name(describe(exc)), 1)
-    except OSError as exc:  # a run directory, a backup file: name the file, not a traceback
-        where = f" ({exc.filename})" if exc.filename else ""
-        fail(safe_name(f"{exc.strerror or type(exc).__name__}{where}"), 1)
-
-
 def _run(work: Coroutine[Any, Any, T]) -> T:
     tune_for_bulk()  # this process does nothing else from here on
-    with _handled():
+    with handled():
         return asyncio.run(work)
     raise AssertionError("unreachable")  # pragma: no cover
 
@@ -116,7 +98,7 @@ def _password(file: str | None, env: str, option: str) -> str | None:
 def _url(url: str, password: str | None, *, option: str, env: str, file_option: str) -> SourceURL:
     """``url`` validated (exit 2 before anything connects); a warning when it holds a
     password, which every local user can read in the process list while the command runs."""
-    with _handled():
+    with handled():
         parsed = SourceURL.parse(url, password=password)
     if parsed.has_password_in_url:
         console.print(
@@ -151,7 +133,7 @@ def _options(
 ) -> Options:
     if short_ttl not in ("clamp", "skip"):
         fail("--short-ttl must be clamp or skip", 2)
-    with _handled():  # a bad pattern is refused here, before anything is read
+    with handled():  # a bad pattern is refused here, before anything is read
         return Options(
             prefix=settings.kv_prefix,
             conversation_pattern=conversation,
