@@ -23,8 +23,11 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default=Path(".brainbot"), alias="BRAINBOT_DATA_DIR")
     """Where the embedded KV (and later backups and checkpoints) live."""
-    kv_namespace: str = Field(default="brainbot", alias="BRAINBOT_KV_NAMESPACE")
-    """Name of the embedded namespace file under ``data_dir/kv/``."""
+    kv_namespace: str = Field(
+        default="brainbot", pattern=r"^[A-Za-z0-9_-]{1,64}$", alias="BRAINBOT_KV_NAMESPACE"
+    )
+    """Name of the embedded namespace file under ``data_dir/kv/``: a plain file name (as
+    ``kv serve``'s namespace ids), so no ``..`` or ``/`` leads outside that directory."""
 
     cloudflare_account_id: str | None = Field(default=None, alias="CLOUDFLARE_ACCOUNT_ID")
     cloudflare_kv_namespace_id: str | None = Field(default=None, alias="CLOUDFLARE_KV_NAMESPACE_ID")

@@ -190,3 +190,25 @@ def test_messages_quoting_a_name_print_it_as_text(brainbot, tmp_path: Path) -> N
     assert served.returncode == 2
     assert "Invalid namespace id '[/x]'" in served.stderr.decode()
     assert brainbot("kv", "list").stdout == b""
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "", "a/b", "tab\there", "é"])
+def test_a_namespace_name_that_is_no_file_name_is_refused(tmp_path: Path, name: str) -> None:
+    """Measured: ``BRAINBOT_KV_NAMESPACE=../../escaped`` created ``escaped.sqlite3`` two
+    directories above the data directory's ``kv/`` and narrowed that directory to 0700."""
+    outside = tmp_path / "outside"
+    (outside / "data").mkdir(parents=True)
+    outside.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
+    env |= {"BRAINBOT_DATA_DIR": str(outside / "data"), "BRAINBOT_KV_NAMESPACE": name}
+    done = subprocess.run(
+        [sys.executable, "-m", "brainbot", "kv", "put", "k", "v"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"BRAINBOT_KV_NAMESPACE" in done.stderr
+    assert sorted(p.name for p in outside.rglob("*")) == ["data"]
+    assert outside.stat().st_mode & 0o777 == 0o755
