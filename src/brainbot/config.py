@@ -18,7 +18,11 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        populate_by_name=True,
+        allow_inf_nan=False,  # ``gt=0`` lets "inf" through, and no timeout or budget is infinite
     )
 
     data_dir: Path = Field(default=Path(".brainbot"), alias="BRAINBOT_DATA_DIR")

@@ -212,3 +212,35 @@ def test_a_namespace_name_that_is_no_file_name_is_refused(tmp_path: Path, name: 
     assert b"BRAINBOT_KV_NAMESPACE" in done.stderr
     assert sorted(p.name for p in outside.rglob("*")) == ["data"]
     assert outside.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    ("env_file", "variables", "named"),
+    [
+        (b"BRAINBOT_KV_PREFIX=\xff\xfe\n", {}, b".env"),
+        (b"", {"BRAINBOT_KV_BUSY_TIMEOUT": "inf"}, b"BRAINBOT_KV_BUSY_TIMEOUT"),
+        (b"", {"BRAINBOT_KV_BUSY_TIMEOUT": "1e400"}, b"BRAINBOT_KV_BUSY_TIMEOUT"),
+        (b"", {"CLOUDFLARE_API_BUDGET_WINDOW": "inf"}, b"CLOUDFLARE_API_BUDGET_WINDOW"),
+        (b"", {"BRAINBOT_HEADER_TIMEOUT": "Infinity"}, b"BRAINBOT_HEADER_TIMEOUT"),
+    ],
+)
+def test_a_settings_value_python_cannot_use_is_a_config_error(
+    tmp_path: Path, env_file: bytes, variables: dict[str, str], named: bytes
+) -> None:
+    """Measured: a ``.env`` that is not UTF-8 ended in a UnicodeDecodeError traceback, and
+    an infinite float (``inf``, ``1e400``: ``gt=0`` lets them through) in an
+    OverflowError traceback where the embedded KV turned the timeout into milliseconds."""
+    (tmp_path / ".env").write_bytes(env_file)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
+    env |= {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), **variables}
+    done = subprocess.run(
+        [sys.executable, "-m", "brainbot", "kv", "put", "k", "v"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert b"Traceback" not in done.stderr
+    assert named in done.stderr
+    assert not (tmp_path / "data").exists()
