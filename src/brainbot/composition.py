@@ -208,12 +208,17 @@ def open_redis(
         raise ConfigError(
             "The Redis backend needs the optional extra: pip install 'brainbot[redis]'."
         ) from None
-    client: Store = aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
-        decode_responses=decode_responses,
-        encoding=encoding,
-        encoding_errors=encoding_errors,
-    )  # redis-py's own client satisfies Store; the wrapper only translates its errors
+    try:
+        client: Store = aioredis.Redis.from_url(
+            settings.redis_url.get_secret_value(),
+            decode_responses=decode_responses,
+            encoding=encoding,
+            encoding_errors=encoding_errors,
+        )  # redis-py's own client satisfies Store; the wrapper only translates its errors
+    except ValueError:  # its messages may quote a part of the URL: not repeated
+        raise ConfigError(
+            "BRAINBOT_REDIS_URL is not a valid redis://, rediss:// or unix:// URL."
+        ) from None
     return RedisBackend(client)
 
 
@@ -330,6 +335,10 @@ def chat_service(settings: Settings, responder: str | None = None) -> ChatServic
     from brainbot.responder import load_responder
     from brainbot.service import ChatService, Throttle
 
+    try:
+        responder_object = load_responder(responder)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ConfigError(f"--responder (BRAINBOT_RESPONDER) cannot be loaded: {exc}") from None
     verifier = identity_verifier(settings)
     throttle = Throttle(
         sessions=settings.rate_sessions,
@@ -341,7 +350,7 @@ def chat_service(settings: Settings, responder: str | None = None) -> ChatServic
     return ChatService(
         open_store(settings),
         identity=verifier,
-        responder=load_responder(responder),
+        responder=responder_object,
         throttle=throttle,
         limits=service_limits(settings),
         session_key=session_key(settings),

@@ -244,3 +244,44 @@ def test_a_settings_value_python_cannot_use_is_a_config_error(
     assert b"Traceback" not in done.stderr
     assert named in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "variables", "named"),
+    [
+        (["serve", "--port", "70000"], {}, b"--port"),
+        (["kv", "serve", "--token", "t", "--port", "-1"], {}, b"--port"),
+        (["kv", "serve", "--token", "t", "--data", "/dev/null/x"], {}, b"/dev/null/x"),
+        (["serve", "--port", "0"], {"BRAINBOT_RESPONDER": "no_such_module:x"}, b"RESPONDER"),
+        (["serve", "--port", "0"], {"BRAINBOT_RESPONDER": "brainbot:nothing"}, b"RESPONDER"),
+        (
+            ["serve", "--port", "0"],
+            {"BRAINBOT_STORAGE_BACKEND": "redis", "BRAINBOT_REDIS_URL": "http://:pw-s3cr3t@h/0"},
+            b"BRAINBOT_REDIS_URL",
+        ),
+        (
+            ["serve", "--port", "0"],
+            {"BRAINBOT_STORAGE_BACKEND": "dual", "BRAINBOT_REDIS_URL": "redis://:pw-s3cr3t@h:x/0"},
+            b"BRAINBOT_REDIS_URL",
+        ),
+    ],
+)
+def test_servers_refuse_bad_options_and_settings_before_they_start(
+    tmp_path: Path, args: list[str], variables: dict[str, str], named: bytes
+) -> None:
+    """Measured: each of these was a traceback (OverflowError from bind, FileExistsError or
+    NotADirectoryError from mkdir, ModuleNotFoundError, AttributeError, redis-py's
+    ValueError) instead of a message and exit 2."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "BRAINBOT_"))}
+    env |= {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), **variables}
+    done = subprocess.run(
+        [sys.executable, "-m", "brainbot", *args],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr.decode()[-300:]
+    assert b"Traceback" not in done.stderr
+    assert named in done.stderr
+    assert b"s3cr3t" not in done.stdout + done.stderr

@@ -38,7 +38,7 @@ def _every_command() -> None:
 @app.command("serve")
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8080,
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).", min=0, max=65535)] = 8080,
     responder: Annotated[
         str | None,
         typer.Option(envvar="BRAINBOT_RESPONDER", help="'module:attribute' of a responder."),

@@ -191,7 +191,7 @@ def _serve_token(data_dir: Path, given: str | None, token_file: Path | None) -> 
 @kv_app.command("serve")
 def serve_command(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port (0 picks a free one).")] = 8787,
+    port: Annotated[int, typer.Option(help="Port (0 picks a free one).", min=0, max=65535)] = 8787,
     data: Annotated[
         Path | None, typer.Option(help="Data directory (default: $BRAINBOT_DATA_DIR/kv-serve).")
     ] = None,
@@ -262,7 +262,10 @@ def serve_command(
 ) -> None:
     """Serve Cloudflare's KV REST API on the embedded KV; prints 'READY <base-url>'."""
     data_dir = data if data is not None else kv_serve_dir(settings())
-    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError as exc:  # a file, a path under a file, no permission
+        fail(f"cannot create {safe_name(str(data_dir))}: {safe_name(str(exc.strerror))}", 2)
     token = _serve_token(data_dir, token, token_file)
     try:
         faults = Faults(
