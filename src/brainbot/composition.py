@@ -269,7 +269,14 @@ def auth_secret(settings: Settings) -> str | None:
     """The HS256 secret identity tokens are signed with: configured, or (with no public key
     or JWKS configured either) the local one in ``<data dir>/auth-secret``."""
     if settings.auth_jwt_secret is not None:
-        return settings.auth_jwt_secret.get_secret_value()
+        from brainbot.service.auth import MIN_SECRET_BYTES
+
+        secret = settings.auth_jwt_secret.get_secret_value()
+        if len(secret.encode()) < MIN_SECRET_BYTES:  # serve refuses it: so does auth token
+            raise ConfigError(
+                f"BRAINBOT_AUTH_JWT_SECRET must be at least {MIN_SECRET_BYTES} bytes."
+            )
+        return secret
     if settings.auth_public_key_file is not None or settings.auth_jwks_file is not None:
         return None
     from brainbot.service.auth import local_secret

@@ -285,3 +285,20 @@ def test_servers_refuse_bad_options_and_settings_before_they_start(
     assert b"Traceback" not in done.stderr
     assert named in done.stderr
     assert b"s3cr3t" not in done.stdout + done.stderr
+
+
+def test_auth_token_refuses_a_secret_serve_refuses(tmp_path: Path) -> None:
+    """Measured: with a 5-byte BRAINBOT_AUTH_JWT_SECRET, ``auth token`` printed PyJWT's
+    InsecureKeyLengthWarning and a token, which ``serve`` (at least 32 bytes) never takes."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "BRAINBOT_"))}
+    env |= {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), "BRAINBOT_AUTH_JWT_SECRET": "short"}
+    done = subprocess.run(
+        [sys.executable, "-m", "brainbot", "auth", "token", "--user", "alice"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        timeout=60,
+    )
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert b"at least 32 bytes" in done.stderr
+    assert b"short" not in done.stderr
