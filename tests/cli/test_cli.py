@@ -192,6 +192,22 @@ def test_messages_quoting_a_name_print_it_as_text(brainbot, tmp_path: Path) -> N
     assert brainbot("kv", "list").stdout == b""
 
 
+def _cli(
+    cwd: Path, *args: str, drop: tuple[str, ...] = ("CLOUDFLARE_",), **variables: str
+) -> subprocess.CompletedProcess[bytes]:
+    """One ``brainbot`` command in a process of its own, run in ``cwd`` (where a ``.env``
+    may be), with this environment less the variables starting with ``drop``, plus
+    ``variables``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)} | variables
+    return subprocess.run(
+        [sys.executable, "-m", "brainbot", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        timeout=60,
+    )
+
+
 @pytest.mark.parametrize("name", ["../../escaped", "", "a/b", "tab\there", "é"])
 def test_a_namespace_name_that_is_no_file_name_is_refused(tmp_path: Path, name: str) -> None:
     """Measured: ``BRAINBOT_KV_NAMESPACE=../../escaped`` created ``escaped.sqlite3`` two
@@ -199,14 +215,14 @@ def test_a_namespace_name_that_is_no_file_name_is_refused(tmp_path: Path, name: 
     outside = tmp_path / "outside"
     (outside / "data").mkdir(parents=True)
     outside.chmod(0o755)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
-    env |= {"BRAINBOT_DATA_DIR": str(outside / "data"), "BRAINBOT_KV_NAMESPACE": name}
-    done = subprocess.run(
-        [sys.executable, "-m", "brainbot", "kv", "put", "k", "v"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=60,
+    done = _cli(
+        tmp_path,
+        "kv",
+        "put",
+        "k",
+        "v",
+        BRAINBOT_DATA_DIR=str(outside / "data"),
+        BRAINBOT_KV_NAMESPACE=name,
     )
     assert done.returncode == 2
     assert b"BRAINBOT_KV_NAMESPACE" in done.stderr
@@ -231,14 +247,8 @@ def test_a_settings_value_python_cannot_use_is_a_config_error(
     an infinite float (``inf``, ``1e400``: ``gt=0`` lets them through) in an
     OverflowError traceback where the embedded KV turned the timeout into milliseconds."""
     (tmp_path / ".env").write_bytes(env_file)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDFLARE_")}
-    env |= {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), **variables}
-    done = subprocess.run(
-        [sys.executable, "-m", "brainbot", "kv", "put", "k", "v"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=60,
+    done = _cli(
+        tmp_path, "kv", "put", "k", "v", BRAINBOT_DATA_DIR=str(tmp_path / "data"), **variables
     )
     assert done.returncode == 2
     assert b"Traceback" not in done.stderr
@@ -272,14 +282,9 @@ def test_servers_refuse_bad_options_and_settings_before_they_start(
     """Measured: each of these was a traceback (OverflowError from bind, FileExistsError or
     NotADirectoryError from mkdir, ModuleNotFoundError, AttributeError, redis-py's
     ValueError) instead of a message and exit 2."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "BRAINBOT_"))}
-    env |= {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), **variables}
-    done = subprocess.run(
-        [sys.executable, "-m", "brainbot", *args],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=60,
+    data = str(tmp_path / "data")
+    done = _cli(
+        tmp_path, *args, drop=("CLOUDFLARE_", "BRAINBOT_"), BRAINBOT_DATA_DIR=data, **variables
     )
     assert done.returncode == 2, done.stderr.decode()[-300:]
     assert b"Traceback" not in done.stderr
@@ -290,14 +295,15 @@ def test_servers_refuse_bad_options_and_settings_before_they_start(
 def test_auth_token_refuses_a_secret_serve_refuses(tmp_path: Path) -> None:
     """Measured: with a 5-byte BRAINBOT_AUTH_JWT_SECRET, ``auth token`` printed PyJWT's
     InsecureKeyLengthWarning and a token, which ``serve`` (at least 32 bytes) never takes."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLOUDFLARE_", "BRAINBOT_"))}
-    env |= {"BRAINBOT_DATA_DIR": str(tmp_path / "data"), "BRAINBOT_AUTH_JWT_SECRET": "short"}
-    done = subprocess.run(
-        [sys.executable, "-m", "brainbot", "auth", "token", "--user", "alice"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        timeout=60,
+    done = _cli(
+        tmp_path,
+        "auth",
+        "token",
+        "--user",
+        "alice",
+        drop=("CLOUDFLARE_", "BRAINBOT_"),
+        BRAINBOT_DATA_DIR=str(tmp_path / "data"),
+        BRAINBOT_AUTH_JWT_SECRET="short",
     )
     assert (done.returncode, done.stdout) == (2, b"")
     assert b"at least 32 bytes" in done.stderr
