@@ -195,3 +195,17 @@ async def values(settings: Settings, names: list[str]) -> dict[str, bytes | None
     async with EmbeddedKV(settings.embedded_kv_path) as kv:
         found = await kv.get_many(names)
     return {n: (e.value if e else None) for n, e in found.items()}
+
+
+async def test_each_rollback_keeps_its_own_report(
+    source: aioredis.Redis, redis_url: str, tmp_path: Path
+) -> None:
+    """Reports were named to the second: a rollback run again within the same second
+    wrote its report over the first one's."""
+    settings = settings_for(tmp_path)
+    await source.set("a", "1")
+    run = await migrate(redis_url, settings)
+    await roll_back(run.run_id, settings, delete_kv=True)
+    await roll_back(run.run_id, settings, delete_kv=True)
+    reports = list((settings.data_dir / "migrations" / run.run_id).glob("rollback-*.json"))
+    assert len(reports) == 2

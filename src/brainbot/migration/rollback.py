@@ -249,7 +249,9 @@ async def _rollback(
     if restore_to is not None:
         list(_manifest(run_path, run_id))  # refuse a foreign manifest before touching Redis
         await _restore_redis(restore_to, run_path, report, tls_ca_file, restore_password)
-    files.write_json(run_path / f"rollback-{int(time.time())}.json", report.to_json())
+    # in ms (as undone-<ms>.jsonl): to the second, a rollback run again at once wrote over
+    # the first one's report (one rollback of a run at a time: the run's lock)
+    files.write_json(run_path / f"rollback-{int(time.time() * 1000)}.json", report.to_json())
     return report
 
 
