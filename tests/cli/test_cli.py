@@ -308,3 +308,24 @@ def test_auth_token_refuses_a_secret_serve_refuses(tmp_path: Path) -> None:
     assert (done.returncode, done.stdout) == (2, b"")
     assert b"at least 32 bytes" in done.stderr
     assert b"short" not in done.stderr
+
+
+@pytest.mark.parametrize("ttl", ["86401", "999999999999999999999"])
+def test_auth_token_lives_a_day_at_most(tmp_path: Path, ttl: str) -> None:
+    """Before: ``--ttl 999999999999999999999`` minted a token that never expires in
+    practice (a leaked one logs in for ever)."""
+    secret = "s" * 32
+    done = _cli(
+        tmp_path,
+        "auth",
+        "token",
+        "--user",
+        "alice",
+        "--ttl",
+        ttl,
+        BRAINBOT_DATA_DIR=str(tmp_path / "data"),
+        BRAINBOT_AUTH_JWT_SECRET=secret,
+    )
+    assert (done.returncode, done.stdout) == (2, b"")
+    assert b"--ttl" in done.stderr
+    assert b"Traceback" not in done.stderr

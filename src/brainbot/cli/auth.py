@@ -20,7 +20,10 @@ auth_app = typer.Typer(help="Identity tokens for brainbot serve (local use, demo
 @auth_app.command("token")
 def token_command(
     user: Annotated[str, typer.Option("--user", help="The identity (the token's sub).")],
-    ttl: Annotated[int, typer.Option(help="Seconds the token is valid.", min=60)] = 3600,
+    ttl: Annotated[
+        int,
+        typer.Option(help="Seconds the token is valid (a day at most).", min=60, max=86_400),
+    ] = 3600,
 ) -> None:
     """Print an identity token for USER, signed with this deployment's HS256 secret."""
     from brainbot.service.auth import mint
