@@ -20,6 +20,7 @@ explicit arguments and reads no environment. The decisions made here:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -333,7 +334,28 @@ def service_limits(settings: Settings) -> ServiceLimits:
 
 
 def allowed_hosts(settings: Settings) -> list[str]:
-    return [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    """The host names ``brainbot serve`` answers to; none is a mistake, not "answer no one"."""
+    hosts = [h.strip() for h in settings.allowed_hosts.split(",") if h.strip()]
+    if not hosts:
+        raise ConfigError("BRAINBOT_ALLOWED_HOSTS names no host (e.g. 'bot.example.com').")
+    return hosts
+
+
+def forwarded_allow_ips(settings: Settings) -> list[str]:
+    """The proxies trusted to name the client (addresses, networks as uvicorn reads them,
+    or ``*``): uvicorn takes anything else as a literal no peer matches, so a typo would
+    trust no proxy, and every client would count as the proxy's address."""
+    proxies = [a.strip() for a in settings.forwarded_allow_ips.split(",") if a.strip()]
+    for proxy in proxies:
+        if proxy == "*":
+            continue
+        try:
+            ipaddress.ip_network(proxy) if "/" in proxy else ipaddress.ip_address(proxy)
+        except ValueError:
+            raise ConfigError(
+                "BRAINBOT_FORWARDED_ALLOW_IPS takes addresses, networks or '*', comma-separated."
+            ) from None
+    return proxies
 
 
 def chat_service(settings: Settings, responder: str | None = None) -> ChatService:

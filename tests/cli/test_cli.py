@@ -263,6 +263,13 @@ def test_a_settings_value_python_cannot_use_is_a_config_error(
         (["kv", "serve", "--token", "t", "--port", "-1"], {}, b"--port"),
         (["kv", "serve", "--token", "t", "--data", "/dev/null/x"], {}, b"/dev/null/x"),
         (["serve", "--port", "0"], {"BRAINBOT_RESPONDER": "no_such_module:x"}, b"RESPONDER"),
+        (["serve", "--port", "0"], {"BRAINBOT_RATE_WRITES": "0/minute"}, b"BRAINBOT_RATE_WRITES"),
+        (["serve", "--port", "0"], {"BRAINBOT_ALLOWED_HOSTS": " , "}, b"BRAINBOT_ALLOWED_HOSTS"),
+        (
+            ["serve", "--port", "0"],
+            {"BRAINBOT_FORWARDED_ALLOW_IPS": "10.0.0.1,not-an-ip"},
+            b"BRAINBOT_FORWARDED_ALLOW_IPS",
+        ),
         (["serve", "--port", "0"], {"BRAINBOT_RESPONDER": "brainbot:nothing"}, b"RESPONDER"),
         (
             ["serve", "--port", "0"],

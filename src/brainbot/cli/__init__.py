@@ -46,13 +46,14 @@ def serve_command(
 ) -> None:
     """Run the chat service on the configured store; prints 'READY <url>'."""
     from brainbot.cli.common import handled, run, settings
-    from brainbot.composition import allowed_hosts, chat_service
+    from brainbot.composition import allowed_hosts, chat_service, forwarded_allow_ips
     from brainbot.service import serve
 
     config = settings()
     with handled():
+        hosts, proxies = allowed_hosts(config), forwarded_allow_ips(config)
         service = chat_service(config, responder)
-    app = service.app(allowed_hosts=allowed_hosts(config))
+    app = service.app(allowed_hosts=hosts)
     with contextlib.suppress(KeyboardInterrupt):
         run(
             serve(
@@ -61,9 +62,7 @@ def serve_command(
                 port=port,
                 header_timeout=config.header_timeout,
                 max_connections=config.max_connections,
-                forwarded_allow_ips=[
-                    a.strip() for a in config.forwarded_allow_ips.split(",") if a.strip()
-                ],
+                forwarded_allow_ips=proxies,
             )
         )
 

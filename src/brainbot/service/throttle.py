@@ -45,9 +45,12 @@ Kind = Literal["session", "write", "read"]
 
 def _rate(text: str, name: str) -> RateLimitItem:
     try:
-        return parse(text)
+        item = parse(text)
     except ValueError:
         raise ConfigError(f"{name} must look like '10/minute' or '100 per hour'.") from None
+    if item.amount < 1:  # "0/minute" would refuse every request, quietly
+        raise ConfigError(f"{name} must allow at least one request (e.g. '10/minute').")
+    return item
 
 
 def address_key(host: str | None) -> str | None:
