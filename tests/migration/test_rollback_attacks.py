@@ -17,13 +17,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from brainbot.composition import migration_runs
-from brainbot.config import Settings
 from brainbot.errors import RollbackError
 from brainbot.kv import EmbeddedKV
 from brainbot.kv.namespace import BulkResult, PutItem
 from brainbot.migration import rollback
 from brainbot.migration.run import NOT_RECREATED
-from tests.support.migration import migrate, roll_back, settings_for
+from tests.support.migration import migrate, roll_back, settings_for, values
 
 rollback_module = importlib.import_module("brainbot.migration.rollback")
 
@@ -189,12 +188,6 @@ async def test_a_rollback_run_again_counts_what_it_gave_back_as_given_back(
     }
     third = await roll_back(second.run_id, settings, delete_kv=True)  # and once more
     assert (third.kv_given_back_before, third.kv_absent, third.kv_kept) == (2, 1, {})
-
-
-async def values(settings: Settings, names: list[str]) -> dict[str, bytes | None]:
-    async with EmbeddedKV(settings.embedded_kv_path) as kv:
-        found = await kv.get_many(names)
-    return {n: (e.value if e else None) for n, e in found.items()}
 
 
 async def test_each_rollback_keeps_its_own_report(

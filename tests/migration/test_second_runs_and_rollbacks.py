@@ -24,7 +24,7 @@ from brainbot.migration import run as run_module
 from brainbot.migration.run import NOT_RECREATED
 from brainbot.storage import KVStore
 from brainbot.storage.conversations import ConversationStore, Message
-from tests.support.migration import migrate, roll_back, settings_for
+from tests.support.migration import migrate, roll_back, settings_for, values
 
 UNCHANGED = "unchanged (already written by this migration)"
 OVERWRITTEN = "overwritten (its KV value backed up)"
@@ -59,12 +59,6 @@ async def killed_run(redis_url: str, settings: Settings, writes: int, **options:
             await migrate(redis_url, settings, namespace=kv, verify_after=False, **options)
     (started,) = set(runs.glob("*/state.json")) - before
     return started.parent.name
-
-
-async def values(settings: Settings, names: list[str]) -> dict[str, bytes | None]:
-    async with EmbeddedKV(settings.embedded_kv_path) as kv:
-        found = await kv.get_many(names)
-    return {n: (e.value if e else None) for n, e in found.items()}
 
 
 async def test_a_resumed_overwrite_run_rolls_back_what_its_killed_attempt_replaced(

@@ -8,6 +8,7 @@ from typing import Any
 
 from brainbot.composition import migration_runs, open_namespace
 from brainbot.config import Settings
+from brainbot.kv import EmbeddedKV
 from brainbot.kv.namespace import KVNamespace
 from brainbot.migration import (
     Options,
@@ -54,3 +55,10 @@ async def verify_kv(
 async def roll_back(run_id: str, settings: Settings, **options: Any) -> RollbackReport:
     async with open_namespace(settings, purpose="bulk") as kv:
         return await rollback(run_id, runs=migration_runs(settings), namespace=kv, **options)
+
+
+async def values(settings: Settings, names: list[str]) -> dict[str, bytes | None]:
+    """The values the embedded KV of ``settings`` holds under ``names`` (None: absent)."""
+    async with EmbeddedKV(settings.embedded_kv_path) as kv:
+        found = await kv.get_many(names)
+    return {n: (e.value if e else None) for n, e in found.items()}
