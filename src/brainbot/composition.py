@@ -20,6 +20,7 @@ explicit arguments and reads no environment. The decisions made here:
 from __future__ import annotations
 
 import hashlib
+import io
 import ipaddress
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,6 +49,7 @@ Purpose = Literal["live", "bulk"]
 def load_settings(**values: Any) -> Settings:
     """``Settings`` from the environment (and ``values``); invalid ones raise ConfigError
     naming the settings, never their values."""
+    _check_env_file(Path(".env"))
     try:
         return Settings(**values)
     except ValidationError as exc:
@@ -55,6 +57,27 @@ def load_settings(**values: Any) -> Settings:
         raise ConfigError("Invalid settings: " + ", ".join(names) + ".") from None
     except UnicodeDecodeError:  # python-dotenv reads .env as UTF-8 (its position only)
         raise ConfigError("The .env file is not UTF-8 text.") from None
+
+
+def _check_env_file(path: Path) -> None:
+    """A ``.env`` line python-dotenv cannot parse is a ConfigError naming its number: it
+    only logs a warning and drops the line, so a setting there (an unterminated quote
+    around a token) would be silently missing. The line itself is not shown: it may hold a
+    secret. What is not a readable file is left to pydantic-settings, as before."""
+    from dotenv.parser import parse_stream
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError("The .env file is not UTF-8 text.") from None
+    except OSError:
+        return
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ConfigError(
+                f".env line {binding.original.line} is not NAME=value (python-dotenv cannot "
+                "read it; an unclosed quote?)."
+            )
 
 
 def cloudflare_credentials(settings: Settings) -> tuple[str, str, str] | None:

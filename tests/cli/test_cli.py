@@ -234,6 +234,7 @@ def test_a_namespace_name_that_is_no_file_name_is_refused(tmp_path: Path, name: 
     ("env_file", "variables", "named"),
     [
         (b"BRAINBOT_KV_PREFIX=\xff\xfe\n", {}, b".env"),
+        (b"BRAINBOT_KV_PREFIX=ok\nCLOUDFLARE_KV_API_TOKEN='tok-s3cr3t\n", {}, b".env line 2"),
         (b"", {"BRAINBOT_KV_BUSY_TIMEOUT": "inf"}, b"BRAINBOT_KV_BUSY_TIMEOUT"),
         (b"", {"BRAINBOT_KV_BUSY_TIMEOUT": "1e400"}, b"BRAINBOT_KV_BUSY_TIMEOUT"),
         (b"", {"CLOUDFLARE_API_BUDGET_WINDOW": "inf"}, b"CLOUDFLARE_API_BUDGET_WINDOW"),
@@ -253,6 +254,7 @@ def test_a_settings_value_python_cannot_use_is_a_config_error(
     assert done.returncode == 2
     assert b"Traceback" not in done.stderr
     assert named in done.stderr
+    assert b"s3cr3t" not in done.stderr
     assert not (tmp_path / "data").exists()
 
 
