@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import secrets
+import sqlite3
 import time
 import zlib
 from collections import Counter
@@ -34,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from brainbot import json_bytes
 from brainbot.errors import RollbackError
 from brainbot.kv.limits import BULK_DELETE_MAX_KEYS, MIN_EXPIRATION_TTL
 from brainbot.kv.namespace import KVNamespace, PutItem
@@ -270,25 +272,19 @@ async def _undo_kv(
     keys it deletes go to ``undone-<ms>.jsonl`` (``at``: when this rollback began)."""
     undone = run_path / f"undone-{int(at * 1000)}.jsonl"
     ledger = Ledger(run_path / "rollback-kv-state.sqlite3")
+    earlier = _Earlier()
     try:
         await ledger.load(kv, prefix)
         for name in ledger.names(run=tag, mark=mark, prefix=prefix):
             written.setdefault(name, None)  # the run's, and in no manifest: any digest
-        earlier: dict[str, dict[str, Any]] = {}
-        kv_backup = run_path / "kv-backup.jsonl.gz"
-        for n, line in enumerate(_lines(kv_backup, compressed=True), 1):
-            if not (isinstance(line, dict) and isinstance(line.get("key"), str)) or not (
-                isinstance(line.get("value"), str)
-                and (line.get("expiration") is None or type(line["expiration"]) is int)
-            ):  # refused before any entry is deleted or restored
-                raise _damaged(kv_backup, n, "not a KV entry")
-            earlier[line["key"]] = line  # the last: what KV held when the run replaced it
+        earlier.load(run_path / "kv-backup.jsonl.gz")  # refused before any change if damaged
         names = list(written)
         delete: list[str] = []  # sent 10,000 a request (one bulk delete's most)
         unstamped: list[str] = []
         for start in range(0, len(names), CHUNK):
             chunk = names[start : start + CHUNK]
             seen = ledger.lookup(chunk)
+            before_of = earlier.lookup(chunk)
             restore: list[PutItem] = []
             now = time.time()
             for name in chunk:
@@ -296,7 +292,7 @@ async def _undo_kv(
                 if entry is None:
                     report.kv_absent += 1
                 elif entry.run == tag and written[name] in (None, entry.digest):
-                    before = earlier.get(name)
+                    before = before_of.get(name)
                     expiration = before.get("expiration") if before else None
                     was = stamp_of(before.get("metadata")) if before else None
                     if (
@@ -316,7 +312,7 @@ async def _undo_kv(
                                 metadata=before.get("metadata"),
                             )
                         )
-                elif (before := earlier.get(name)) is not None and _holds(entry, before):
+                elif (before := before_of.get(name)) is not None and _holds(entry, before):
                     if entry.run is None:
                         unstamped.append(name)  # the bot's value back? its value says
                     else:
@@ -326,7 +322,7 @@ async def _undo_kv(
                 else:
                     report.keep(CHANGED_ON_KV, name)
             if unstamped:
-                await _given_back(kv, unstamped, earlier, report)
+                await _given_back(kv, unstamped, before_of, report)
                 unstamped = []
             if len(delete) >= BULK_DELETE_MAX_KEYS or start + CHUNK >= len(names):
                 await _delete(kv, delete, report, undone)
@@ -337,6 +333,52 @@ async def _undo_kv(
                 report.kv_unsuccessful += list(result.unsuccessful_keys)
     finally:
         ledger.discard()
+        earlier.close()
+
+
+class _Earlier:
+    """The KV values an ``--overwrite`` run replaced (``kv-backup.jsonl.gz``, the last line
+    of each key: what KV held when the run replaced it), in a private temporary SQLite
+    file (deleted when closed), read a chunk of names at a time. Held in a dict, they took
+    the whole rollback's memory: a million replaced values of 1 KB, some 2 GB."""
+
+    def __init__(self) -> None:
+        # "": temporary, on disk; autocommit, or one open transaction keeps every page
+        # in memory (measured: 32 MB for 33 MB of lines, 3 MB with each batch committed)
+        self._db = sqlite3.connect("", isolation_level=None)
+        self._db.execute("CREATE TABLE e (key TEXT PRIMARY KEY, line BLOB) WITHOUT ROWID")
+
+    def load(self, path: Path) -> None:
+        """Every line of ``path``, each checked before any KV entry is deleted or restored."""
+        rows: list[tuple[str, bytes]] = []
+        for n, line in enumerate(_lines(path, compressed=True), 1):
+            if not (isinstance(line, dict) and isinstance(line.get("key"), str)) or not (
+                isinstance(line.get("value"), str)
+                and (line.get("expiration") is None or type(line["expiration"]) is int)
+            ):
+                raise _damaged(path, n, "not a KV entry")
+            rows.append((line["key"], json_bytes.dumps(line)))  # (orjson's keep its buffer)
+            if len(rows) >= CHUNK:
+                self._insert(rows)
+                rows = []
+        self._insert(rows)
+
+    def _insert(self, rows: list[tuple[str, bytes]]) -> None:
+        with self._db:  # one transaction a batch (autocommit would make one a row)
+            self._db.execute("BEGIN")
+            self._db.executemany("INSERT OR REPLACE INTO e VALUES (?, ?)", rows)
+
+    def lookup(self, names: list[str]) -> dict[str, dict[str, Any]]:
+        found: dict[str, dict[str, Any]] = {}
+        for start in range(0, len(names), 500):  # (SQLite's bound variables: 999 at least)
+            part = names[start : start + 500]
+            marks = ",".join("?" * len(part))
+            query = f"SELECT key, line FROM e WHERE key IN ({marks})"  # noqa: S608 (marks)
+            found.update((key, orjson.loads(line)) for key, line in self._db.execute(query, part))
+        return found
+
+    def close(self) -> None:
+        self._db.close()
 
 
 def _holds(entry: Seen, before: dict[str, Any]) -> bool:
