@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import math
 import os
 import sys
 from collections.abc import Awaitable, Callable
@@ -261,6 +262,8 @@ def serve_command(
     ] = False,
 ) -> None:
     """Serve Cloudflare's KV REST API on the embedded KV; prints 'READY <base-url>'."""
+    if not math.isfinite(header_timeout):
+        fail("--header-timeout must be a finite number of seconds.", 2)
     data_dir = data if data is not None else kv_serve_dir(settings())
     try:
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -7,6 +7,7 @@ budget with its lockout, and list results that lag behind writes (eventual consi
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections import deque
@@ -47,8 +48,9 @@ class Faults:
             if not 0.0 <= share <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, not {share}.")
         for name in ("retry_after", "slow_seconds", "budget_window", "list_lag", "bulk_latency"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} cannot be negative.")
+            seconds = getattr(self, name)
+            if not math.isfinite(seconds) or seconds < 0:  # (NaN passed "< 0", inf slept for ever)
+                raise ValueError(f"{name} must be a finite number of seconds, 0 or more.")
         if self.budget is not None and self.budget < 1:
             raise ValueError("budget must be at least 1.")
 
