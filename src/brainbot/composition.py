@@ -55,8 +55,6 @@ def load_settings(**values: Any) -> Settings:
     except ValidationError as exc:
         names = sorted({str(e["loc"][0]) for e in exc.errors() if e.get("loc")})
         raise ConfigError("Invalid settings: " + ", ".join(names) + ".") from None
-    except UnicodeDecodeError:  # python-dotenv reads .env as UTF-8 (its position only)
-        raise ConfigError("The .env file is not UTF-8 text.") from None
 
 
 def _check_env_file(path: Path) -> None:

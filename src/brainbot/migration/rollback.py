@@ -86,15 +86,15 @@ REWRITTEN = "rewritten by a later run"
 CHANGED_IN_REDIS = "redis: changed since the run"
 
 
-def _lines(path: Path, *, compressed: bool = False) -> Iterator[Any]:
-    """The JSON lines of one of the run's files, or a :class:`RollbackError` naming the
-    file and the line where it is damaged (cut short, not gzip, not JSON), instead of a
-    traceback or click's bare "Aborted." (an ``EOFError``)."""
+def _lines(path: Path, *, compressed: bool = False) -> Iterator[tuple[int, Any]]:
+    """The JSON lines of one of the run's files with their numbers (from 1), or a
+    :class:`RollbackError` naming the file and the line where it is damaged (cut short,
+    not gzip, not JSON), instead of a traceback or click's bare "Aborted." (``EOFError``)."""
     n = 0
     try:
         for line in files.lines(path, compressed=compressed):
             n += 1
-            yield line
+            yield n, line
     except (EOFError, gzip.BadGzipFile, zlib.error, ValueError) as exc:  # ValueError: JSON
         raise RollbackError(
             f"{path.name} is damaged after its line {n} ({type(exc).__name__}: {exc})."
@@ -163,7 +163,7 @@ def _backed_up(path: Path, n: int, record: Any) -> dict[str, Any]:
 
 
 def _manifest(run_path: Path, run_id: str) -> Iterator[dict[str, Any]]:
-    for line in _lines(run_path / "manifest.jsonl"):
+    for _, line in _lines(run_path / "manifest.jsonl"):
         if line.get("run") != run_id or not isinstance(line.get("kv", []), list):
             raise RollbackError(
                 f"The manifest of {run_id} has lines of another run (or of an older version of "
@@ -351,7 +351,7 @@ class _Earlier:
     def load(self, path: Path) -> None:
         """Every line of ``path``, each checked before any KV entry is deleted or restored."""
         rows: list[tuple[str, bytes]] = []
-        for n, line in enumerate(_lines(path, compressed=True), 1):
+        for n, line in _lines(path, compressed=True):
             if not (isinstance(line, dict) and isinstance(line.get("key"), str)) or not (
                 isinstance(line.get("value"), str)
                 and (line.get("expiration") is None or type(line["expiration"]) is int)
@@ -429,10 +429,10 @@ def _backup(run_path: Path) -> Iterator[dict[str, Any]]:
     twice), streamed: memory holds an 8-byte digest per key, not the values."""
     path = run_path / "backup.jsonl.gz"
     last: dict[bytes, int] = {}
-    for n, record in enumerate(_lines(path, compressed=True)):
-        key = _backed_up(path, n + 1, record)["key"]
+    for n, record in _lines(path, compressed=True):
+        key = _backed_up(path, n, record)["key"]
         last[hashlib.blake2b(key.encode(), digest_size=8).digest()] = n
-    for n, record in enumerate(_lines(path, compressed=True)):
+    for n, record in _lines(path, compressed=True):
         if last.get(hashlib.blake2b(record["key"].encode(), digest_size=8).digest()) == n:
             yield record
 
